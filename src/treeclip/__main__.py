@@ -1,0 +1,3 @@
+from treeclip.cli import main
+
+main()

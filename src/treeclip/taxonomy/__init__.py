@@ -1,0 +1,17 @@
+"""Taxa, their names and captions, prompt templates, and the offline NCBI reference."""
+
+from treeclip.taxonomy.names import (
+    ScientificName,
+    clean_common_name,
+    clean_epithet,
+    clean_uninomial,
+    parse_scientific_name,
+)
+from treeclip.taxonomy.taxon import MIXED_TEXT_TYPES, RANKS, TEXT_TYPES, Taxon, rank_index
+from treeclip.taxonomy.templates import BIOCLIP_TEMPLATES, OPENAI_IMAGENET_TEMPLATES, load_templates
+
+__all__ = [
+    "RANKS", "TEXT_TYPES", "MIXED_TEXT_TYPES", "Taxon", "rank_index",
+    "ScientificName", "parse_scientific_name", "clean_epithet", "clean_uninomial", "clean_common_name",
+    "BIOCLIP_TEMPLATES", "OPENAI_IMAGENET_TEMPLATES", "load_templates",
+]
