@@ -9,6 +9,10 @@ Decisions (documented in docs/taxonomy.md):
 - A hybrid sign (`×`, or a lone `x`/`X` between names) is kept and written `×` glued to the
   name it qualifies (`Mentha ×piperita`, `×Triticosecale`): a hybrid is a different taxon.
 - A genus repeated in the species field is removed (`species="Pica hudsonia"`, genus `Pica`).
+- Open nomenclature (`sp.`, `spp.`, `cf.`, `aff.`, `indet.`) ends the name: `Pica cf. hudsonia`
+  is only known to genus, so it is read as `Pica` (an `aff.` taxon is not `hudsonia` at all).
+- Kingdom synonyms map to BioCLIP's kingdom names (Metazoa -> Animalia, Viridiplantae,
+  Archaeplastida, Chloroplastida -> Plantae; `clean_kingdom`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ from dataclasses import dataclass
 _INFRA_MARKERS = {"ssp.", "ssp", "subsp.", "subsp", "var.", "var", "f.", "forma", "cv.", "subvar.", "morph"}
 # Lower-case words that start an author citation rather than an epithet.
 _AUTHOR_PARTICLES = {"van", "von", "de", "der", "den", "du", "da", "la", "le", "ex", "et", "in", "&", "d'", "al."}
+# Open-nomenclature qualifiers: what follows is not a determined epithet.
+_OPEN_NOMENCLATURE = {"sp.", "sp", "spp.", "spp", "cf.", "cf", "aff.", "aff", "indet.", "indet", "nr.", "sp.nov."}
+KINGDOM_SYNONYMS: dict[str, str] = {
+    "Metazoa": "Animalia",
+    "Viridiplantae": "Plantae",
+    "Archaeplastida": "Plantae",
+    "Chloroplastida": "Plantae",
+}
+"""Kingdom names other references use, mapped to the names BioCLIP's data uses."""
 _HYBRID = "×"
 _EPITHET = re.compile(r"^×?[a-zà-öø-ÿ][a-zà-öø-ÿ\-]*$")
 _UNINOMIAL = re.compile(r"^×?[A-Za-zÀ-ÖØ-öø-ÿ][A-Za-zÀ-ÖØ-öø-ÿ\-]*$")
@@ -83,6 +96,8 @@ def parse_scientific_name(text: object) -> ScientificName:
         low = tok.lower()
         if low in _INFRA_MARKERS:
             continue
+        if low in _OPEN_NOMENCLATURE:
+            break
         if low in _AUTHOR_PARTICLES or not _EPITHET.match(tok):
             break  # an author, a year, a parenthesis: the rest is citation
         epithets.append(tok)
@@ -118,6 +133,12 @@ def clean_uninomial(text: object) -> str:
     """A higher-rank name (kingdom..genus): authors dropped, capitalised, or '' if invalid."""
     tokens = _normalise_hybrid_signs(normalise_text(text).split())
     return _uninomial(tokens[0]) if tokens else ""
+
+
+def clean_kingdom(text: object) -> str:
+    """A kingdom name cleaned like any uninomial, synonyms mapped (`Metazoa` -> `Animalia`)."""
+    name = clean_uninomial(text)
+    return KINGDOM_SYNONYMS.get(name, name)
 
 
 def clean_common_name(text: object) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from treeclip.taxonomy.names import normalise_text
+
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 """The seven Linnaean ranks, highest first. `species` holds the epithet."""
 
@@ -45,10 +47,10 @@ class Taxon:
         lineage = tuple(self.lineage)
         if len(lineage) != len(RANKS):
             raise ValueError(f"a taxon needs {len(RANKS)} ranks, got {len(lineage)}: {lineage!r}")
-        cleaned = tuple(" ".join(str(n or "").split()) for n in lineage)
+        cleaned = tuple(normalise_text(n) for n in lineage)  # also None/NaN -> ''
         cleaned = tuple(_capitalise(n) for n in cleaned[:-1]) + (cleaned[-1].lower(),)
         object.__setattr__(self, "lineage", cleaned)
-        object.__setattr__(self, "common", " ".join(str(self.common or "").split()))
+        object.__setattr__(self, "common", normalise_text(self.common))
 
     # -- construction ---------------------------------------------------------------
     @classmethod
