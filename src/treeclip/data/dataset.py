@@ -1,0 +1,371 @@
+"""The dataset dir: webdataset tar shards + catalog.parquet + taxa.parquet + manifest.json.
+
+Layout (the contract every stage reads; see docs/data.md):
+
+    DIR/manifest.json         counts, text types, per split the shards (name, n, bytes, sha256), build info
+    DIR/catalog.parquet       one row per sample: key, split, shard, 7 ranks, common, cls, source, ...
+    DIR/taxa.parquet          one row per class: cls, 7 ranks, common, n_images
+    DIR/train/shard-000000.tar, DIR/val/shard-000000.tar, ...
+
+A shard sample is `KEY.jpg`, one `KEY.<type>.txt` per text type holding exactly
+`Taxon.caption(type)`, `KEY.json` (ranks, common, source, source id, hashes) and `KEY.cls`
+(the class index into taxa.parquet, in decimal). Shards are written under a temporary name
+and renamed when whole; tar headers carry no timestamps or owners, so the same samples
+always give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from treeclip.errors import TreeclipError
+from treeclip.fsutil import atomic_path, write_json_atomic
+from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
+
+FORMAT = "treeclip-dataset"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+SHARD_PATTERN = "shard-%06d.tar"
+CATALOG_COLUMNS = ("key", "split", "shard", *RANKS, "common", "cls", "source", "source_id", "sha256", "phash")
+
+
+@dataclass
+class Sample:
+    """One training example: an encoded JPEG and its taxon.
+
+    `extra` goes into the sample's `.json`; its `sha256` (of decoded pixels) and `phash`
+    keys, when given, are used instead of decoding the JPEG again to compute them.
+    """
+
+    key: str
+    image: bytes
+    taxon: Taxon
+    split: str
+    source: str = ""
+    source_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._f.write(b)
+        self.sha256.update(b)
+        self.bytes += len(b)
+        return len(b)
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o444
+    info.mtime = 0  # deterministic: same samples, same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_members(sample: Sample, cls: int, hashes: dict[str, str]) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, in their stored order."""
+    key = sample.key
+    meta = {
+        **sample.taxon.as_dict(),
+        "source": sample.source,
+        "source_id": sample.source_id,
+        **{k: v for k, v in sample.extra.items() if k not in ("sha256", "phash")},
+        **hashes,
+    }
+    members = [(f"{key}.jpg", sample.image)]
+    members += [(f"{key}.{t}.txt", sample.taxon.caption(t).encode("utf-8")) for t in TEXT_TYPES]
+    members.append((f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")))
+    members.append((f"{key}.cls", str(cls).encode("ascii")))
+    return members
+
+
+class ShardWriter:
+    """Writes `shard-%06d.tar` files into `split_dir`, starting a new shard when the
+    current one reaches `max_samples` samples or would pass `max_bytes`. Each shard is
+    written under a temporary name and renamed when whole."""
+
+    def __init__(self, split_dir: str | os.PathLike, *, max_samples: int = 10000, max_bytes: float = 3e9,
+                 start_index: int = 0) -> None:
+        self.dir = Path(split_dir)
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.index = start_index
+        self.shards: list[dict[str, Any]] = []
+        self._tar: tarfile.TarFile | None = None
+
+    @property
+    def current_name(self) -> str:
+        return SHARD_PATTERN % self.index
+
+    def _open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.current_name}.", suffix=".tmp", dir=self.dir)
+        self._tmp = Path(tmp)
+        self._raw = os.fdopen(fd, "wb")
+        self._hashing = _HashingFile(self._raw)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.PAX_FORMAT)
+        self._n = 0
+
+    def _close(self) -> None:
+        assert self._tar is not None
+        self._tar.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        final = self.dir / self.current_name
+        os.replace(self._tmp, final)
+        self.shards.append({"name": self.current_name, "n_samples": self._n,
+                            "bytes": self._hashing.bytes, "sha256": self._hashing.sha256.hexdigest()})
+        self._tar = None
+        self.index += 1
+
+    def write(self, members: list[tuple[str, bytes]]) -> str:
+        """Add one sample's members; returns the name of the shard it went into."""
+        size = sum(len(d) + 1024 for _, d in members)  # + header and padding, roughly
+        if self._tar is not None and (self._n >= self.max_samples or
+                                      (self._n and self._hashing.bytes + size > self.max_bytes)):
+            self._close()
+        if self._tar is None:
+            self._open()
+        for name, data in members:
+            _tar_member(self._tar, name, data)
+        self._n += 1
+        return self.current_name
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the open shard; returns every shard written (name, n_samples, bytes, sha256)."""
+        if self._tar is not None:
+            self._close()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the open shard's temporary file (on error)."""
+        if self._tar is not None:
+            try:
+                self._raw.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
+                self._tar = None
+
+
+def image_hashes(jpeg: bytes) -> dict[str, str]:
+    """Pixel sha256 and perceptual hash of an encoded image."""
+    from treeclip.data.images import decode_image, pixel_sha256
+    from treeclip.data.phash import phash
+
+    img = decode_image(jpeg, name="sample")
+    return {"sha256": pixel_sha256(img), "phash": phash(img)}
+
+
+def _check_key(key: str) -> None:
+    if not key or "." in key or "/" in key or key != key.strip():
+        raise ValueError(f"sample key {key!r} must be non-empty, without dots, slashes or edge spaces")
+
+
+def write_dataset(
+    samples: Iterable[Sample],
+    out_dir: str | os.PathLike,
+    *,
+    taxa: Sequence[Taxon],
+    build_info: dict,
+    shard_max_samples: int = 10000,
+    shard_max_bytes: float = 3e9,
+    progress: bool = False,
+) -> dict:
+    """Write `samples` (any order, splits interleaved) as a dataset dir and return its
+    manifest. The class index of a sample is its taxon's position in `taxa`. Files of an
+    earlier dataset in `out_dir` are replaced; the manifest is written last, so a dataset
+    dir with a manifest is complete."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cls_of = {t: i for i, t in enumerate(taxa)}
+    if len(cls_of) != len(taxa):
+        raise ValueError("taxa must be distinct")
+    writers: dict[str, ShardWriter] = {}
+    rows: dict[str, list] = {c: [] for c in CATALOG_COLUMNS}
+    counts = [0] * len(taxa)
+    seen: set[str] = set()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc="writing shards", unit="img", dynamic_ncols=True)
+    try:
+        for s in samples:
+            _check_key(s.key)
+            if s.key in seen:
+                raise ValueError(f"duplicate sample key {s.key!r}")
+            seen.add(s.key)
+            if s.split not in SPLITS:
+                raise ValueError(f"sample {s.key}: split must be one of {SPLITS}, got {s.split!r}")
+            if s.taxon not in cls_of:
+                raise ValueError(f"sample {s.key}: taxon {s.taxon} is not in `taxa`")
+            cls = cls_of[s.taxon]
+            hashes = {k: s.extra[k] for k in ("sha256", "phash") if s.extra.get(k)}
+            if len(hashes) < 2:
+                hashes = image_hashes(s.image)
+            w = writers.get(s.split)
+            if w is None:
+                w = writers[s.split] = ShardWriter(out / s.split, max_samples=shard_max_samples,
+                                                   max_bytes=shard_max_bytes)
+            shard = w.write(sample_members(s, cls, hashes))
+            counts[cls] += 1
+            for col, val in (("key", s.key), ("split", s.split), ("shard", f"{s.split}/{shard}"),
+                             *zip(RANKS, s.taxon.lineage), ("common", s.taxon.common), ("cls", cls),
+                             ("source", s.source), ("source_id", s.source_id), *hashes.items()):
+                rows[col].append(val)
+            if bar is not None:
+                bar.update(1)
+        shards = {split: w.close() for split, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    _remove_stale_shards(out, shards)
+    write_catalog(out, rows)
+    write_taxa(out, taxa, counts)
+    manifest = make_manifest(taxa, counts, shards, build_info)
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def _remove_stale_shards(out: Path, shards: dict[str, list[dict]]) -> None:
+    for split in SPLITS:
+        keep = {s["name"] for s in shards.get(split, [])}
+        for p in (out / split).glob("shard-*.tar") if (out / split).is_dir() else []:
+            if p.name not in keep:
+                p.unlink()
+
+
+def write_catalog(out: Path, rows: dict[str, list]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"cls": pa.int32()}
+    table = pa.table({c: pa.array(rows[c], type=types.get(c, pa.string())) for c in CATALOG_COLUMNS})
+    with atomic_path(out / "catalog.parquet", suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_taxa(out: Path, taxa: Sequence[Taxon], counts: Sequence[int]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols: dict[str, Any] = {"cls": pa.array(range(len(taxa)), type=pa.int32())}
+    for i, r in enumerate(RANKS):
+        cols[r] = pa.array([t.lineage[i] for t in taxa], type=pa.string())
+    cols["common"] = pa.array([t.common for t in taxa], type=pa.string())
+    cols["n_images"] = pa.array(list(counts), type=pa.int64())
+    with atomic_path(out / "taxa.parquet", suffix=".parquet") as tmp:
+        pq.write_table(pa.table(cols), tmp)
+
+
+def make_manifest(taxa: Sequence[Taxon], counts: Sequence[int], shards: dict[str, list[dict]],
+                  build_info: dict) -> dict:
+    from treeclip import __version__
+
+    splits = {s: {"n_samples": sum(x["n_samples"] for x in shards.get(s, [])), "shards": shards.get(s, [])}
+              for s in SPLITS}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "treeclip_version": __version__,
+        "n_samples": sum(v["n_samples"] for v in splits.values()),
+        "n_taxa": len(taxa),
+        "n_taxa_with_images": sum(1 for c in counts if c),
+        "taxa_per_rank": {r: len({t.lineage[:i + 1] for t in taxa if t.lineage[i]}) for i, r in enumerate(RANKS)},
+        "text_types": list(TEXT_TYPES),
+        "shard_pattern": SHARD_PATTERN,
+        "splits": splits,
+        "build": build_info,
+    }
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def read_manifest(dataset_dir: str | os.PathLike) -> dict:
+    """The manifest of a dataset dir; a one-line TreeclipError when it is not one."""
+    path = Path(dataset_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TreeclipError(f"{dataset_dir}: not a dataset dir (no manifest.json; an unfinished build?)") from None
+    except (OSError, ValueError) as e:
+        raise TreeclipError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise TreeclipError(f"{path}: not a treeclip dataset manifest")
+    return manifest
+
+
+def read_taxa(dataset_dir: str | os.PathLike) -> list[Taxon]:
+    """The classes of a dataset, in class-index order."""
+    import pyarrow.parquet as pq
+
+    path = Path(dataset_dir) / "taxa.parquet"
+    if not path.exists():
+        raise TreeclipError(f"{dataset_dir}: not a dataset dir (no taxa.parquet)")
+    t = pq.read_table(path).sort_by("cls").to_pydict()
+    return [Taxon(tuple(t[r][i] or "" for r in RANKS), t["common"][i] or "") for i in range(len(t["cls"]))]
+
+
+def read_catalog(dataset_dir: str | os.PathLike):
+    """catalog.parquet as a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(dataset_dir) / "catalog.parquet")
+
+
+def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[str]:
+    """Paths of the shards of `split`, in manifest order (empty if the split has none)."""
+    manifest = read_manifest(dataset_dir)
+    if split not in manifest["splits"]:
+        raise TreeclipError(f"{dataset_dir}: no split {split!r} (has {', '.join(manifest['splits'])})")
+    return [str(Path(dataset_dir) / split / s["name"]) for s in manifest["splits"][split]["shards"]]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_shards(dataset_dir: str | os.PathLike) -> list[str]:
+    """Check every shard's size and sha256 against the manifest; one line per problem."""
+    manifest = read_manifest(dataset_dir)
+    problems = []
+    for split, info in manifest["splits"].items():
+        for s in info["shards"]:
+            p = Path(dataset_dir) / split / s["name"]
+            if not p.exists():
+                problems.append(f"{p}: missing")
+            elif p.stat().st_size != s["bytes"]:
+                problems.append(f"{p}: size {p.stat().st_size} != {s['bytes']} in manifest")
+            elif file_sha256(p) != s["sha256"]:
+                problems.append(f"{p}: sha256 differs from the manifest (corrupt or modified)")
+    return problems
