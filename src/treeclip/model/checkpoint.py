@@ -1,0 +1,179 @@
+"""Model directories: save, load, and read weights without unpickling untrusted data.
+
+A model dir is what open_clip's `local-dir:` schema reads:
+`open_clip_config.json` (`model_cfg` + `preprocess_cfg`) and `open_clip_model.safetensors`,
+plus `treeclip.json` (name, fingerprint, training metadata) that open_clip ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from treeclip import fsutil
+from treeclip.errors import TreeclipError
+from treeclip.model.factory import ClipModel, build_clip, create_model
+from treeclip.model.registry import get_config, is_registered
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+META_FILE = "treeclip.json"
+LOCAL_DIR = "local-dir:"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# open_clip's own search order inside a dir, safetensors first
+_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
+                "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "pytorch_model.bin",
+                "pytorch_model.pth", "model.pth")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file: safetensors, or a torch file loaded with
+    `weights_only=True` (so a malicious pickle cannot run code). A `state_dict` key and a
+    `module.` prefix (DistributedDataParallel) are unwrapped."""
+    path = Path(path)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise TreeclipError(f"{path}: not a weights file (expected {', '.join(WEIGHT_SUFFIXES)})")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TreeclipError(f"{path}: no such file") from None
+    except Exception as err:  # corrupt file, or a pickle that needs code to load
+        raise TreeclipError(f"{path}: cannot read weights ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise TreeclipError(f"{path}: no tensors found")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights_into(clip: ClipModel, source: str | Path) -> None:
+    """Load weights from a file, a model dir or `local-dir:DIR` into `clip` (strict: every
+    weight must fit). open_clip's converters handle older checkpoint layouts."""
+    from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    path = _weights_path(source)
+    state = read_state_dict(path)
+    model = clip.model
+    try:
+        state = convert_state_dict(model, state)
+        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+        model.load_state_dict(state, strict=True)
+    except Exception as err:
+        raise TreeclipError(f"{path}: weights do not fit model {clip.name!r} "
+                            f"({str(err).splitlines()[0][:300]})") from None
+    clip._fingerprint = None
+
+
+def _weights_path(source: str | Path) -> Path:
+    source = str(source)
+    path = Path(source[len(LOCAL_DIR):] if source.startswith(LOCAL_DIR) else source)
+    if path.is_dir():
+        for name in _DIR_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+        raise TreeclipError(f"{path}: no weights file in this model dir (expected {WEIGHTS_FILE})")
+    if not path.exists():
+        raise TreeclipError(f"{path}: no such file or directory")
+    return path
+
+
+def save_model(clip: ClipModel, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Write `clip` as a model dir that plain `open_clip.create_model_and_transforms(
+    'local-dir:OUT_DIR')` loads with no treeclip code. Each file is written atomically,
+    the weights first and `treeclip.json` last. Returns the dir."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in clip.model.state_dict().items()}
+    with fsutil.atomic_path(out / WEIGHTS_FILE, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    config = {"model_cfg": clip.config["model_cfg"], "preprocess_cfg": clip.config["preprocess_cfg"]}
+    fsutil.write_json_atomic(out / CONFIG_FILE, config)
+    from treeclip import __version__
+
+    info = {
+        "name": clip.name,
+        "fingerprint": clip.fingerprint(refresh=True),
+        "embed_dim": clip.embed_dim,
+        "image_size": clip.image_size,
+        "context_length": clip.context_length,
+        "parameters": clip.num_parameters(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "treeclip_version": __version__,
+        "meta": meta or {},
+    }
+    fsutil.write_json_atomic(out / META_FILE, info)
+    return out
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """`{"model_cfg", "preprocess_cfg"}` of a model dir, with a clear error if unusable."""
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TreeclipError(f"{path}: missing; a model dir needs {CONFIG_FILE} and {WEIGHTS_FILE}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TreeclipError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict) or "model_cfg" not in config:
+        raise TreeclipError(f"{path}: has no 'model_cfg'")
+    if "preprocess_cfg" not in config or "size" not in config["preprocess_cfg"]:
+        from treeclip.model.registry import default_preprocess_cfg
+
+        size = config["model_cfg"].get("vision_cfg", {}).get("image_size", 224)
+        config["preprocess_cfg"] = {**default_preprocess_cfg(size), **config.get("preprocess_cfg", {})}
+    return {"model_cfg": config["model_cfg"], "preprocess_cfg": config["preprocess_cfg"]}
+
+
+def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str = "fp32") -> ClipModel:
+    """A model from `spec`: a model dir, `local-dir:DIR`, a weights file with
+    `open_clip_config.json` beside it, or a registered name (random weights, seed 0)."""
+    spec = str(spec)
+    path = Path(spec[len(LOCAL_DIR):] if spec.startswith(LOCAL_DIR) else spec)
+    if path.is_dir():
+        model_dir, weights = path, _weights_path(path)
+    elif path.is_file():
+        model_dir, weights = path.parent, path
+    elif spec.startswith(LOCAL_DIR) or not _is_architecture(spec):
+        raise TreeclipError(f"{spec}: no such model dir, weights file or registered model "
+                            "(`treeclip models` lists the registered ones)")
+    else:
+        return create_model(spec, precision=precision, device=device)
+    config = read_config(model_dir)
+    name = _model_name(model_dir)
+    clip = ClipModel(model=build_clip(config, precision=precision), name=name, config=config)
+    load_weights_into(clip, weights)
+    clip.model.to(device)
+    clip.model.eval()
+    return clip
+
+
+def _is_architecture(name: str) -> bool:
+    if is_registered(name):
+        return True
+    try:
+        get_config(name)
+        return True
+    except TreeclipError:
+        return False
+
+
+def _model_name(model_dir: Path) -> str:
+    try:
+        return json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return model_dir.resolve().name

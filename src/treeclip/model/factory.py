@@ -1,0 +1,213 @@
+"""Build open_clip models from configs, and `ClipModel`: a model with its preprocessing,
+tokenizer and the encoders every stage uses.
+
+Models are plain open_clip `CLIP` modules built from a config dict (no global registration
+in open_clip), so an exported directory loads with `open_clip.create_model_and_transforms
+('local-dir:DIR')` and nothing from treeclip.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from treeclip.errors import TreeclipError
+from treeclip.model.registry import get_config
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def build_clip(config: dict, *, precision: str = "fp32") -> torch.nn.Module:
+    """An open_clip `CLIP` module with random weights from `{"model_cfg", "preprocess_cfg"}`.
+
+    The global torch RNG decides the initial weights; seed it first for a reproducible model."""
+    from open_clip.model import CLIP, CustomTextCLIP, convert_weights_to_lp, get_cast_dtype, set_model_preprocess_cfg
+
+    if precision not in PRECISIONS:
+        raise TreeclipError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    model_cfg = copy.deepcopy(config["model_cfg"])
+    custom_text = model_cfg.pop("custom_text", False) or "hf_model_name" in model_cfg.get("text_cfg", {})
+    cls = CustomTextCLIP if custom_text else CLIP
+    model = cls(**model_cfg, cast_dtype=get_cast_dtype(precision))
+    if precision != "fp32":
+        # open_clip's "pure" low precision: matmul weights cast, LayerNorms compute in fp32
+        convert_weights_to_lp(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    set_model_preprocess_cfg(model, config["preprocess_cfg"])
+    return model
+
+
+def count_parameters(config: dict) -> int:
+    """Parameter count of a config, without allocating its weights (meta device)."""
+    with torch.device("meta"):
+        model = build_clip(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_tokenizer(config: dict):
+    """open_clip's BPE tokenizer at the config's context length (list[str] -> LongTensor)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    text_cfg = config["model_cfg"].get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name"):
+        raise TreeclipError("Hugging Face text towers are not supported by treeclip; use a CLIP text tower")
+    return SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+
+
+def make_transform(config: dict, *, train: bool = False, aug: dict | None = None) -> Callable:
+    """The image transform (PIL -> normalised tensor); `train=True` adds open_clip's random
+    resized crop (scale 0.9-1.0 unless `aug` says otherwise)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    pp = dict(config["preprocess_cfg"])
+    pp["mean"], pp["std"] = tuple(pp["mean"]), tuple(pp["std"])
+    return image_transform_v2(PreprocessCfg(**pp), is_train=train, aug_cfg=aug)
+
+
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the padding columns every row has at its end. Exact for CLIP's causal text
+    tower: no token attends to a later position, so trailing padding never changes the
+    features read at the end-of-text token."""
+    nonpad = (tokens != 0).any(dim=0).nonzero()
+    length = int(nonpad[-1]) + 1 if len(nonpad) else 1
+    return tokens[:, :length]
+
+
+def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Unnormalised text features of a CLIP model, computed on the trimmed token length.
+
+    Follows open_clip's `CLIP.encode_text` op for op, with positional embeddings and causal
+    mask cut to the trimmed length. Other towers fall back to `encode_text`."""
+    if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", "argmax") != "argmax":
+        return model.encode_text(tokens)
+    tokens = trim_padding(tokens)
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    # argmax pooling: the end-of-text id is the largest id in every caption
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
+@dataclass
+class ClipModel:
+    """An open_clip CLIP model with what it needs to be used: `preprocess` (PIL -> tensor,
+    eval transform), `tokenizer` (list[str] -> LongTensor) and its config."""
+
+    model: torch.nn.Module = field(repr=False)
+    name: str
+    config: dict
+    preprocess: Callable = field(repr=False, default=None)
+    tokenizer: Callable = field(repr=False, default=None)
+    _fingerprint: str | None = field(repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = make_transform(self.config)
+        if self.tokenizer is None:
+            self.tokenizer = make_tokenizer(self.config)
+
+    # -- shape of the model --------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        size = self.config["preprocess_cfg"]["size"]
+        return size if isinstance(size, int) else size[0]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["model_cfg"]["embed_dim"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config["model_cfg"]["text_cfg"].get("context_length", 77))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.visual.conv1.weight.dtype if hasattr(self.model.visual, "conv1") else torch.float32
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def train_transform(self, aug: dict | None = None) -> Callable:
+        """The training transform (random resized crop; see `make_transform`)."""
+        return make_transform(self.config, train=True, aug=aug)
+
+    # -- identity ------------------------------------------------------------------
+    def fingerprint(self, *, refresh: bool = False) -> str:
+        """sha256 hex of the config and every weight (name, dtype, shape, bytes); cached,
+        `refresh=True` recomputes after the weights changed (training)."""
+        if self._fingerprint is None or refresh:
+            h = hashlib.sha256()
+            h.update(json.dumps(self.config["model_cfg"], sort_keys=True).encode())
+            h.update(json.dumps(self.config["preprocess_cfg"], sort_keys=True).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous().reshape(-1)
+                h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # -- encoders (inference) ------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 image embeddings of a preprocessed batch (N, 3, H, W)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = pixels.to(self.device, dtype=self.dtype)
+            return F.normalize(self.model.encode_image(x).float(), dim=-1)
+        finally:
+            self.model.train(was_training)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised float32 text embeddings, `batch_size` captions at a time."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = [torch.empty(0, self.embed_dim)]
+            for i in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+                out.append(F.normalize(encode_tokens(self.model, tokens).float(), dim=-1).cpu())
+            return torch.cat(out)
+        finally:
+            self.model.train(was_training)
+
+    def logit_scale(self) -> float:
+        """exp(logit_scale): the temperature zero-shot logits are multiplied by."""
+        return float(self.model.logit_scale.detach().float().exp().item())
+
+
+def create_model(name: str, *, pretrained: str | None = None, seed: int = 0,
+                 precision: str = "fp32", device: str | torch.device = "cpu") -> ClipModel:
+    """A registered (or open_clip built-in) architecture, randomly initialised from `seed`,
+    or initialised from `pretrained`: a local open_clip checkpoint file (`.safetensors`,
+    or `.bin`/`.pt`/`.pth` read with `torch.load(weights_only=True)`), a model dir or
+    `local-dir:DIR` whose weights fit the architecture."""
+    config = get_config(name)
+    config.pop("description", None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_clip(config, precision=precision)
+    clip = ClipModel(model=model, name=name, config=config)
+    if pretrained:
+        from treeclip.model.checkpoint import load_weights_into
+
+        load_weights_into(clip, pretrained)
+    clip.model.to(device)
+    return clip

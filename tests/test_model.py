@@ -1,0 +1,132 @@
+"""treeclip.model: registry, creation, export that plain open_clip loads, safe loading."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+
+from treeclip.errors import TreeclipError
+from treeclip.model import create_model, get_config, list_models, load_model, save_model, trim_padding
+
+TEXTS = [
+    "a photo of Animalia Chordata Aves Passeriformes Corvidae Pica hudsonia with common name black-billed magpie.",
+    "a photo of Pica hudsonia.",
+    "a photo of black-billed magpie.",
+]
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.set_num_threads(1)
+    return create_model("micro-vit-32", seed=0)
+
+
+def _images(n: int = 3) -> list[Image.Image]:
+    return [Image.new("RGB", (40 + 7 * i, 33), (30 * i, 200 - 40 * i, 90)) for i in range(n)]
+
+
+def test_registry_has_bioclip_and_tiny_configs():
+    names = list_models()
+    assert {"bioclip-vit-b-16", "tiny-vit-64", "micro-vit-32"} <= set(names)
+    bioclip = get_config("bioclip-vit-b-16")["model_cfg"]
+    assert bioclip["embed_dim"] == 512 and bioclip["quick_gelu"] is True
+    assert bioclip["vision_cfg"]["patch_size"] == 16 and bioclip["vision_cfg"]["image_size"] == 224
+    assert bioclip["text_cfg"]["context_length"] == 77
+    with pytest.raises(TreeclipError, match="unknown model"):
+        get_config("no-such-model")
+
+
+def test_seeded_creation_is_reproducible(micro):
+    again = create_model("micro-vit-32", seed=0)
+    other = create_model("micro-vit-32", seed=1)
+    assert again.fingerprint() == micro.fingerprint()
+    assert other.fingerprint() != micro.fingerprint()
+    assert micro.image_size == 32 and micro.embed_dim == 64
+    assert abs(micro.logit_scale() - 1 / 0.07) < 1e-3
+
+
+def test_encoders_are_normalised_and_padding_trim_is_exact(micro):
+    feats = micro.encode_texts(TEXTS, batch_size=2)
+    assert feats.shape == (3, 64) and feats.dtype == torch.float32
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(3), atol=1e-5)
+    tokens = micro.tokenizer(TEXTS)
+    assert trim_padding(tokens).shape[1] < tokens.shape[1]
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(micro.model.encode_text(tokens), dim=-1)
+    assert torch.allclose(full, feats, atol=1e-6)
+    pixels = torch.stack([micro.preprocess(im) for im in _images()])
+    img = micro.encode_images(pixels)
+    assert img.shape == (3, 64) and torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_export_loads_in_plain_open_clip_with_identical_embeddings(micro, tmp_path):
+    import open_clip
+
+    with torch.no_grad():  # perturb so the weights are not just the seeded init
+        micro.model.logit_scale.fill_(3.0)
+    out = save_model(micro, tmp_path / "model", meta={"note": "test"})
+    assert {p.name for p in out.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors", "treeclip.json"}
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
+    model.eval()
+    pixels_oc = torch.stack([preprocess(im) for im in _images()])
+    pixels_tc = torch.stack([micro.preprocess(im) for im in _images()])
+    assert torch.equal(pixels_oc, pixels_tc)
+    with torch.no_grad():
+        img_oc = model.encode_image(pixels_oc, normalize=True)
+        txt_oc = model.encode_text(tokenizer(TEXTS), normalize=True)
+    assert torch.equal(img_oc, micro.encode_images(pixels_tc))
+    assert torch.allclose(txt_oc, micro.encode_texts(TEXTS), atol=1e-6)
+    assert float(model.logit_scale.detach()) == 3.0
+
+    loaded = load_model(f"local-dir:{out}")
+    assert loaded.fingerprint() == micro.fingerprint(refresh=True)
+    assert json.loads((out / "treeclip.json").read_text())["meta"] == {"note": "test"}
+    # initialise a fresh model from the exported weights file
+    init = create_model("micro-vit-32", pretrained=str(out / "open_clip_model.safetensors"))
+    assert init.fingerprint() == micro.fingerprint()
+
+
+def test_bin_checkpoints_load_without_unpickling_code(micro, tmp_path):
+    good = tmp_path / "good" / "open_clip_pytorch_model.bin"
+    good.parent.mkdir()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in micro.model.state_dict().items()}}, good)
+    (good.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": micro.config["model_cfg"]}))
+    assert load_model(str(good)).fingerprint() == micro.fingerprint(refresh=True)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.bin"
+    evil.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(TreeclipError, match="evil.bin: cannot read weights"):
+        create_model("micro-vit-32", pretrained=str(evil))
+
+
+def test_bad_specs_fail_with_one_line(tmp_path):
+    with pytest.raises(TreeclipError, match="no such model dir"):
+        load_model(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TreeclipError, match="no weights file"):
+        load_model(f"local-dir:{tmp_path / 'empty'}")
+    other = create_model("micro-vit-32")
+    save_model(other, tmp_path / "m")
+    with pytest.raises(TreeclipError, match="do not fit"):
+        create_model("tiny-vit-64", pretrained=str(tmp_path / "m"))
+
+
+def test_models_command_lists_parameter_counts():
+    from click.testing import CliRunner
+
+    from treeclip.cli import cli
+
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {json.loads(line)["name"]: json.loads(line) for line in result.output.splitlines()}
+    assert rows["bioclip-vit-b-16"]["parameters"] > 149_000_000
+    assert rows["micro-vit-32"]["parameters"] < rows["tiny-vit-64"]["parameters"]
