@@ -1,0 +1,107 @@
+"""Zero-shot classification as the BioCLIP paper evaluates it (BIOCLIP-FACTS section 4).
+
+A class embedding is the mean of the L2-normalised text embeddings of the class name put
+through every template, renormalised. Logits are `exp(logit_scale) * image @ class`;
+argmax order is unaffected by the scale, so accuracies do not depend on it.
+
+Ties are broken towards the lower class index everywhere (a stable sort), so the top-1
+prediction is `argmax` and top-k is the first k of a stable descending sort.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from treeclip.taxonomy.taxon import TEXT_TYPES, Taxon
+
+AS_GIVEN = "as-given"
+"""Text type meaning: use the class names exactly as the task gives them."""
+
+CLASS_TEXT_TYPES: tuple[str, ...] = TEXT_TYPES + (AS_GIVEN,)
+DEFAULT_TEXT_TYPE = "taxon_com"
+
+TextEncoder = Callable[[list[str]], "np.ndarray"]
+
+
+def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero (no NaNs)."""
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.where(norm == 0, 1, norm)
+
+
+def class_text(taxon: Taxon | None, given: str, text_type: str) -> str:
+    """The name that fills the templates for one class: `taxon.name(text_type)` for a
+    class with a taxonomy, else (or for `as-given`) the name the task gave."""
+    if text_type not in CLASS_TEXT_TYPES:
+        raise ValueError(f"unknown text type {text_type!r}; expected one of {', '.join(CLASS_TEXT_TYPES)}")
+    if text_type == AS_GIVEN or taxon is None or taxon.is_empty:
+        return given
+    return taxon.name(text_type)
+
+
+def fill_templates(names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every (class, template) caption, class-major: names[0] x all templates, then names[1] ..."""
+    return [t.replace("{}", n) for n in names for t in templates]
+
+
+def class_embeddings(encode_texts: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """(n_classes, dim) float32: per class the mean over templates of the L2-normalised
+    text embeddings, renormalised. `encode_texts` maps captions to embeddings (e.g.
+    `ClipModel.encode_texts`); they are normalised here again, so any encoder works."""
+    if not names or not templates:
+        raise ValueError("class_embeddings needs at least one class name and one template")
+    texts = fill_templates(names, templates)
+    emb = np.asarray(_to_numpy(encode_texts(texts)), dtype=np.float32)
+    emb = l2_normalise(emb).reshape(len(names), len(templates), -1)
+    return l2_normalise(emb.mean(axis=1)).astype(np.float32)
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def logits(image_features: np.ndarray, class_emb: np.ndarray, logit_scale: float = 1.0) -> np.ndarray:
+    """`logit_scale * image @ class.T`; pass `exp` of a log-scale yourself
+    (`ClipModel.logit_scale()` returns the exponentiated scale)."""
+    return logit_scale * (np.asarray(image_features, np.float32) @ np.asarray(class_emb, np.float32).T)
+
+
+def ranked_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) class indices, best first, ties to the lower index."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order[:, :k]
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k best classes (k capped at n_classes)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    top = ranked_classes(scores, min(k, scores.shape[1]))
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def mean_per_class_recall(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in `labels` of the fraction of their images predicted right."""
+    labels = np.asarray(labels)
+    pred = np.asarray(pred)
+    recalls = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def zero_shot_metrics(image_features: np.ndarray, labels: np.ndarray, class_emb: np.ndarray,
+                      logit_scale: float = 1.0) -> dict[str, float]:
+    """Top-1, top-3, top-5 accuracy and mean per-class recall over the given images."""
+    scores = logits(image_features, class_emb, logit_scale)
+    pred = ranked_classes(scores, 1)[:, 0]
+    return {
+        "top1": topk_accuracy(scores, labels, 1),
+        "top3": topk_accuracy(scores, labels, 3),
+        "top5": topk_accuracy(scores, labels, 5),
+        "per_class_recall": mean_per_class_recall(pred, labels),
+        "n": int(len(labels)),
+    }
