@@ -1,0 +1,399 @@
+"""Resolve catalog rows with partial names against the offline NCBI reference.
+
+A row may carry any of the 7 rank columns, a `scientific_name` or `taxonomic_name`
+column, and a common name (`common` or `common_name`). Each row gets:
+
+- its ranks cleaned (authors, markers, case) and the missing ones filled from NCBI;
+  ranks the row has are kept unless `overwrite=True`; disagreements are reported;
+- a `status`: `resolved` (found, nothing to fill), `filled` (ranks or the common name
+  filled), `conflict` (a given rank disagrees with NCBI), `ambiguous` (a homonym that the
+  row's higher ranks cannot settle; the row is left as it was) or `unknown` (no name of
+  the row is in NCBI, or there is no usable name);
+- a one-line `reason` saying what was filled, what conflicts, or why it failed.
+
+The lookup starts at the row's lowest name (`Genus epithet` when both are there) and
+climbs: a species missing from NCBI is placed by its genus, and so on. Each distinct
+combination of names is resolved once, so a million rows cost one lookup per distinct
+name (see benchmarks/taxonomy_resolve.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from treeclip.errors import TreeclipError
+from treeclip.taxonomy.names import (
+    clean_common_name,
+    clean_epithet,
+    clean_kingdom,
+    clean_uninomial,
+    normalise_text,
+    parse_scientific_name,
+)
+from treeclip.taxonomy.taxon import RANKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from treeclip.taxonomy.ncbi import NcbiReference
+
+STATUSES: tuple[str, ...] = ("resolved", "filled", "conflict", "ambiguous", "unknown")
+NAME_COLUMNS: tuple[str, ...] = RANKS + ("scientific_name", "taxonomic_name")
+_ALIASES = {"common_name": "common", "vernacular_name": "common", "scientificname": "scientific_name",
+            "taxonomicname": "taxonomic_name"}
+_EMPTY_KEY = ("",) * (len(RANKS) + 1)
+
+# One distinct row key: the 7 cleaned ranks + a name of unknown rank.
+Key = tuple[str, ...]
+
+
+# -- reading and writing catalogs ----------------------------------------------------------
+def _first_line(message: str, limit: int = 160) -> str:
+    line = str(message).strip().splitlines()[0] if str(message).strip() else "unreadable"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _utf8_error(path: Path) -> str | None:
+    """Where a file stops being UTF-8 (`line 3, byte 0xe9`), or None if it is UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"line {line}, byte 0x{data[err.start]:02x}"
+    return None
+
+
+def read_catalog_table(path: str | Path) -> "pa.Table":
+    """Read a catalog (CSV, TSV or Parquet) with every CSV column as text.
+
+    Raises TreeclipError with one line naming the file and the reason for a missing or
+    empty file, malformed CSV, non-UTF-8 text or an unreadable Parquet file.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise TreeclipError(f"{path}: no such file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            raise TreeclipError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
+    bad_utf8 = _utf8_error(path)
+    if bad_utf8:
+        raise TreeclipError(f"{path}: not UTF-8 text ({bad_utf8}); save it as UTF-8")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = fh.readline()
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in header and "," not in header) else ","
+    names = [n.strip().strip('"') for n in header.rstrip("\r\n").split(delimiter)]
+    if not header.strip():
+        raise TreeclipError(f"{path}: empty file, expected a header row")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise TreeclipError(f"{path}: malformed CSV: repeated column {dupes[0]!r}")
+    try:
+        return pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as err:
+        raise TreeclipError(f"{path}: malformed CSV: {_first_line(err)}") from None
+
+
+def write_catalog_table(table: "pa.Table", path: str | Path) -> None:
+    """Write a table as Parquet (`.parquet`, `.pq`) or CSV (`.csv`, `.tsv`), atomically:
+    a failed write leaves nothing under `path`."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from treeclip.fsutil import atomic_path
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv"):
+        raise TreeclipError(f"{path}: unknown output format {suffix or '(none)'}; use .parquet or .csv")
+    with atomic_path(path, suffix=suffix) as tmp:
+        if suffix in (".parquet", ".pq"):
+            pq.write_table(table, tmp)
+        else:
+            pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ","))
+
+
+# -- column handling ----------------------------------------------------------------------
+def _column_map(columns: Iterable[str]) -> dict[str, str]:
+    """Canonical name (`genus`, `common`, ...) -> the table's column name."""
+    out: dict[str, str] = {}
+    for col in columns:
+        key = str(col).strip().lower().replace(" ", "_")
+        key = _ALIASES.get(key, key)
+        if key in NAME_COLUMNS + ("common",) and key not in out:
+            out[key] = col
+    return out
+
+
+def _strings(values: Any) -> "Any":
+    """A numpy object array of str ('' for null) from an Arrow column or pandas Series."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, (pa.ChunkedArray, pa.Array)):
+        if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+            values = pc.cast(values, pa.string())
+        values = pc.fill_null(values, "").to_numpy(zero_copy_only=False)
+    else:
+        values = values.astype(object).where(values.notna(), "").to_numpy()
+    return np.asarray(values, dtype=object)
+
+
+def _map_distinct(fn: Callable[..., str], *columns: Any) -> "Any":
+    """Apply `fn` once per distinct tuple of values across `columns`."""
+    import numpy as np
+    import pandas as pd
+
+    if len(columns[0]) == 0:
+        return np.array([], dtype=object)
+    if len(columns) == 1:
+        codes, uniques = pd.factorize(columns[0])
+        uniques = [(u,) for u in uniques]
+    else:
+        codes, uniques = pd.MultiIndex.from_arrays(columns).factorize()
+    mapped = np.empty(len(uniques), dtype=object)
+    for i, args in enumerate(uniques):  # element by element: results may be tuples
+        mapped[i] = fn(*args)
+    return mapped[codes]
+
+
+# -- one distinct row ---------------------------------------------------------------------
+def _queries(ranks: Key, free: str) -> list[tuple[str, str | None]]:
+    """Names to try, lowest first: (name, rank or None when the rank is not known)."""
+    out: list[tuple[str, str | None]] = []
+    if free:
+        out.append((free, None))
+    genus, species = ranks[5], ranks[6]
+    if genus and species:
+        out.append((f"{genus} {species}", "species"))
+    for i in range(5, -1, -1):
+        if ranks[i]:
+            out.append((ranks[i], RANKS[i]))
+    return out
+
+
+def _resolve_key(ref: "NcbiReference", key: Key, overwrite: bool) -> tuple[Key, str, str, str]:
+    """(ranks out, status, reason, common name from NCBI) for one distinct row."""
+    ranks, free = key[:-1], key[-1]
+    if ranks[6] and not ranks[5]:
+        return ranks, "unknown", f"species epithet {ranks[6]!r} without a genus", ""
+    queries = _queries(ranks, free)
+    if not queries:
+        return ranks, "unknown", "no name in row", ""
+    first_failure = ""
+    for name, rank in queries:
+        above = {r: n for r, n in zip(RANKS, ranks) if n and (rank is None or RANKS.index(r) < RANKS.index(rank))}
+        result = ref.lookup_one(name, above, rank=rank)
+        if result.status == "ambiguous":
+            return ranks, "ambiguous", result.reason, ""
+        if result.status == "resolved":
+            break
+        first_failure = first_failure or result.reason
+    else:
+        return ranks, "unknown", first_failure, ""
+
+    from treeclip.taxonomy.ncbi import names_agree
+
+    found = result.taxon
+    out = list(ranks)
+    filled, conflicts, notes = [], [], []
+    for i, rank_name in enumerate(RANKS):
+        mine, theirs = ranks[i], found.lineage[i]
+        if not theirs:
+            continue
+        if not mine:
+            out[i] = theirs
+            filled.append(rank_name)
+        elif not names_agree(rank_name, mine, theirs):
+            conflicts.append(f"{rank_name} {mine} but NCBI {theirs}")
+            if overwrite:
+                out[i] = theirs
+        elif overwrite:
+            out[i] = theirs
+    if first_failure:
+        notes.append(f"{first_failure}; placed by {result.query}")
+    if result.reason:
+        notes.append(result.reason)
+    if conflicts:
+        notes.insert(0, "; ".join(conflicts) + (" (NCBI's names written)" if overwrite else " (row's names kept)"))
+    if filled:
+        notes.append("filled " + ", ".join(filled))
+    status = "conflict" if conflicts else "filled" if filled else "resolved"
+    # NCBI's common name belongs to the matched node: use it only if that is the row's taxon.
+    lowest = max((i for i, n in enumerate(out) if n), default=-1)
+    common = found.common if found.lowest_rank == (RANKS[lowest] if lowest >= 0 else None) else ""
+    return tuple(out), status, "; ".join(notes), common
+
+
+# -- the table ----------------------------------------------------------------------------
+def _clean_names(get: Callable[[str], Any], n: int) -> tuple[list[Any], Any, list[Any]]:
+    """Cleaned rank columns, the free (unknown-rank) name column, and per-rank lists of
+    rows whose given name was not name-like (for the reason column)."""
+    import numpy as np
+
+    empty = np.full(n, "", dtype=object)
+    raw = {c: get(c) for c in NAME_COLUMNS}
+    raw = {c: (v if v is not None else empty) for c, v in raw.items()}
+    cleaned = [_map_distinct(clean_kingdom, raw["kingdom"])]
+    cleaned += [_map_distinct(clean_uninomial, raw[r]) for r in RANKS[1:6]]
+    cleaned.append(_map_distinct(clean_epithet, raw["species"], cleaned[5]))
+    junk = [np.flatnonzero((raw[r] != "") & (cleaned[i] == "")) for i, r in enumerate(RANKS)]
+
+    def from_scientific(text: str) -> tuple[str, str, str]:
+        name = parse_scientific_name(text)
+        return (name.genus, name.epithet, "") if name.epithet else ("", "", name.genus)
+
+    def from_taxonomic(text: str) -> tuple[str, ...]:
+        tokens = normalise_text(text).split()
+        if len(tokens) == len(RANKS) and tokens[-1].islower():
+            return tuple(tokens[:-1]) + (tokens[-1], "")
+        if len(tokens) >= 2 and tokens[-1].islower():
+            return ("",) * 5 + (tokens[-2], tokens[-1], "")
+        return ("",) * 7 + (tokens[-1] if tokens else "",)
+
+    free = empty.copy()
+    for column, parse in (("scientific_name", from_scientific), ("taxonomic_name", from_taxonomic)):
+        if not (raw[column] != "").any():
+            continue
+        parsed = _map_distinct(parse, raw[column])
+        width = len(parsed[0]) if len(parsed) else 0
+        parts = [np.array([p[j] for p in parsed], dtype=object) for j in range(width)]
+        targets = list(range(7 - (width - 1), 7))  # the rank indices the parts fill
+        values = []
+        for j, ri in enumerate(targets):
+            value = _map_distinct(clean_kingdom if ri == 0 else clean_epithet if ri == 6 else clean_uninomial, parts[j])
+            values.append(value)
+            use = (cleaned[ri] == "") & (value != "")
+            if ri == 6:  # an epithet only belongs with the genus it came with
+                use &= cleaned[5] == values[j - 1]
+            cleaned[ri] = np.where(use, value, cleaned[ri])
+        fill_free = (free == "") & (parts[-1] != "") & np.all([c == "" for c in cleaned], axis=0)
+        free = np.where(fill_free, _map_distinct(clean_uninomial, parts[-1]), free)
+    return cleaned, free, junk
+
+
+def resolve_table(table: "pa.Table | pd.DataFrame", reference: "NcbiReference | None" = None, *,
+                  overwrite: bool = False, progress: bool = False) -> tuple["pa.Table | pd.DataFrame", dict]:
+    """Resolve every row of a catalog; returns (the table with ranks, `common`, `status`
+    and `reason` columns, a summary dict with counts per status).
+
+    The result has the input's type (Arrow table or pandas DataFrame); other columns pass
+    through unchanged. Raises TreeclipError when the table has no name column.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from treeclip.taxonomy.ncbi import default_reference
+
+    start = time.perf_counter()
+    is_arrow = isinstance(table, pa.Table)
+    columns = table.column_names if is_arrow else list(table.columns)
+    found = _column_map(columns)
+    if not any(c in found for c in NAME_COLUMNS):
+        raise TreeclipError("no name columns: expected some of " + ", ".join(NAME_COLUMNS)
+                            + "; found: " + (", ".join(map(str, columns)) or "none"))
+    ref = reference or default_reference()
+    n = table.num_rows if is_arrow else len(table)
+
+    def get(canonical: str):
+        return _strings(table[found[canonical]]) if canonical in found else None
+
+    cleaned, free, junk = _clean_names(get, n)
+    common_in = _map_distinct(clean_common_name, get("common")) if "common" in found else np.full(n, "", dtype=object)
+
+    if n:
+        codes, keys = pd.MultiIndex.from_arrays(cleaned + [free]).factorize()
+        keys = list(keys)
+    else:
+        codes, keys = np.array([], dtype=np.int64), []
+    results = [_resolve_key(ref, tuple(k), overwrite)
+               for k in tqdm(keys, desc="resolving names", unit="name", disable=not progress or None,
+                             mininterval=1.0, file=sys.stderr)]
+    out_ranks = [np.array([r[0][i] for r in results], dtype=object)[codes] for i in range(len(RANKS))]
+    status = np.array([r[1] for r in results], dtype=object)[codes]
+    reason = np.array([r[2] for r in results], dtype=object)[codes]
+    ncbi_common = np.array([r[3] for r in results], dtype=object)[codes]
+
+    # Common names: the row's wins; NCBI's fills a gap (not for failed rows).
+    fill_common = (common_in == "") & (ncbi_common != "") & np.isin(status, ["resolved", "filled", "conflict"])
+    common_out = np.where(fill_common, ncbi_common, common_in)
+    newly = fill_common & (status == "resolved")
+    status = np.where(newly, "filled", status)
+    reason[fill_common] = _join(reason[fill_common], "filled common name")
+    for i, rows in enumerate(junk):  # say which given names were dropped as not name-like
+        if len(rows):
+            raw = get(RANKS[i])
+            notes = np.array([f"{RANKS[i]} {v!r} is not a name" for v in raw[rows]], dtype=object)
+            reason[rows] = _join(notes, reason[rows])
+
+    new_columns = {RANKS[i]: out_ranks[i] for i in range(len(RANKS))}
+    new_columns.update(common=common_out, status=status, reason=reason)
+    resolved = _assemble(table, is_arrow, found, new_columns)
+
+    counts = Counter(status.tolist())
+    summary = {"rows": n, "distinct_names": len(keys), **{s: counts.get(s, 0) for s in STATUSES},
+               "overwrite": overwrite, "seconds": round(time.perf_counter() - start, 3)}
+    return resolved, summary
+
+
+def _join(left: Any, right: Any) -> Any:
+    """Element-wise `left; right` (arrays or one string each), skipping empty sides."""
+    import numpy as np
+
+    left, right = np.broadcast_arrays(np.asarray(left, dtype=object), np.asarray(right, dtype=object))
+    out = np.empty(left.shape, dtype=object)
+    for i, (a, b) in enumerate(zip(left, right)):
+        out[i] = f"{a}; {b}" if a and b else a or b
+    return out
+
+
+def _assemble(table: Any, is_arrow: bool, found: dict[str, str], new: dict[str, Any]) -> Any:
+    """The input with rank/common/status/reason columns replaced in place or appended."""
+    import pyarrow as pa
+
+    rename = {found[c]: c for c in RANKS + ("common",) if c in found}
+    names = table.column_names if is_arrow else list(table.columns)
+    out_names = [rename.get(c, c) for c in names]
+    out_names += [c for c in new if c not in out_names]
+    if is_arrow:
+        arrays = []
+        for name in out_names:
+            if name in new:
+                arrays.append(pa.array(new[name].tolist(), type=pa.string()))
+            else:
+                arrays.append(table[names[out_names.index(name)]])
+        return pa.table(arrays, names=out_names)
+    frame = table.rename(columns=rename).copy()
+    for name, values in new.items():
+        frame[name] = values
+    return frame[out_names]
+
+
+def problem_rows(resolved: "pa.Table | pd.DataFrame", statuses: Iterable[str] = ("unknown", "ambiguous", "conflict"),
+                 limit: int = 20) -> list[tuple[int, str, str]]:
+    """The first `limit` (row index, status, reason) with one of `statuses`, for reports."""
+    import numpy as np
+
+    status = _strings(resolved["status"])
+    reason = _strings(resolved["reason"])
+    rows = np.flatnonzero(np.isin(status, list(statuses)))[:limit]
+    return [(int(i), status[i], reason[i]) for i in rows]
