@@ -34,6 +34,8 @@ FORMAT = "treeclip-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 SHARD_PATTERN = "shard-%06d.tar"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 CATALOG_COLUMNS = ("key", "split", "shard", *RANKS, "common", "cls", "source", "source_id", "sha256", "phash")
 
 
@@ -134,6 +136,7 @@ class ShardWriter:
         os.fsync(self._raw.fileno())
         self._raw.close()
         final = self.dir / self.current_name
+        os.chmod(self._tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; shards are meant to be shared
         os.replace(self._tmp, final)
         self.shards.append({"name": self.current_name, "n_samples": self._n,
                             "bytes": self._hashing.bytes, "sha256": self._hashing.sha256.hexdigest()})

@@ -55,3 +55,27 @@ def hex_to_bits(hexes: list[str]) -> np.ndarray:
 def hamming(a: str, b: str) -> int:
     """Hamming distance between two hex hashes."""
     return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+CROP_SCALES: tuple[float, ...] = (0.97, 0.94, 0.91, 0.88)
+_ANCHORS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+
+
+def phash_variants(img: Image.Image) -> list[str]:
+    """Hashes of `img` and of its crops (centre and four corners at each of CROP_SCALES).
+
+    A DCT hash moves a lot under cropping (a 3% crop per side flips ~50 of 256 bits), so
+    evaluation images are indexed with these crops too: a training copy that was cropped
+    by up to ~12% then lands within a small distance of one of them.
+    """
+    if max(img.size) > 4 * _GRID:
+        img = img.copy()
+        img.thumbnail((8 * _GRID, 8 * _GRID), Image.Resampling.BOX)
+    w, h = img.size
+    out = [phash(img)]
+    for s in CROP_SCALES:
+        cw, ch = max(1, round(w * s)), max(1, round(h * s))
+        for ax, ay in _ANCHORS:
+            x0, y0 = round((w - cw) * ax), round((h - ch) * ay)
+            out.append(phash(img.crop((x0, y0, x0 + cw, y0 + ch))))
+    return out

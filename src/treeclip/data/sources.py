@@ -1,0 +1,254 @@
+"""Readers for the image collections a build starts from. Each yields `SourceItem`s: an
+image path and the raw names the source gives it, before taxonomy resolution.
+
+- Image folder: class folders named by scientific name (`Pica hudsonia/`), by taxonomic
+  name (`Animalia Chordata ... Pica hudsonia/`, spaces or underscores, an iNat-style
+  leading number `00042_` ignored), or nested one folder per rank (`Animalia/Chordata/...`).
+- Catalog (CSV or Parquet): an image path column (`path`, `file`, `filename`, `image`, ...)
+  relative to the catalog's folder or a given root, any subset of the 7 rank columns,
+  optionally `common`/`common_name`, `scientific_name`, `source_id`.
+- iNat-2021-style JSON: `images` (id, file_name), `annotations` (image_id, category_id) and
+  `categories` (kingdom .. genus, specific_epithet or species, common_name, name).
+
+A path that escapes its root (`..`, an absolute path elsewhere, a symlink out) is refused:
+the item carries the reason in `error`, and the build reports and counts it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from treeclip.errors import InputError, TreeclipError
+from treeclip.taxonomy.taxon import RANKS
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"}
+
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path")
+COMMON_COLUMNS = ("common", "common_name", "vernacular_name", "vernacular")
+NAME_COLUMNS = ("scientific_name", "taxonomic_name", "name", "taxon")
+ID_COLUMNS = ("source_id", "id", "image_id")
+RANK_ALIASES = {"specific_epithet": "species", "epithet": "species", "class_": "class"}
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image of a source, with the names the source gives it (not yet resolved).
+
+    `ranks` holds raw rank -> name for the ranks the source has; `name` a scientific or
+    taxonomic name whose ranks the source does not split (folder names); `error` says why
+    the item cannot be used (the path escaped its root, no label), else ''.
+    """
+
+    source: str
+    source_id: str
+    path: str
+    ranks: tuple[tuple[str, str], ...] = ()
+    common: str = ""
+    name: str = ""
+    error: str = ""
+
+    def label(self) -> tuple:
+        """What identifies the taxon of this item (items sharing it resolve together)."""
+        return (self.ranks, self.common, self.name)
+
+
+def safe_join(root: str | os.PathLike, rel: str, *, what: str = "") -> Path:
+    """`root/rel`, refused with InputError when it escapes `root` (after resolving `..`
+    and symlinks). Absolute paths are allowed only inside `root`."""
+    label = what or rel
+    if not rel or "\x00" in rel:
+        raise InputError(f"{label}: empty or invalid path")
+    root_real = Path(os.path.realpath(root))
+    candidate = Path(os.path.realpath(Path(root) / rel))  # an absolute rel replaces root here
+    if candidate != root_real and root_real not in candidate.parents:
+        raise InputError(f"{label}: path escapes the catalog root {root} (refused)")
+    return candidate
+
+
+# -- image folders ---------------------------------------------------------------------
+
+_LEADING_ID = re.compile(r"^\d+$")
+
+
+def folder_name_parts(parts: list[str]) -> tuple[dict[str, str], str]:
+    """Class-folder path parts -> (ranks, name). Seven tokens starting with a capital are
+    a full lineage (one folder or nested); otherwise the last folder is a name for the resolver."""
+    def tokens_of(ps: list[str]) -> list[str]:
+        tokens = [t for p in ps for t in re.split(r"[\s_]+", p) if t]
+        if tokens and _LEADING_ID.match(tokens[0]):
+            tokens = tokens[1:]  # iNat-2021 folders: 00042_Animalia_Chordata_...
+        return tokens
+
+    tokens = tokens_of(parts)
+    if len(tokens) == len(RANKS) and tokens[0][:1].isupper():
+        return dict(zip(RANKS, tokens)), ""
+    return {}, " ".join(tokens_of(parts[-1:]))  # e.g. `Corvidae/Pica hudsonia`: the class folder
+
+
+def read_image_folder(root: str | os.PathLike) -> Iterator[SourceItem]:
+    """Every image file under `root`, labelled by the folders between `root` and it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TreeclipError(f"{root}: not a folder")
+    source = f"folder:{root.resolve().name}"
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            if Path(fname).suffix.lower() not in IMAGE_EXTENSIONS or fname.startswith("."):
+                continue
+            full = Path(dirpath) / fname
+            rel = full.relative_to(root).as_posix()
+            parts = list(full.relative_to(root).parts[:-1])
+            if not parts:
+                yield SourceItem(source, rel, str(full), error=f"{full}: not inside a class folder")
+                continue
+            ranks, name = folder_name_parts(parts)
+            try:
+                path = str(safe_join(root, rel, what=str(full)))
+                error = ""
+            except InputError as e:
+                path, error = "", str(e)
+            yield SourceItem(source, rel, path, tuple(ranks.items()), "", name, error)
+
+
+# -- catalogs --------------------------------------------------------------------------
+
+
+def _read_rows(path: Path) -> list[dict[str, object]]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:
+            raise TreeclipError(f"{path}: unreadable Parquet ({' '.join(str(e).split())[:120]})") from None
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise TreeclipError(f"{path}: not UTF-8 text (line {line}, byte {e.start}); save it as UTF-8") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    if not reader.fieldnames:
+        raise TreeclipError(f"{path}: empty catalog (no header row)")
+    rows = []
+    for i, row in enumerate(reader, start=2):
+        if None in row:
+            raise TreeclipError(f"{path}: line {i} has more fields than the header")
+        rows.append(row)
+    return rows
+
+
+def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
+    return next((columns[n] for n in names if n in columns), None)
+
+
+def _text(v: object) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return " ".join(str(v).split())
+
+
+def read_catalog(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[SourceItem]:
+    """Rows of a CSV/TSV or Parquet catalog; image paths relative to `root` (default: the
+    catalog's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TreeclipError(f"{path}: catalog not found")
+    root = Path(root) if root is not None else path.parent
+    rows = _read_rows(path)
+    if not rows:
+        return
+    columns = {str(c).strip().lower(): c for c in rows[0].keys()}
+    path_col = _pick(columns, PATH_COLUMNS)
+    if path_col is None:
+        raise TreeclipError(f"{path}: no image path column (one of {', '.join(PATH_COLUMNS)})")
+    rank_cols = {RANK_ALIASES.get(k, k): c for k, c in columns.items() if RANK_ALIASES.get(k, k) in RANKS}
+    common_col, name_col, id_col = (_pick(columns, n) for n in (COMMON_COLUMNS, NAME_COLUMNS, ID_COLUMNS))
+    if not rank_cols and name_col is None:
+        raise TreeclipError(f"{path}: no rank columns ({', '.join(RANKS)}) and no scientific_name column")
+    source = f"catalog:{path.name}"
+    for i, row in enumerate(rows, start=1):
+        rel = _text(row.get(path_col))
+        sid = _text(row.get(id_col)) if id_col else rel
+        ranks = tuple((r, _text(row.get(c))) for r, c in sorted(rank_cols.items(), key=lambda x: RANKS.index(x[0]))
+                      if _text(row.get(c)))
+        common = _text(row.get(common_col)) if common_col else ""
+        name = _text(row.get(name_col)) if name_col else ""
+        what = f"{path}:{i}: {rel or '(no path)'}"
+        try:
+            full, error = str(safe_join(root, rel, what=what)), ""
+        except InputError as e:
+            full, error = "", str(e)
+        yield SourceItem(source, sid or rel or str(i), full, ranks, common, name, error)
+
+
+# -- iNat-2021-style JSON ---------------------------------------------------------------
+
+
+def read_inat_json(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[SourceItem]:
+    """Images of an iNat-2021-style annotation file; `file_name`s relative to `root`
+    (default: the JSON file's folder)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise TreeclipError(f"{path}: not found") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise TreeclipError(f"{path}: not valid UTF-8 JSON ({' '.join(str(e).split())[:100]})") from None
+    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
+        raise TreeclipError(f"{path}: not an iNat-style file (needs 'images' and 'categories')")
+    cats = {}
+    for c in data["categories"]:
+        ranks = {RANK_ALIASES.get(k, k): _text(v) for k, v in c.items() if RANK_ALIASES.get(k, k) in RANKS}
+        ranks = tuple((r, ranks[r]) for r in RANKS if ranks.get(r))
+        cats[c.get("id")] = (ranks, _text(c.get("common_name")), "" if ranks else _text(c.get("name")))
+    label_of = {a.get("image_id"): a.get("category_id") for a in data.get("annotations", [])}
+    source = f"inat:{path.name}"
+    for img in data["images"]:
+        iid, rel = img.get("id"), _text(img.get("file_name"))
+        what = f"{path}: image {iid} {rel}"
+        cat = cats.get(label_of.get(iid))
+        if cat is None:
+            yield SourceItem(source, str(iid), "", error=f"{what}: no annotation with a known category")
+            continue
+        try:
+            full, error = str(safe_join(root, rel, what=what)), ""
+        except InputError as e:
+            full, error = "", str(e)
+        yield SourceItem(source, str(iid), full, cat[0], cat[1], cat[2], error)
+
+
+# -- dispatch ---------------------------------------------------------------------------
+
+
+def split_root(spec: str) -> tuple[str, str | None]:
+    """`FILE::ROOT` -> (FILE, ROOT); plain `FILE` -> (FILE, None)."""
+    if "::" in spec:
+        a, b = spec.split("::", 1)
+        return a, b or None
+    return spec, None
+
+
+def read_source(kind: str, spec: str) -> Iterator[SourceItem]:
+    """kind = folder | catalog | inat; spec = a path, for catalog/inat optionally `::ROOT`."""
+    if kind == "folder":
+        return read_image_folder(spec)
+    path, root = split_root(spec)
+    if kind == "catalog":
+        return read_catalog(path, root)
+    if kind == "inat":
+        return read_inat_json(path, root)
+    raise ValueError(f"unknown source kind {kind!r}")
