@@ -319,7 +319,7 @@ def build_dataset(
             kept.append(it)
     # 3. plan
     by_key = {item_key(it): it for it in kept}
-    plan = sorted((k, it.path) for k, it in by_key.items())
+    plan = [(k, it.path) for k, it in by_key.items()]  # reading order: the first copy of a duplicate wins
     chunks = [plan[i:i + opts.chunk_size] for i in range(0, len(plan), opts.chunk_size)]
     image_opts = opts.image_options()
     fingerprint = _plan_fingerprint(plan, image_opts)

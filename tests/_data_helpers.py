@@ -1,0 +1,46 @@
+"""Tiny images made on the fly for the data tests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def scene(seed: int, w: int = 160, h: int = 120) -> Image.Image:
+    """A picture with structure (coloured ellipses on a background), distinct per seed."""
+    r = np.random.default_rng(seed)
+    img = Image.new("RGB", (w, h), tuple(int(x) for x in r.integers(0, 255, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(10):
+        x0, y0 = int(r.integers(0, w)), int(r.integers(0, h))
+        d.ellipse([x0, y0, x0 + int(r.integers(w // 8, w // 2)), y0 + int(r.integers(h // 8, h // 2))],
+                  fill=tuple(int(x) for x in r.integers(0, 255, 3)))
+    return img
+
+
+def save(img: Image.Image, path: Path, fmt: str = "JPEG", **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def encoded(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+PICA = "Animalia Chordata Aves Passeriformes Corvidae Pica hudsonia"
+MORUS = "Plantae Tracheophyta Magnoliopsida Rosales Moraceae Morus alba"
+AMANITA = "Fungi Basidiomycota Agaricomycetes Agaricales Amanitaceae Amanita muscaria"
+
+
+def make_folder(root: Path, per_class: int = 4, classes=(PICA, MORUS, AMANITA), seed0: int = 0) -> Path:
+    """An image folder with one class folder per taxonomic name."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            save(scene(seed0 + 100 * c + i), root / name / f"img{i}.jpg")
+    return root
