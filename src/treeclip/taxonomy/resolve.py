@@ -46,7 +46,7 @@ STATUSES: tuple[str, ...] = ("resolved", "filled", "conflict", "ambiguous", "unk
 NAME_COLUMNS: tuple[str, ...] = RANKS + ("scientific_name", "taxonomic_name")
 _ALIASES = {"common_name": "common", "vernacular_name": "common", "scientificname": "scientific_name",
             "taxonomicname": "taxonomic_name"}
-_EMPTY_KEY = ("",) * (len(RANKS) + 1)
+_RANK_INDEX = {r: i for i, r in enumerate(RANKS)}
 
 # One distinct row key: the 7 cleaned ranks + a name of unknown rank.
 Key = tuple[str, ...]
@@ -199,7 +199,8 @@ def _resolve_key(ref: "NcbiReference", key: Key, overwrite: bool) -> tuple[Key, 
         return ranks, "unknown", "no name in row", ""
     first_failure = ""
     for name, rank in queries:
-        above = {r: n for r, n in zip(RANKS, ranks) if n and (rank is None or RANKS.index(r) < RANKS.index(rank))}
+        stop = _RANK_INDEX[rank] if rank else len(RANKS)
+        above = {RANKS[i]: ranks[i] for i in range(stop) if ranks[i]}
         result = ref.lookup_one(name, above, rank=rank)
         if result.status == "ambiguous":
             return ranks, "ambiguous", result.reason, ""
