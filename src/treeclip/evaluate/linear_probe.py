@@ -61,8 +61,12 @@ def split_from_column(splits: Sequence[str], labels: np.ndarray, *, seed: int = 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
     from sklearn.linear_model import LogisticRegression
 
+    from threadpoolctl import threadpool_limits
+
     clf = LogisticRegression(C=c, max_iter=max_iter)
-    with warnings.catch_warnings():
+    # Probes on a few thousand features gain nothing from BLAS threads and lose much
+    # to oversubscription when other work shares the cores.
+    with warnings.catch_warnings(), threadpool_limits(1 if x.size < 5_000_000 else None):
         # A probe that stops at max_iter is still a fair probe; the warning is noise.
         warnings.simplefilter("ignore")
         clf.fit(x, y)

@@ -1,0 +1,159 @@
+"""One evaluation run: several models x several tasks x the chosen settings, as
+`treeclip eval` does it. Each model is loaded once, each task's images are encoded once
+per model (features cached on disk), and every setting reuses those features."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from treeclip.evaluate import fewshot, intrinsic, linear_probe, report, zeroshot
+from treeclip.evaluate.features import image_features, text_embeddings
+from treeclip.evaluate.tasks import Task, describe, load_task
+
+DEFAULT_TEXT = "default"
+"""Text-type key meaning: each task's own default (taxon_com for taxonomic classes)."""
+
+
+@dataclass
+class EvalConfig:
+    """What to measure; see `treeclip eval --help` for each option."""
+
+    shots: tuple[int, ...] = (0, 1, 5)
+    text_types: tuple[str, ...] = (DEFAULT_TEXT,)
+    templates: str = "bioclip"
+    seeds: tuple[int, ...] = fewshot.DEFAULT_SEEDS
+    linear_probe: bool = False
+    intrinsic: bool = True
+    tsne_points: int = 1500
+    tsne_perplexity: float = 30.0
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    cache_dir: str | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _log(msg: str, cfg: EvalConfig) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def model_labels(specs: Sequence[str]) -> list[str]:
+    """Short, unique row labels for model specs (the dir or file name, else the spec)."""
+    labels = []
+    for spec in specs:
+        s = spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec
+        base = Path(s).name or s
+        label, n = base, 2
+        while label in labels:
+            label, n = f"{base}#{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def class_names(task: Task, text_type: str) -> list[str]:
+    t = task.text_type if text_type == DEFAULT_TEXT else text_type
+    return [zeroshot.class_text(c.taxon, c.name, t) for c in task.classes]
+
+
+def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: EvalConfig, templates) -> dict:
+    """Every configured setting for one model on one task's (ok) features."""
+    x, y = feats[ok], task.labels[ok]
+    out: dict = {"zero_shot": {}, "few_shot": {}}
+    if 0 in cfg.shots:
+        scale = model.logit_scale()
+        for t in cfg.text_types:
+            emb = text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir)
+            out["zero_shot"][t] = zeroshot.zero_shot_metrics(x, y, emb, scale)
+    for k in (k for k in cfg.shots if k > 0):
+        out["few_shot"][str(k)] = fewshot.few_shot(x, y, k, cfg.seeds)
+    if cfg.linear_probe:
+        splits = [task.splits[i] for i in np.flatnonzero(ok)]
+        split = linear_probe.split_from_column(splits, y)
+        out["linear_probe"] = linear_probe.linear_probe(x, y, split=split)
+    if cfg.intrinsic and any(t is not None for t in task.taxa):
+        out["intrinsic"] = intrinsic.hierarchy_measures(x, [task.taxa[i] for i in np.flatnonzero(ok)])
+    return out
+
+
+def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: EvalConfig,
+                   out_dir: str | Path) -> dict:
+    """Evaluate, write results.json, report.md and the PNGs to `out_dir`; return the results."""
+    import torch
+
+    from treeclip import __version__
+    from treeclip.model import load_model
+    from treeclip.taxonomy.templates import load_templates
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.cache_dir = cfg.cache_dir or str(out / "cache")
+    try:
+        templates = load_templates(cfg.templates)
+    except ValueError as e:
+        from treeclip.errors import TreeclipError
+
+        raise TreeclipError(str(e)) from None
+    tasks = [load_task(ref) for ref in task_refs]  # every spec checked before any encoding
+    labels = model_labels(model_specs)
+    failures: list[str] = [p for task in tasks for p in task.problems]
+    results: dict = {
+        "treeclip_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "extra")},
+        "models": [], "tasks": [describe(t) for t in tasks],
+        "zero_shot": {}, "few_shot": {}, "linear_probe": {}, "intrinsic": {}, "figures": {},
+    }
+    kept_features: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in tasks}
+    kept_ok: dict[str, np.ndarray] = {}
+    for spec, label in zip(model_specs, labels):
+        model = load_model(spec, device=cfg.device, precision=cfg.precision)
+        results["models"].append({"spec": spec, "label": label, "name": model.name,
+                                  "fingerprint": model.fingerprint()})
+        for task in tasks:
+            _log(f"{label}: {task.name} ({len(task)} images, {task.n_classes} classes)", cfg)
+            f = image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                               workers=cfg.workers, progress=cfg.progress)
+            if label == labels[0]:
+                failures += f.errors  # the same images fail for every model: count once
+                kept_ok[task.name] = f.ok
+            r = evaluate_task(model, task, f.features, f.ok, cfg, templates)
+            for t, m in r["zero_shot"].items():
+                results["zero_shot"].setdefault(label, {}).setdefault(t, {})[task.name] = m
+            for k, m in r["few_shot"].items():
+                results["few_shot"].setdefault(label, {}).setdefault(k, {})[task.name] = m
+            if "linear_probe" in r:
+                results["linear_probe"].setdefault(label, {})[task.name] = r["linear_probe"]
+            if "intrinsic" in r:
+                results["intrinsic"].setdefault(label, {})[task.name] = r["intrinsic"]
+                kept_features[task.name][label] = f.features[f.ok]
+        del model
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if cfg.intrinsic:
+        for task in tasks:
+            feats = kept_features[task.name]
+            if not feats:
+                continue
+            ok_taxa = [t for t, good in zip(task.taxa, kept_ok[task.name]) if good]
+            safe = _file_stem(task.name)
+            tsne_png, hier_png = f"tsne-{safe}.png", f"hierarchy-{safe}.png"
+            _log(f"t-SNE panels for {task.name}", cfg)
+            intrinsic.tsne_figure(feats, ok_taxa, out / tsne_png, max_points=cfg.tsne_points,
+                                  perplexity=cfg.tsne_perplexity, title=task.name)
+            intrinsic.hierarchy_figure({m: results["intrinsic"][m][task.name] for m in feats}, out / hier_png,
+                                       title=task.name)
+            results["figures"][task.name] = [tsne_png, hier_png]
+    results["failures"] = {"count": len(failures), "examples": failures[:50]}
+    report.write_report(results, out)
+    return results
+
+
+def _file_stem(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip(".") or "task"

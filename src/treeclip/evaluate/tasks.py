@@ -1,0 +1,427 @@
+"""Evaluation tasks: a small `task.toml` that says where the images are and what the classes are.
+
+```toml
+name = "synth-unseen"
+description = "Synthetic tree of life: species never seen in training"
+[images]
+catalog = "catalog.csv"   # or: folder = "images" (one subfolder per class), or: dataset = "DIR"
+root = "."                # image root: relative to task.toml, absolute, or with ${ENV_VAR}
+split = "test"            # optional: keep only catalog rows (dataset: shards) of this split
+[classes]
+rank = "species"          # the rank that defines a class (default species)
+text_type = "taxon_com"   # the task's default class-name text type ("as-given" for non-taxa)
+taxa = "taxa.csv"         # optional: class name -> kingdom..species, common
+resolve = true            # resolve names without ranks with the NCBI resolver (if installed)
+```
+
+Catalog columns: `path` (relative to root; it may not escape it), `kingdom`..`species`,
+`common`, optional `name` (the class as the dataset names it) and `split`. A row with only
+a `name` gets its taxonomy from the `taxa` table, else from the resolver, else it stays a
+named class without taxonomy (zero-shot then uses the name as given).
+
+Any string value may use `${ENV_VAR}`; an unset variable is an error naming it. A bad
+spec raises one `TreeclipError` line naming the file and the problem; a bad catalog row
+is one line in `Task.problems` and the rest of the task goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from treeclip.errors import TreeclipError
+from treeclip.evaluate.zeroshot import AS_GIVEN, CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
+from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_kingdom, clean_uninomial
+from treeclip.taxonomy.taxon import RANKS, Taxon
+
+SPEC_NAME = "task.toml"
+SHIPPED_DIR = Path(__file__).with_name("tasks")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+_TOP_KEYS = {"name", "description", "images", "classes"}
+_IMAGE_KEYS = {"catalog", "folder", "dataset", "root", "split"}
+_CLASS_KEYS = {"rank", "text_type", "taxa", "resolve"}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class TaskClass:
+    """One class: the name the task gives it and its taxon at the class rank (None when
+    only a name is known)."""
+
+    name: str
+    taxon: Taxon | None = None
+
+
+@dataclass
+class Task:
+    """A loaded task: images (paths under `root`, or shard members), a label per image
+    into `classes`, and each image's full taxon (for the per-rank analyses)."""
+
+    name: str
+    description: str
+    spec_path: Path
+    rank: str
+    text_type: str
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[TaskClass]
+    taxa: list[Taxon | None]
+    splits: list[str]
+    shards: dict[str, list[str]] | None = None  # shard file -> keys, for dataset tasks
+    problems: list[str] = field(default_factory=list)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self.paths[i]
+
+    def images_fingerprint(self) -> str:
+        """sha256 of what the features depend on: the image list and each file's size
+        and mtime (shard tasks: the shards' sizes and mtimes), not the class names."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(str(self.root.resolve()).encode())
+            files = sorted(self.shards) if self.shards is not None else None
+            for p in self.paths:
+                h.update(b"\0" + p.encode())
+                if files is None:
+                    h.update(_stat_key(self.root / p))
+            for f in files or ():
+                h.update(b"\1" + f.encode() + _stat_key(Path(f)))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def _stat_key(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}".encode()
+    except OSError:
+        return b"missing"
+
+
+# -- spec loading -------------------------------------------------------------------
+def shipped_tasks() -> dict[str, Path]:
+    """Name -> spec file of the tasks that ship with treeclip (the paper's ten)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.toml"))}
+
+
+def find_task(ref: str) -> Path:
+    """A task reference: a shipped task name, a task folder (with task.toml) or a .toml file."""
+    path = Path(ref)
+    if path.is_dir():
+        path = path / SPEC_NAME
+        if not path.is_file():
+            raise TreeclipError(f"{ref}: folder has no {SPEC_NAME}")
+        return path
+    if path.is_file():
+        return path
+    shipped = shipped_tasks()
+    if ref in shipped:
+        return shipped[ref]
+    raise TreeclipError(f"{ref}: no such task file or folder, nor a shipped task ({', '.join(shipped)})")
+
+
+def _interpolate(value: str, where: str, spec: Path) -> str:
+    def sub(m: re.Match) -> str:
+        var = m.group(1)
+        if var not in os.environ:
+            raise TreeclipError(f"{spec}: {where} uses ${{{var}}}, but the environment variable {var} is not set")
+        return os.environ[var]
+
+    return _ENV.sub(sub, value)
+
+
+def _local_path(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _read_spec(spec: Path) -> dict:
+    try:
+        raw = spec.read_bytes()
+    except OSError as e:
+        raise TreeclipError(f"{spec}: cannot read ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TreeclipError(f"{spec}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TreeclipError(f"{spec}: invalid TOML ({e})") from None
+    _check_keys(data, _TOP_KEYS, "", spec)
+    for table, keys in (("images", _IMAGE_KEYS), ("classes", _CLASS_KEYS)):
+        if table in data and not isinstance(data[table], dict):
+            raise TreeclipError(f"{spec}: [{table}] must be a table")
+        _check_keys(data.get(table, {}), keys, f"{table}.", spec)
+    return data
+
+
+def _check_keys(table: dict, allowed: set[str], prefix: str, spec: Path) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise TreeclipError(f"{spec}: unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _string(table: dict, key: str, where: str, spec: Path, default: str | None = None) -> str | None:
+    value = table.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TreeclipError(f"{spec}: {where} must be a string, got {type(value).__name__}")
+    return _interpolate(value, where, spec)
+
+
+def load_task(ref: str | Path) -> Task:
+    """Load a task from a shipped name, a folder or a spec file (see the module docstring)."""
+    spec = find_task(str(ref))
+    base = spec.parent
+    data = _read_spec(spec)
+    name = _string(data, "name", "name", spec)
+    if not name:
+        raise TreeclipError(f"{spec}: missing name")
+    description = _string(data, "description", "description", spec, "") or ""
+    images = data.get("images")
+    if not images:
+        raise TreeclipError(f"{spec}: missing [images] table")
+    classes = data.get("classes", {})
+    rank = _string(classes, "rank", "classes.rank", spec, "species")
+    if rank not in RANKS:
+        raise TreeclipError(f"{spec}: classes.rank {rank!r} is not a rank ({', '.join(RANKS)})")
+    text_type = _string(classes, "text_type", "classes.text_type", spec, DEFAULT_TEXT_TYPE)
+    if text_type not in CLASS_TEXT_TYPES:
+        raise TreeclipError(f"{spec}: classes.text_type {text_type!r} is not one of {', '.join(CLASS_TEXT_TYPES)}")
+    resolve = classes.get("resolve", True)
+    if not isinstance(resolve, bool):
+        raise TreeclipError(f"{spec}: classes.resolve must be true or false")
+    sources = [k for k in ("catalog", "folder", "dataset") if k in images]
+    if len(sources) != 1:
+        raise TreeclipError(f"{spec}: [images] needs exactly one of catalog, folder, dataset (got {len(sources) or 'none'})")
+    source = sources[0]
+    split = _string(images, "split", "images.split", spec)
+    table = None
+    if "taxa" in classes:
+        table = _read_taxa_table(_local_path(_string(classes, "taxa", "classes.taxa", spec), base), spec)
+
+    if source == "dataset":
+        dataset = _local_path(_string(images, "dataset", "images.dataset", spec), base)
+        rows, shards, root = _dataset_rows(dataset, split or "val", spec)
+    else:
+        root = _local_path(_string(images, "root", "images.root", spec, "."), base)
+        if not root.is_dir():
+            raise TreeclipError(f"{spec}: image root {root} is not a folder")
+        shards = None
+        if source == "catalog":
+            rows = _catalog_rows(_local_path(_string(images, "catalog", "images.catalog", spec), base), spec)
+        else:
+            rows = _folder_rows(root, _string(images, "folder", "images.folder", spec), spec)
+        if split is not None:
+            rows = [r for r in rows if r.get("split", "") == split]
+
+    task = _build(name, description, spec, rank, text_type, root, rows, table, resolve, shards)
+    if not task.paths:
+        raise TreeclipError(f"{spec}: the task has no usable images" + (f" (first problem: {task.problems[0]})" if task.problems else ""))
+    return task
+
+
+# -- sources ------------------------------------------------------------------------
+def _read_csv(path: Path, spec: Path, what: str) -> list[dict[str, str]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TreeclipError(f"{spec}: cannot read {what} {path} ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise TreeclipError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+    except csv.Error as e:
+        raise TreeclipError(f"{path}: malformed CSV ({e})") from None
+    if reader.fieldnames is None:
+        raise TreeclipError(f"{path}: empty {what}")
+    for i, row in enumerate(rows, start=2):
+        if None in row:
+            raise TreeclipError(f"{path}: line {i} has more fields than the header")
+    return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in rows]
+
+
+def _catalog_rows(catalog: Path, spec: Path) -> list[dict[str, str]]:
+    rows = _read_csv(catalog, spec, "catalog")
+    if rows and "path" not in rows[0]:
+        raise TreeclipError(f"{catalog}: catalog has no 'path' column")
+    for i, row in enumerate(rows, start=2):
+        row["_where"] = f"{catalog}:{i}"
+    return rows
+
+
+def _folder_rows(root: Path, folder: str, spec: Path) -> list[dict[str, str]]:
+    top = root / folder
+    if not top.is_dir():
+        raise TreeclipError(f"{spec}: images.folder {top} is not a folder")
+    rows = []
+    for class_dir in sorted(p for p in top.iterdir() if p.is_dir()):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                rows.append({"path": f.relative_to(root).as_posix(), "name": class_dir.name, "_where": str(f)})
+    return rows
+
+
+def _dataset_rows(dataset: Path, split: str, spec: Path) -> tuple[list[dict[str, str]], dict[str, list[str]], Path]:
+    """Rows from a treeclip dataset dir (catalog.parquet + shards) for one split."""
+    import pyarrow.parquet as pq
+
+    catalog = dataset / "catalog.parquet"
+    if not catalog.is_file():
+        raise TreeclipError(f"{spec}: images.dataset {dataset} has no catalog.parquet")
+    try:
+        table = pq.read_table(catalog).to_pylist()
+    except Exception as e:  # pyarrow raises several types on a bad file
+        raise TreeclipError(f"{catalog}: unreadable Parquet ({e})") from None
+    rows, shards = [], {}
+    for rec in table:
+        if str(rec.get("split", "")) != split:
+            continue
+        shard = str(dataset / split / str(rec["shard"])) if "/" not in str(rec["shard"]) else str(dataset / str(rec["shard"]))
+        key = str(rec["key"])
+        shards.setdefault(shard, []).append(key)
+        row = {r: str(rec.get(r) or "") for r in RANKS}
+        row.update(path=key, common=str(rec.get("common") or ""), split=split, _where=f"{catalog}:{key}")
+        rows.append(row)
+    return rows, shards, dataset
+
+
+def _read_taxa_table(path: Path, spec: Path) -> dict[str, Taxon]:
+    rows = _read_csv(path, spec, "taxa table")
+    if rows and "name" not in rows[0]:
+        raise TreeclipError(f"{path}: taxa table has no 'name' column")
+    return {row["name"]: _row_taxon(row) for row in rows if row.get("name")}
+
+
+def _row_taxon(row: dict[str, str]) -> Taxon:
+    genus = clean_uninomial(row.get("genus", ""))
+    return Taxon((
+        clean_kingdom(row.get("kingdom", "")),
+        *(clean_uninomial(row.get(r, "")) for r in RANKS[1:5]),
+        genus,
+        clean_epithet(row.get("species", ""), genus),
+    ), clean_common_name(row.get("common", "")))
+
+
+def _resolve_names(names: list[str]) -> dict[str, Taxon | None]:
+    """Names -> taxa with the offline NCBI resolver, when that module is installed."""
+    try:
+        from treeclip.taxonomy.resolve import resolve_names
+    except ImportError:
+        return {}
+    return resolve_names(names)
+
+
+# -- building -----------------------------------------------------------------------
+def _safe_relpath(path: str) -> str | None:
+    """The normalised relative path, or None when it is absolute or climbs out of root."""
+    if not path or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+        return None
+    norm = os.path.normpath(path.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        return None
+    return Path(norm).as_posix()
+
+
+def _build(name: str, description: str, spec: Path, rank: str, text_type: str, root: Path,
+           rows: list[dict[str, str]], table: dict[str, Taxon] | None, resolve: bool,
+           shards: dict[str, list[str]] | None) -> Task:
+    problems: list[str] = []
+    kept: list[tuple[str, Taxon | None, str, str]] = []  # path, taxon, given name, split
+    for row in rows:
+        where = row.get("_where", str(spec))
+        rel = row.get("path", "") if shards is not None else _safe_relpath(row.get("path", ""))
+        if not rel:
+            problems.append(f"{where}: path {row.get('path', '')!r} is empty, absolute or escapes the image root")
+            continue
+        taxon = _row_taxon(row) if any(row.get(r) for r in RANKS) else None
+        given = row.get("name", "")
+        if taxon is None and given and table is not None:
+            taxon = table.get(given)
+        if taxon is None and not given:
+            problems.append(f"{where}: row has neither ranks nor a class name")
+            continue
+        kept.append((rel, taxon, given, row.get("split", "")))
+
+    if resolve:
+        unknown = sorted({g for _, t, g, _ in kept if t is None})
+        found = _resolve_names(unknown) if unknown else {}
+        kept = [(p, t if t is not None else found.get(g), g, s) for p, t, g, s in kept]
+
+    # A class is the taxon at the class rank, or the given name for classes without taxonomy.
+    class_of: dict[tuple, TaskClass] = {}
+    image_class: list[tuple] = []
+    paths, taxa, splits = [], [], []
+    for rel, taxon, given, split in kept:
+        if taxon is not None and not taxon.is_empty:
+            if not taxon[rank]:
+                problems.append(f"{rel}: taxon {taxon} is not named at the class rank {rank}")
+                continue
+            at = taxon.at(rank)
+            key = ("taxon",) + at.lineage
+            if key not in class_of or (not class_of[key].taxon.common and at.common):
+                class_of[key] = TaskClass(given or class_of.get(key, TaskClass(at.scientific_name)).name, at)
+        else:
+            key = ("name", given)
+            class_of.setdefault(key, TaskClass(given, None))
+        image_class.append(key)
+        paths.append(rel)
+        taxa.append(taxon if taxon is not None and not taxon.is_empty else None)
+        splits.append(split)
+    order = sorted(class_of, key=lambda k: (k[0], [s.lower() for s in k[1:]], k[1:]))
+    index = {k: i for i, k in enumerate(order)}
+    return Task(name=name, description=description, spec_path=spec, rank=rank, text_type=text_type,
+                root=root, paths=paths, labels=np.asarray([index[k] for k in image_class], dtype=np.int64),
+                classes=[class_of[k] for k in order], taxa=taxa, splits=splits, shards=shards, problems=problems)
+
+
+def iter_shard_images(task: Task) -> Iterator[tuple[int, bytes | None, str]]:
+    """(image index, JPEG bytes or None, problem) for a dataset task, read shard by shard."""
+    import tarfile
+
+    position = {p: i for i, p in enumerate(task.paths)}
+    for shard, keys in (task.shards or {}).items():
+        wanted = {k for k in keys if k in position}
+        try:
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    key, _, ext = member.name.rpartition("/")[2].partition(".")
+                    if ext in ("jpg", "jpeg", "png", "webp") and key in wanted:
+                        wanted.discard(key)
+                        yield position[key], tar.extractfile(member).read(), ""
+        except (OSError, tarfile.TarError) as e:
+            for key in sorted(wanted):
+                yield position[key], None, f"{shard}: unreadable shard ({e})"
+            continue
+        for key in sorted(wanted):
+            yield position[key], None, f"{shard}: sample {key} has no image"
+
+
+def describe(task: Task) -> dict:
+    """A JSON-able summary for reports."""
+    return {"name": task.name, "description": task.description, "spec": str(task.spec_path),
+            "rank": task.rank, "n_images": len(task), "n_classes": task.n_classes,
+            "text_type": task.text_type, "problems": len(task.problems)}

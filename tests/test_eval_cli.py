@@ -1,0 +1,104 @@
+"""End to end: `treeclip eval` on a tiny random model over a tiny task folder made here."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from treeclip.cli import cli
+
+SPECIES = [
+    ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Vanessa", "atalanta", "red admiral"),
+    ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Vanessa", "cardui", "painted lady"),
+    ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Pieridae", "Pieris", "rapae", "small white"),
+    ("Animalia", "Arthropoda", "Insecta", "Coleoptera", "Coccinellidae", "Coccinella", "septempunctata", ""),
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Pica", "hudsonia", "black-billed magpie"),
+]
+
+
+def make_task(root, per_species=6, broken=1):
+    """Coloured squares (a colour per species, noise per image), a catalog and a spec."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for s, (*ranks, common) in enumerate(SPECIES):
+        base = rng.integers(0, 255, size=3)
+        for i in range(per_species):
+            px = np.clip(base + rng.normal(0, 25, size=(40, 40, 3)), 0, 255).astype(np.uint8)
+            rel = f"img/s{s}_{i}.png"
+            Image.fromarray(px).save(root / rel)
+            rows.append([rel, *ranks, common, "train" if i < per_species // 2 else "test"])
+    for b in range(broken):  # a truncated file: one line, the run goes on
+        (root / f"img/broken{b}.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+        rows.append([f"img/broken{b}.jpg", *SPECIES[0][:7], SPECIES[0][7], "test"])
+    with open(root / "catalog.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "kingdom", "phylum", "class", "order", "family", "genus", "species", "common", "split"])
+        w.writerows(rows)
+    (root / "task.toml").write_text(
+        'name = "tiny"\ndescription = "five species of coloured squares"\n'
+        '[images]\ncatalog = "catalog.csv"\nroot = "."\n[classes]\nrank = "species"\n', encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    return make_task(tmp_path_factory.mktemp("task"))
+
+
+def test_eval_end_to_end(tiny_task, tmp_path):
+    import torch
+
+    torch.set_num_threads(2)
+    out = tmp_path / "out"
+    args = ["eval", "micro-vit-32", "tiny-vit-64", "--task", str(tiny_task), "--shots", "0,1,2",
+            "--text-type", "taxon_com,com", "--templates", "single", "--linear-probe", "--out", str(out),
+            "--tsne-points", "40", "-q"]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    # one broken image: the run finishes, reports it, exits 1
+    assert res.exit_code == 1, res.output
+    assert "broken0.jpg" in res.output
+    results = json.loads((out / "results.json").read_text())
+    assert [m["label"] for m in results["models"]] == ["micro-vit-32", "tiny-vit-64"]
+    zs = results["zero_shot"]["micro-vit-32"]
+    assert set(zs) == {"taxon_com", "com"}
+    assert zs["com"]["tiny"]["n"] == 30  # the broken image is left out
+    assert 0.0 <= zs["taxon_com"]["tiny"]["top1"] <= 1.0
+    fs = results["few_shot"]["tiny-vit-64"]
+    assert set(fs) == {"1", "2"} and len(fs["1"]["tiny"]["trials"]) == 5
+    lp = results["linear_probe"]["micro-vit-32"]["tiny"]
+    assert lp["n_test"] == 15  # the catalog's own test rows, less the broken one
+    hier = results["intrinsic"]["micro-vit-32"]["tiny"]
+    assert set(hier["ranks"]) >= {"kingdom", "order", "species"}
+    assert results["failures"]["count"] == 1
+    report = (out / "report.md").read_text()
+    assert "Zero-shot top-1 (taxon_com names)" in report and "| micro-vit-32 |" in report
+    for png in results["figures"]["tiny"]:
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # the table in the paper's layout on stdout: rows models, columns tasks, mean
+    assert "model" in res.output and "Mean" in res.output and "tiny-vit-64" in res.output
+    # features are cached: a second run encodes nothing and gives the same numbers
+    cache = list((out / "cache").glob("*/features.npy"))
+    assert len(cache) == 2
+    res2 = CliRunner().invoke(cli, args[:-1] + ["--no-intrinsic", "-q"], catch_exceptions=False)
+    assert res2.exit_code == 1
+    again = json.loads((out / "results.json").read_text())
+    assert again["zero_shot"] == results["zero_shot"] and again["few_shot"] == results["few_shot"]
+
+
+def test_eval_bad_task_is_one_line(tmp_path):
+    res = CliRunner().invoke(cli, ["eval", "micro-vit-32", "--task", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    assert "nope: no such task" in res.output and "Traceback" not in res.output
+
+
+def test_eval_help_is_fast_to_import():
+    import subprocess
+    import sys
+
+    code = "import sys, treeclip.commands.evaluate; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
