@@ -217,6 +217,15 @@ def test_bad_options_are_one_line_errors(tmp_path):
         synthesize(tmp_path / "y", SynthConfig(unseen_fraction=1.5))
 
 
+def test_no_task_is_written_for_an_empty_role(tmp_path):
+    summary = synthesize(tmp_path / "z", SynthConfig(species=20, images_per_species=1, eval_images_per_species=1,
+                                                     image_size=16, unseen_fraction=0.0, unseen_genus_fraction=0.0))
+    assert summary["roles"] == {"seen": 20, "unseen": 0, "unseen_genus": 0}
+    assert summary["tasks"]["synth-unseen"]["path"] is None
+    assert not (tmp_path / "z" / "tasks" / "synth-unseen").exists()
+    assert (tmp_path / "z" / "tasks" / "synth-seen" / "task.toml").exists()
+
+
 def test_cli_generates(tmp_path):
     from treeclip.cli import cli
 

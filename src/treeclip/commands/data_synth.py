@@ -51,6 +51,9 @@ def synth(out: str, species: int, images_per_species: int, eval_images_per_speci
                f"{roles['unseen']} unseen, {roles['unseen_genus']} in {summary['unseen_genera']} unseen genera")
     click.echo(f"dataset {out}: " + ", ".join(f"{k} {v} images" for k, v in summary["dataset"].items()))
     for name, task in summary["tasks"].items():
-        click.echo(f"task {os.path.join(out, task['path'])}: {task['species']} species, {task['images']} images")
+        if task["path"]:
+            click.echo(f"task {os.path.join(out, task['path'])}: {task['species']} species, {task['images']} images")
+        else:
+            click.echo(f"task {name}: no species held out for it, not written")
     if "images_per_second" in summary:
         click.echo(f"{summary['seconds']:.1f} s, {summary['images_per_second']:.0f} images/s", err=True)

@@ -527,6 +527,10 @@ class _TaskWriter:
             self.rows.append({"path": rel, **taxon.as_dict()})
 
     def close(self) -> dict:
+        if not self.rows:  # e.g. --unseen-fraction 0: no task rather than an empty one
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            shutil.rmtree(self.final, ignore_errors=True)
+            return {"path": None, "species": 0, "images": 0}
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["path", *RANKS, "common"], lineterminator="\n")
         w.writeheader()
@@ -610,7 +614,7 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
             bar.close()
     tasks = {TASKS[role][0]: w.close() for role, w in writers.items()}
     for t in tasks.values():
-        t["path"] = os.path.relpath(t["path"], out)
+        t["path"] = t["path"] and os.path.relpath(t["path"], out)
     summary = {
         "config": settings,
         "table_sha256": _table_digest(),

@@ -175,6 +175,17 @@ def _problem(taxon: Taxon) -> str:
     return ""
 
 
+def _genus_of(taxid: int) -> int | None:
+    """The NCBI genus node above a species: its own ancestor, so a genus name shared with
+    a subgenus (Bombus, Carabus) or another kingdom (Morus) cannot mislead."""
+    import taxoniq
+
+    for node in taxoniq.Taxon(taxid).lineage:
+        if node.rank.name == "genus":
+            return node.tax_id
+    return None
+
+
 def _species_under(ref, genus_id: int) -> list[tuple[int, Taxon]]:
     """(taxid, Taxon) of the species below a genus node, through subgenera and sections."""
     found, stack = [], [genus_id]
@@ -205,12 +216,12 @@ def build_table(anchors=ANCHORS, *, max_per_genus: int = 6, log=sys.stderr) -> l
         if found.status != "resolved":
             print(f"synth taxa: dropped anchor {anchor}: {found.reason}", file=log)
             continue
-        genus = ref.lookup_one(found.match.taxon.genus, context=found.match.taxon, rank="genus")
-        if genus.status != "resolved":
-            print(f"synth taxa: dropped anchor {anchor}: {genus.reason}", file=log)
+        genus_id = _genus_of(found.match.tax_id)
+        if genus_id is None:
+            print(f"synth taxa: dropped anchor {anchor}: no genus above it in NCBI", file=log)
             continue
         candidates = []
-        for taxid, taxon in _species_under(ref, genus.match.tax_id):
+        for taxid, taxon in _species_under(ref, genus_id):
             meaning = epithet_meaning(taxon.species)
             if meaning is None:
                 continue
@@ -220,7 +231,8 @@ def build_table(anchors=ANCHORS, *, max_per_genus: int = 6, log=sys.stderr) -> l
                 continue
             candidates.append((taxon.common == "", taxon.species, taxid, taxon, meaning))
         if not candidates:
-            print(f"synth taxa: dropped genus {genus.match.name}: no species with a descriptive epithet", file=log)
+            print(f"synth taxa: dropped genus {ref.scientific_name(genus_id)}: no species with a descriptive "
+                  "epithet", file=log)
         taken: set[str] = set()
         for _, _, taxid, taxon, meaning in sorted(candidates, key=lambda c: c[:3]):
             if meaning in taken or len(taken) >= max_per_genus:
