@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import re
 import tomllib
@@ -326,13 +325,23 @@ def _row_taxon(row: dict[str, str]) -> Taxon:
     ), clean_common_name(row.get("common", "")))
 
 
-def _resolve_names(names: list[str]) -> dict[str, Taxon | None]:
-    """Names -> taxa with the offline NCBI resolver, when that module is installed."""
+def _resolve_names(names: list[str]) -> dict[str, Taxon]:
+    """Class names -> taxa with the offline NCBI resolver (`resolve_table`); names it
+    cannot place (unknown, ambiguous) are left out."""
     try:
-        from treeclip.taxonomy.resolve import resolve_names
-    except ImportError:
+        import pandas as pd
+
+        from treeclip.taxonomy.resolve import resolve_table
+    except ImportError:  # the resolver is optional at this level: names stay names
         return {}
-    return resolve_names(names)
+    table, _ = resolve_table(pd.DataFrame({"scientific_name": names}))
+    found = {}
+    for name, row in zip(names, table.to_dict("records")):
+        if row["status"] in ("resolved", "filled", "conflict"):
+            taxon = Taxon.from_ranks(row, row.get("common") or "")
+            if not taxon.is_empty:
+                found[name] = taxon
+    return found
 
 
 # -- building -----------------------------------------------------------------------
@@ -371,25 +380,29 @@ def _build(name: str, description: str, spec: Path, rank: str, text_type: str, r
         found = _resolve_names(unknown) if unknown else {}
         kept = [(p, t if t is not None else found.get(g), g, s) for p, t, g, s in kept]
 
-    # A class is the taxon at the class rank, or the given name for classes without taxonomy.
+    # A class is the name the dataset gives it, when it gives one (two names that
+    # resolve to one taxon stay two classes, as the dataset defines them); otherwise
+    # the taxon at the class rank.
     class_of: dict[tuple, TaskClass] = {}
     image_class: list[tuple] = []
     paths, taxa, splits = [], [], []
     for rel, taxon, given, split in kept:
-        if taxon is not None and not taxon.is_empty:
-            if not taxon[rank]:
-                problems.append(f"{rel}: taxon {taxon} is not named at the class rank {rank}")
-                continue
-            at = taxon.at(rank)
+        taxon = taxon if taxon is not None and not taxon.is_empty else None
+        at = taxon.at(rank) if taxon is not None and taxon[rank] else None
+        if given:
+            key = ("name", given)
+            if key not in class_of or (class_of[key].taxon is None and at is not None):
+                class_of[key] = TaskClass(given, at)
+        elif at is None:
+            problems.append(f"{rel}: taxon {taxon} is not named at the class rank {rank}")
+            continue
+        else:
             key = ("taxon",) + at.lineage
             if key not in class_of or (not class_of[key].taxon.common and at.common):
-                class_of[key] = TaskClass(given or class_of.get(key, TaskClass(at.scientific_name)).name, at)
-        else:
-            key = ("name", given)
-            class_of.setdefault(key, TaskClass(given, None))
+                class_of[key] = TaskClass(at.scientific_name, at)
         image_class.append(key)
         paths.append(rel)
-        taxa.append(taxon if taxon is not None and not taxon.is_empty else None)
+        taxa.append(taxon)
         splits.append(split)
     order = sorted(class_of, key=lambda k: (k[0], [s.lower() for s in k[1:]], k[1:]))
     index = {k: i for i, k in enumerate(order)}
