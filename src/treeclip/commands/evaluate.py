@@ -115,3 +115,34 @@ def tasks_cmd() -> None:
         spec = tomllib.loads(path.read_text(encoding="utf-8"))
         root = spec.get("images", {}).get("root", "")
         click.echo(f"{name:22s} {spec.get('description', '')}  [{root}]")
+
+
+@evaluate.command("rare-species")
+@click.option("--status", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="IUCN-style table (CSV/TSV/Parquet): scientific_name (or genus + species), category.")
+@click.option("--images", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Image catalog: path, kingdom..species, common.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False),
+              help="Folder the catalog's paths are relative to [default: the catalog's folder].")
+@click.option("--training", type=click.Path(exists=True),
+              help="The training catalog or dataset dir: its species are left out.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Task folder to write.")
+@click.option("--categories", default="NT,VU,EN,CR,EW", show_default=True, help="Red List categories to keep.")
+@click.option("--min-images", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--per-species", default=None, type=click.IntRange(1), help="Images sampled per species [default: --min-images].")
+@click.option("--species", "max_species", default=None, type=click.IntRange(1),
+              help="Keep at most this many species (seeded sample; the paper kept 400).")
+@click.option("--seed", default=0, show_default=True)
+def rare_species(status, images, root, training, out_dir, categories, min_images, per_species, max_species, seed) -> None:
+    """Build the Rare Species task: species of the chosen IUCN categories absent from
+    training, with at least --min-images images each, --per-species sampled per species.
+    Pass the written folder to `treeclip data build --exclude` too."""
+    import json
+
+    from treeclip.evaluate.rare_species import build_rare_species
+
+    summary = build_rare_species(status, images, training, out_dir, image_root=root,
+                                 categories=[c.strip() for c in categories.split(",") if c.strip()],
+                                 min_images=min_images, per_species=per_species, max_species=max_species, seed=seed)
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"wrote the task to {out_dir}; evaluate with `treeclip eval MODEL --task {out_dir}`", err=True)
