@@ -31,9 +31,6 @@ def _dct_matrix() -> np.ndarray:
 
 def phash_bits(img: Image.Image) -> np.ndarray:
     """The hash as 32 bytes (uint8), bits packed big-endian."""
-    if max(img.size) > 4 * _GRID:
-        img = img.copy()
-        img.thumbnail((4 * _GRID, 4 * _GRID), Image.Resampling.BOX)  # cheap pre-shrink
     grey = np.asarray(img.convert("L").resize((_GRID, _GRID), Image.Resampling.BOX), dtype=np.float64)
     d = _dct_matrix()
     coeffs = d @ grey @ d.T
