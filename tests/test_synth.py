@@ -206,6 +206,10 @@ def test_task_folders_follow_the_task_spec(out):
         for r in rows:
             per_species[(r["genus"], r["species"])] = per_species.get((r["genus"], r["species"]), 0) + 1
         assert set(per_species.values()) == {SMALL.eval_images_per_species}
+        from treeclip.evaluate.tasks import load_task  # the evaluation stage reads it as it is
+
+        task = load_task(folder)
+        assert len(task) == len(rows) and task.n_classes == len(per_species) and not task.problems
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
