@@ -1,0 +1,81 @@
+"""`treeclip train`: CLIP on taxonomic text, one CPU to many GPUs (torchrun / srun)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(file_okay=False), required=False)
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run dir: checkpoints, metrics.jsonl, model/.")
+@click.option("--preset", help="Named recipe: bioclip (the paper's) or cpu-demo.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of settings (overrides the preset).")
+@click.option("--model", help="Registered model name (see `treeclip models`). Default tiny-vit-64.")
+@click.option("--pretrained", help="Initial weights: open_clip checkpoint file, model dir or local-dir:DIR.")
+@click.option("--steps", type=int, help="Optimizer steps (or use --epochs).")
+@click.option("--epochs", type=float, help="Passes over the training split (or use --steps).")
+@click.option("--batch-size", type=int, help="GLOBAL batch per step, split over processes and --accum.")
+@click.option("--accum", "accum_steps", type=int, help="Gradient accumulation steps (exact: whole-batch contrastive loss).")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--warmup", type=int, help="Linear warmup steps before the cosine decay.")
+@click.option("--weight-decay", type=float, help="AdamW weight decay (not on gains, biases, logit scale).")
+@click.option("--text-type", type=click.Choice(TEXT_CHOICES), help="mixed: one type per batch (BioCLIP); "
+              "mixed-sample: one per sample; or a fixed type.")
+@click.option("--loss", type=click.Choice(["clip", "taxon-aware"]), help="taxon-aware: same-taxon pairs are not negatives.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Mixed precision (fp16 uses a grad scaler on GPU).")
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Recompute activations to save memory.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
+@click.option("--augment/--no-augment", default=None, help="Random resized crop during training.")
+@click.option("--workers", type=int, help="Data loader worker processes per training process.")
+@click.option("--threads", type=int, help="torch CPU threads per process.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto.")
+@click.option("--seed", type=int, help="Seed of weights init, data order and text types.")
+@click.option("--save-every", type=int, help="Checkpoint every N steps (and always at the end).")
+@click.option("--val-every", type=int, help="Validate every N steps (and at the end).")
+@click.option("--val-samples", type=int, help="Validation samples to score.")
+@click.option("--resume", help="`latest` (the newest checkpoint in --out) or a checkpoint dir.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(data, out, preset, config_file, resume, no_progress, compile_, **flags) -> None:
+    """Train a CLIP model on a treeclip dataset DATA (a dir made by `treeclip data`).
+
+    \b
+    Examples:
+      treeclip train data/synth --out runs/demo --preset cpu-demo
+      torchrun --nproc_per_node 2 -m treeclip train data/synth --out runs/ddp --preset cpu-demo
+      treeclip train --out runs/demo --resume latest
+    """
+    from treeclip.errors import TreeclipError
+    from treeclip.train.config import make_config
+
+    if not out:
+        raise TreeclipError("--out is required (the run dir)")
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if compile_ is not None:
+        overrides["compile"] = compile_
+    if no_progress:
+        overrides["progress"] = False
+    saved = Path(out) / "config.json"
+    if resume and saved.is_file() and not preset and not config_file:
+        # resume with the run's own settings; flags given now still win
+        base = json.loads(saved.read_text(encoding="utf-8"))
+        base.update(overrides)
+        if "steps" in overrides:
+            base["epochs"] = None
+        if "epochs" in overrides:
+            base["steps"] = None
+        overrides = base
+        data = data or base.get("data")
+    if not data:
+        raise TreeclipError("give the dataset dir DATA")
+    overrides.update(data=str(data), out=str(out))
+    cfg = make_config(preset=preset, config_file=config_file, **overrides)
+
+    from treeclip.train.loop import train as run
+
+    summary = run(cfg, resume=resume)
+    click.echo(json.dumps(summary))

@@ -1,0 +1,121 @@
+"""Training configuration: defaults, then a named preset, then a TOML file, then flags.
+
+Presets are TOML files in `presets/` (`bioclip`: the paper's recipe; `cpu-demo`: a tiny
+model on 2 CPU cores). Every field can be set in a config file or by a flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from treeclip.errors import TreeclipError
+from treeclip.taxonomy.taxon import MIXED_TEXT_TYPES
+
+PRESET_DIR = Path(__file__).with_name("presets")
+LOSSES = ("clip", "taxon-aware")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; `batch_size` is the GLOBAL batch of one optimizer step,
+    split over processes and accumulation steps, so a recipe means the same thing on any
+    number of machines."""
+
+    data: str = ""
+    out: str = ""
+    model: str = "tiny-vit-64"
+    pretrained: str | None = None      # init weights: file, model dir or local-dir:DIR
+    seed: int = 0
+    batch_size: int = 256
+    accum_steps: int = 1
+    steps: int | None = None           # optimizer steps; or
+    epochs: float | None = None        # passes over the training split
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup: int = 1000
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    text_type: str = "mixed"           # mixed (per batch) | mixed-sample | a fixed text type
+    text_types: tuple[str, ...] = MIXED_TEXT_TYPES
+    loss: str = "clip"                 # clip | taxon-aware
+    precision: str = "fp32"            # fp32 | bf16 | fp16 (autocast; fp16 with a scaler on GPU)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    augment: bool = False              # open_clip's random resized crop (0.9-1.0)
+    workers: int = 1
+    threads: int | None = None         # torch CPU threads per process
+    device: str = "auto"               # auto | cpu | cuda
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    val_every: int = 0                 # 0: validate only at the end (if there is a val split)
+    val_samples: int = 1000
+    val_text_type: str = "taxon_com"   # BioCLIP is queried with taxon + common name
+    log_every: int = 10
+    progress: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"], d["text_types"] = list(self.betas), list(self.text_types)
+        return d
+
+    def validate(self) -> "TrainConfig":
+        if self.loss not in LOSSES:
+            raise TreeclipError(f"unknown loss {self.loss!r}; expected {', '.join(LOSSES)}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise TreeclipError(f"unknown precision {self.precision!r}; expected fp32, bf16 or fp16")
+        if (self.steps is None) == (self.epochs is None):
+            raise TreeclipError("give the run length as exactly one of steps or epochs")
+        if self.batch_size < 2 or self.accum_steps < 1:
+            raise TreeclipError("batch size must be >= 2 and accumulation steps >= 1")
+        return self
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise TreeclipError(f"{path}: no such config file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise TreeclipError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise TreeclipError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+    return read_toml(path)
+
+
+def make_config(*, preset: str | None = None, config_file: str | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults <- preset <- config file <- overrides (None values are ignored).
+    A preset may also be named in the config file (`preset = "cpu-demo"`)."""
+    from_file = read_toml(config_file) if config_file else {}
+    preset = preset or from_file.pop("preset", None)
+    values: dict[str, Any] = {}
+    if preset:
+        values.update(load_preset(preset))
+    values.update(from_file)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "steps" in overrides and overrides["steps"] is not None:
+        values.pop("epochs", None)
+    if "epochs" in overrides and overrides["epochs"] is not None:
+        values.pop("steps", None)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = config_file or f"preset {preset}"
+        raise TreeclipError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    for key in ("betas", "text_types"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return TrainConfig(**values).validate()

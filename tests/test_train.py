@@ -1,0 +1,179 @@
+"""`treeclip train`: it learns, exports a model plain open_clip loads, resumes exactly
+after SIGKILL, and gradient accumulation equals the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from treeclip.errors import TreeclipError
+from treeclip.train.config import make_config
+from treeclip.train.data import Plan
+from treeclip.train.loop import train
+from train_helpers import TAXA, make_dataset
+
+FAST = dict(model="micro-vit-32", batch_size=32, lr=2e-3, warmup=5, workers=0, threads=1, progress=False,
+            log_every=5, val_samples=32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return make_dataset(tmp_path_factory.mktemp("train") / "ds")
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    name = "open_clip_model.safetensors" if (model_dir / "open_clip_model.safetensors").exists() else "model.safetensors"
+    return load_file(str(model_dir / name))
+
+
+def test_training_learns_and_exports_a_plain_open_clip_model(dataset, tmp_path):
+    import open_clip
+
+    run = tmp_path / "run"
+    cfg = make_config(data=str(dataset), out=str(run), steps=30, text_type="mixed-sample", save_every=15,
+                      val_every=15, **FAST)
+    summary = train(cfg)
+    train_rows = [r for r in _metrics(run) if r["type"] == "train"]
+    val_rows = [r for r in _metrics(run) if r["type"] == "val"]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 25, 30]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 1.0  # starts near ln(32) = 3.47
+    assert [r["step"] for r in val_rows] == [15, 30]
+    assert summary["zeroshot_top1"] > 0.5  # chance is 1/8
+    assert summary["skipped_samples"] == 0
+
+    # the exported dir: plain open_clip, same embeddings as treeclip, same zero-shot
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{run / 'model'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{run / 'model'}")
+    from treeclip.model import load_model
+    from train_helpers import draw
+    import numpy as np
+
+    clip = load_model(str(run / "model"))
+    images = [draw(c, np.random.default_rng(100 + c)) for c in range(8)]
+    captions = [t.caption("taxon_com") for t in TAXA]
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True)
+        txt = model.encode_text(tokenizer(captions), normalize=True)
+    assert torch.allclose(img, clip.encode_images(torch.stack([clip.preprocess(i) for i in images])), atol=1e-6)
+    assert torch.allclose(txt, clip.encode_texts(captions), atol=1e-6)
+    assert (img @ txt.T).argmax(dim=1).eq(torch.arange(8)).float().mean() > 0.5
+    assert (run / "best" / "open_clip_model.safetensors").is_file()
+    meta = json.loads((run / "model" / "treeclip.json").read_text())
+    assert meta["meta"]["architecture"] == "micro-vit-32" and meta["meta"]["summary"]["steps"] == 30
+
+
+def test_gradient_accumulation_equals_the_whole_batch(dataset, tmp_path):
+    runs = {}
+    for accum in (1, 4):
+        cfg = make_config(data=str(dataset), out=str(tmp_path / f"a{accum}"), steps=2, accum_steps=accum,
+                          save_every=0, text_type="mixed", **FAST)
+        runs[accum] = train(cfg)
+    a, b = _weights(tmp_path / "a1" / "model"), _weights(tmp_path / "a4" / "model")
+    assert runs[1]["final_loss"] == pytest.approx(runs[4]["final_loss"], rel=1e-5)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5), k
+
+
+def test_plan_is_a_function_of_seed_and_step():
+    plan = Plan(100, 20, seed=3, world_size=2, accum_steps=1, text_type="mixed")
+    again = Plan(100, 20, seed=3, world_size=2, rank=1, text_type="mixed")
+    assert plan.batches_per_epoch == 5
+    r0, r1 = plan.micro_batches(7)[0], again.micro_batches(7)[0]
+    assert len(r0) == len(r1) == 10 and not {i for i, _, _ in r0} & {i for i, _, _ in r1}
+    assert len({t for _, t, _ in r0 + r1}) == 1  # one text type per global batch, same on both ranks
+    epoch0 = {i for s in range(5) for i, _, _ in Plan(100, 20, seed=3).micro_batches(s)[0]}
+    assert epoch0 == set(range(100))  # an epoch visits every sample once
+    mixed = Plan(100, 20, seed=3, text_type="mixed-sample").micro_batches(0)[0]
+    assert len({t for _, t, _ in mixed}) > 1
+    with pytest.raises(TreeclipError, match="must divide"):
+        Plan(100, 20, seed=0, world_size=3)
+
+
+def _cli(dataset: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "treeclip", "train", str(dataset), "--out", str(run), "--model", "micro-vit-32",
+            "--batch-size", "16", "--lr", "2e-3", "--warmup", "3", "--workers", "0", "--threads", "1",
+            "--no-progress", *extra]
+
+
+def test_resume_from_a_middle_checkpoint_is_exact(dataset, tmp_path):
+    import shutil
+
+    full = tmp_path / "full"
+    cfg = make_config(data=str(dataset), out=str(full), steps=8, save_every=4, keep_checkpoints=5,
+                      text_type="mixed", **FAST)
+    train(cfg)
+    part = tmp_path / "part"  # as if the run had died after step 4
+    shutil.copytree(full / "checkpoints" / "step-00000004", part / "checkpoints" / "step-00000004")
+    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    summary = train(make_config(**{**cfg.as_dict(), "out": str(part)}), resume="latest")
+    assert summary["steps"] == 8
+    a, b = _weights(full / "model"), _weights(part / "model")
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert [r["step"] for r in _metrics(part) if r["type"] == "train"] == [5, 8]  # lines after step 4 redone once
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from treeclip.cli import cli
+
+    common = ("--steps", "12", "--save-every", "3", "--text-type", "mixed-sample", "--val-every", "0")
+    # the run, killed without warning once a checkpoint exists (a separate process)...
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(dataset, killed, *common), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-00000003").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model").exists()
+    # ...resumed from its run dir alone (settings come from its config.json)
+    result = CliRunner().invoke(cli, ["train", "--out", str(killed), "--resume", "latest", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
+    # the same run, uninterrupted
+    full = tmp_path / "full"
+    CliRunner().invoke(cli, _cli(dataset, full, *common)[3:], catch_exceptions=False)
+    a, b = _weights(full / "model"), _weights(killed / "model")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    steps = [r["step"] for r in _metrics(killed) if r["type"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 12  # no duplicated log lines
+
+
+def test_bad_settings_fail_with_one_line(dataset, tmp_path):
+    with pytest.raises(TreeclipError, match="exactly one of steps or epochs"):
+        make_config(data=str(dataset), out=str(tmp_path), **FAST)
+    with pytest.raises(TreeclipError, match="unknown preset"):
+        make_config(preset="nope", steps=1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = 1e-3\nlearning_rate = 3\n")
+    with pytest.raises(TreeclipError, match="unknown setting"):
+        make_config(config_file=str(bad), steps=1)
+    cfg = make_config(preset="cpu-demo", data="x", out="y")
+    assert cfg.model == "tiny-vit-64" and cfg.steps == 600
+    bio = make_config(preset="bioclip", data="x", out="y", steps=10)
+    assert bio.batch_size == 32768 and bio.lr == 1e-4 and bio.epochs is None and bio.betas == (0.9, 0.98)
+    with pytest.raises(TreeclipError, match="larger than"):
+        train(make_config(data=str(dataset), out=str(tmp_path / "r"), steps=1, **{**FAST, "batch_size": 4096}))
