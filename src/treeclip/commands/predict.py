@@ -1,0 +1,128 @@
+"""`treeclip predict` and `treeclip embed`. Only click and the standard library are
+imported here; the work happens in `treeclip.predict`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+RANK_CHOICES = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+def _input_options(fn):
+    """Options shared by predict and embed: where the images come from and how they run."""
+    options = [
+        click.argument("images", nargs=-1),
+        click.option("--files-from", "list_file", type=click.Path(dir_okay=False),
+                     help="Text file with one image path per line (relative to the file's folder)."),
+        click.option("--csv", "csv_file", type=click.Path(dir_okay=False),
+                     help="CSV whose --column holds image paths (relative to --root or the CSV's folder)."),
+        click.option("--column", default="file_name", show_default=True, help="Path column of --csv."),
+        click.option("--root", type=click.Path(file_okay=False), help="Folder relative --csv paths start from."),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
+        click.option("--workers", default=None, type=click.IntRange(0),
+                     help="Decoding processes (0 = decode in the main process) [default: cores - 1]."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
+        click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _gather(images, list_file, csv_file, column, root):
+    from treeclip.errors import TreeclipError
+    from treeclip.predict.inputs import gather
+
+    items = gather(images, list_file=list_file, csv_file=csv_file, column=column, root=root)
+    if not items:
+        where = ", ".join(images) or list_file or csv_file or "nothing"
+        raise TreeclipError(f"no images found in {where}")
+    return items
+
+
+@click.command()
+@click.argument("model")
+@_input_options
+@click.option("--rank", default="species", show_default=True, type=click.Choice(RANK_CHOICES),
+              help="Rank of the answers: species probabilities summed to it.")
+@click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="Answers per image.")
+@click.option("--min-prob", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Leave out answers below this probability (each image keeps its best).")
+@click.option("--taxa", help="Label taxa: CSV/Parquet table, a dir with taxa.parquet, or ncbi:CLADE "
+                             "[default: the model dir's taxa.parquet].")
+@click.option("--ncbi-limit", type=click.IntRange(1), help="With --taxa ncbi:CLADE: at most this many species.")
+@click.option("--subset", multiple=True, help="Keep only these taxa: RANK=NAME[,NAME...] (class=Insecta) or a "
+                                                "species/taxa list file. Repeat to intersect.")
+@click.option("--cls", "cls_spec", help="Custom labels instead of taxa: a comma list (CSV quoting for names "
+                                         "with commas) or a file with one label per line.")
+@click.option("--bins", type=click.Path(dir_okay=False), help="CSV label,bin: custom labels summed into bins.")
+@click.option("--rollup", type=click.FloatRange(0, 1, min_open=True),
+              help="Roll-up mode: answer at the deepest rank whose summed probability reaches this "
+                   "threshold, else 'unknown'.")
+@click.option("--templates", default="openai", show_default=True,
+              help="Label templates: openai (80), bioclip (81), single, or a file with one per line.")
+@click.option("--text-type", default="taxon_com", show_default=True,
+              help="Name of each taxon in the templates (taxon_com = 7 ranks + common name, as BioCLIP).")
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "jsonl", "table"]))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here [default: stdout]. An existing "
+                                                                       "CSV/JSONL output is resumed.")
+@click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Label-embedding cache [default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
+def predict(model, images, list_file, csv_file, column, root, batch_size, workers, device, precision, quiet,
+            rank, k, min_prob, taxa, ncbi_limit, subset, cls_spec, bins, rollup, templates, text_type, fmt,
+            output, overwrite, cache_dir, compile_):
+    """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
+
+    \b
+    treeclip predict runs/demo/model photos/ --rank family --k 3
+    treeclip predict MODEL photos/ --taxa ncbi:Insecta --subset order=Lepidoptera -o out.csv
+    treeclip predict MODEL a.jpg --cls "crow,\\"magpie, black-billed\\"" --format table
+    treeclip predict MODEL photos/ --rollup 0.8 --format jsonl -o out.jsonl
+
+    MODEL is a model dir, `local-dir:DIR`, a checkpoint or a registered name. Rows carry
+    pybioclip's columns (file_name, kingdom..species, common_name, score; classification
+    for --cls/--bins) plus `error` for inputs that could not be read. Exit 1 when some
+    inputs failed.
+    """
+    from treeclip.errors import TreeclipError
+
+    if (cls_spec or bins) and (taxa or subset or rollup is not None or rank != "species"):
+        raise TreeclipError("--cls/--bins classify among custom labels; they do not mix with "
+                            "--taxa, --subset, --rank or --rollup")
+    if cls_spec and bins:
+        raise TreeclipError("give --cls or --bins, not both")
+    from treeclip.predict.runner import run_predict
+
+    code = run_predict(model, _gather(images, list_file, csv_file, column, root), rank=rank, k=k,
+                       min_prob=min_prob, taxa=taxa, ncbi_limit=ncbi_limit, subset=list(subset), cls_spec=cls_spec,
+                       bins=bins, rollup=rollup, templates=templates, text_type=text_type, fmt=fmt, output=output,
+                       overwrite=overwrite, cache_dir=cache_dir, compile=compile_, batch_size=batch_size,
+                       workers=workers, device=device, precision=precision, progress=not quiet)
+    sys.exit(code)
+
+
+@click.command()
+@click.argument("model")
+@_input_options
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="emb.parquet (file_name, embedding, error) or emb.npy (+ emb.files.csv).")
+@click.option("--normalize/--no-normalize", default=False, show_default=True,
+              help="L2-normalise the embeddings (raw projection output otherwise, as pybioclip).")
+def embed(model, images, list_file, csv_file, column, root, batch_size, workers, device, precision, quiet,
+          output, normalize):
+    """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
+
+    \b
+    treeclip embed runs/demo/model photos/ -o emb.parquet --normalize
+    """
+    from treeclip.predict.runner import run_embed
+
+    sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root), output=output,
+                       normalize=normalize, batch_size=batch_size, workers=workers, device=device,
+                       precision=precision, progress=not quiet))

@@ -1,0 +1,159 @@
+"""Species probabilities summed to any rank, vectorised.
+
+Taxa are kept sorted by lineage (kingdom first). In that order the taxa below any one
+genus, family, order, ... sit side by side, so summing a rank is one `np.add.reduceat`
+over contiguous column segments: no Python loop over images or taxa. A group is the
+whole lineage down to the rank, so homonyms in two kingdoms stay apart, and a taxon with
+an empty intermediate rank still counts (its group has an empty name at that rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
+
+
+def sort_taxa(taxa: Sequence[Taxon]) -> np.ndarray:
+    """The permutation that sorts `taxa` by lineage (then common name): `taxa[order]`."""
+    keys = [(t.lineage, t.common) for t in taxa]
+    return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RankGroups:
+    """The groups of one rank over lineage-sorted taxa: group g spans columns
+    `starts[g]:starts[g+1]`; `codes[i]` is taxon i's group; `taxa[g]` names the group."""
+
+    rank: str
+    starts: np.ndarray
+    codes: np.ndarray
+    taxa: list[Taxon]
+
+    def __len__(self) -> int:
+        return len(self.taxa)
+
+
+class RankIndex:
+    """Groups of every rank over a list of taxa that is already sorted by lineage."""
+
+    def __init__(self, taxa: Sequence[Taxon]) -> None:
+        self.taxa = list(taxa)
+        lineages = [t.lineage for t in self.taxa]
+        if any(a > b for a, b in zip(lineages, lineages[1:])):
+            raise ValueError("RankIndex needs taxa sorted by lineage; use sort_taxa() first")
+        self._groups: dict[str, RankGroups] = {}
+
+    def __len__(self) -> int:
+        return len(self.taxa)
+
+    def groups(self, rank: str) -> RankGroups:
+        """The groups at `rank` (computed once, then cached)."""
+        if rank not in self._groups:
+            self._groups[rank] = self._build(rank)
+        return self._groups[rank]
+
+    def _build(self, rank: str) -> RankGroups:
+        depth = rank_index(rank) + 1
+        n = len(self.taxa)
+        starts: list[int] = []
+        codes = np.empty(n, dtype=np.int64)
+        previous = None
+        for i, taxon in enumerate(self.taxa):
+            key = taxon.lineage[:depth]
+            if key != previous:
+                starts.append(i)
+                previous = key
+            codes[i] = len(starts) - 1
+        # `at` keeps the common name only when nothing below the rank is cut away
+        names = [self.taxa[s].at(rank) for s in starts]
+        return RankGroups(rank, np.asarray(starts, dtype=np.int64), codes, names)
+
+    def aggregate(self, probs: np.ndarray, rank: str) -> np.ndarray:
+        """(n_images, n_taxa) species probabilities -> (n_images, n_groups) at `rank`."""
+        probs = np.asarray(probs)
+        if probs.shape[-1] != len(self.taxa):
+            raise ValueError(f"probabilities have {probs.shape[-1]} columns for {len(self.taxa)} taxa")
+        groups = self.groups(rank)
+        if len(groups) == len(self.taxa):
+            return probs  # every taxon is its own group (the usual species case)
+        return segment_sum(probs, groups.starts)
+
+
+def segment_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sums of contiguous column segments beginning at `starts` (the last one runs to the
+    end). An empty input gives an empty (n, len(starts)) array."""
+    values = np.asarray(values)
+    if values.shape[-1] == 0:
+        return np.zeros(values.shape[:-1] + (len(starts),), dtype=values.dtype)
+    return np.add.reduceat(values, starts, axis=-1)
+
+
+def group_sum(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Column sums by arbitrary group codes (bins): `out[:, g] = values[:, codes == g].sum(1)`,
+    computed as a sparse one-hot product so it stays vectorised in any column order."""
+    values = np.asarray(values, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+    codes = np.asarray(codes, dtype=np.int64)
+    onehot = np.zeros((values.shape[-1], n_groups), dtype=values.dtype)
+    onehot[np.arange(len(codes)), codes] = 1
+    return values @ onehot
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest scores per row, best first (ties: lower index)."""
+    scores = np.asarray(scores)
+    k = max(0, min(k, scores.shape[-1]))
+    if k == 0:
+        empty = np.zeros(scores.shape[:-1] + (0,), dtype=np.int64)
+        return empty, np.zeros(scores.shape[:-1] + (0,), dtype=scores.dtype)
+    if k < scores.shape[-1]:
+        part = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[-1]), scores.shape).copy()
+    vals = np.take_along_axis(scores, part, axis=-1)
+    # sort the k by score descending, index ascending on ties
+    order = np.lexsort((part, -vals), axis=-1)
+    idx = np.take_along_axis(part, order, axis=-1)
+    return idx, np.take_along_axis(vals, order, axis=-1)
+
+
+@dataclass(frozen=True)
+class RollUp:
+    """The answer of roll-up mode for one image: the deepest confident `rank` and its
+    `taxon` (None and rank "unknown" when no rank clears the threshold)."""
+
+    rank: str
+    taxon: Taxon | None
+    score: float
+
+
+def roll_up(probs: np.ndarray, index: RankIndex, threshold: float,
+            ranks: Sequence[str] = RANKS) -> list[RollUp]:
+    """Per image, the deepest rank whose best summed probability is >= `threshold`, with
+    that group; "unknown" when even the highest rank in `ranks` stays below it."""
+    probs = np.atleast_2d(np.asarray(probs))
+    n = probs.shape[0]
+    answers: list[RollUp | None] = [None] * n
+    pending = np.ones(n, dtype=bool)
+    for rank in sorted(ranks, key=rank_index, reverse=True):  # deepest first
+        if not pending.any():
+            break
+        rows = np.flatnonzero(pending)
+        summed = index.aggregate(probs[rows], rank)
+        best = summed.argmax(axis=-1)
+        best_p = summed[np.arange(len(rows)), best]
+        groups = index.groups(rank)
+        for row, g, p in zip(rows, best, best_p):
+            if p >= threshold:
+                answers[row] = RollUp(rank, groups.taxa[g], float(p))
+                pending[row] = False
+    rows = np.flatnonzero(pending)
+    if len(rows):
+        # the score of an unknown is the best it reached at the highest rank tried
+        summed = index.aggregate(probs[rows], min(ranks, key=rank_index))
+        for row, p in zip(rows, summed.max(axis=-1) if summed.shape[-1] else np.zeros(len(rows))):
+            answers[row] = RollUp("unknown", None, float(p))
+    return answers  # type: ignore[return-value]

@@ -1,0 +1,222 @@
+"""The three classifiers of the Python API and the CLI.
+
+    from treeclip.predict import TreeOfLifeClassifier
+    clf = TreeOfLifeClassifier("runs/demo/model", subset="class=Insecta")
+    rows = clf.predict(["a.jpg", "photos/"], rank="family", k=3)
+
+Every classifier embeds its labels once (cached on disk), encodes images in batches
+(decoding in worker processes) and turns `exp(logit_scale) * image @ label` into a softmax.
+Rows are dicts with pybioclip's keys: `file_name`, the ranks or `classification`, `score`;
+an unreadable input gives one row with `error` set and the run goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from treeclip.errors import TreeclipError
+from treeclip.predict import aggregate as agg
+from treeclip.predict.fast import ImageEncoder, Item, iter_batches
+from treeclip.predict.inputs import as_items
+from treeclip.predict.labels import (DEFAULT_TEXT_TYPE, label_embeddings, load_taxa, subset_mask,
+                                     taxon_texts)
+from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
+from treeclip.taxonomy.templates import load_templates
+
+DEFAULT_TEMPLATES = "openai"
+"""OpenAI's 80 ImageNet templates, as BioCLIP's and pybioclip's label embeddings use."""
+
+
+def _load_clip(model: Any, device: str | None):
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        from treeclip.model import load_model
+
+        return load_model(str(model))
+    if not hasattr(model, "encode_texts"):
+        raise TypeError("model must be a model spec (name, dir, checkpoint) or a treeclip ClipModel")
+    return model
+
+
+class BaseClassifier:
+    """Shared machinery: model, image encoder, label embeddings, batched probabilities."""
+
+    def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = "auto",
+                 batch_size: int = 32, workers: int | None = None, compile: bool = False,
+                 templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
+                 progress: bool = False) -> None:
+        self.clip = _load_clip(model, device)
+        self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile)
+        self.templates = tuple(load_templates(templates) if isinstance(templates, str) else templates)
+        self.batch_size, self.workers, self.cache_dir, self.progress = batch_size, workers, cache_dir, progress
+        self.logit_scale = self.clip.logit_scale()
+        self._labels: torch.Tensor | None = None
+
+    @property
+    def precision(self) -> str:
+        return self.encoder.precision
+
+    def _set_labels(self, texts: Sequence[str]) -> None:
+        emb = label_embeddings(self.clip, texts, self.templates, cache_dir=self.cache_dir, progress=self.progress)
+        self._labels = torch.from_numpy(emb).to(self.encoder.device)
+
+    def probabilities(self, features: torch.Tensor) -> np.ndarray:
+        """(n, dim) L2-normalised image embeddings -> (n, n_labels) softmax probabilities."""
+        logits = self.logit_scale * features.to(self._labels.device) @ self._labels.T
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def encoded_batches(self, images: Any) -> Iterator[tuple[list[Item], np.ndarray | None, list[int], dict[int, str]]]:
+        """Per batch: the items, the probabilities of the decoded ones, their positions
+        in the batch, and {position: error line} for the others."""
+        items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
+        draft = self.clip.image_size
+        for idx, ok, pixels, errors in iter_batches(items, self.clip.preprocess, batch_size=self.batch_size,
+                                                    workers=self.workers, draft_size=draft):
+            batch = [items[i] for i in idx]
+            first = idx[0] if idx else 0
+            probs = self.probabilities(self.encoder(pixels)) if pixels is not None else None
+            yield batch, probs, [i - first for i in ok], {i - first: e for i, e in errors.items()}
+
+    def predict_batches(self, images: Any, **options: Any) -> Iterator[list[dict]]:
+        """Rows per batch, in input order (see `predict`); for streaming writers."""
+        for batch, probs, ok, errors in self.encoded_batches(images):
+            rows: list[dict] = []
+            good = {pos: j for j, pos in enumerate(ok)}
+            scored = self.rows_for(probs, **options) if probs is not None else []
+            for pos, item in enumerate(batch):
+                if pos in errors:
+                    rows.append({"file_name": item.name, "error": errors[pos]})
+                else:
+                    rows.extend({"file_name": item.name, **r} for r in scored[good[pos]])
+            yield rows
+
+    def predict(self, images: Any, **options: Any) -> list[dict]:
+        """Rows for every image: `images` is a path, folder, glob, bytes, PIL image or a
+        list of them."""
+        return [row for rows in self.predict_batches(images, **options) for row in rows]
+
+    def rows_for(self, probs: np.ndarray, **options: Any) -> list[list[dict]]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _keep(scores: np.ndarray, idx: np.ndarray, vals: np.ndarray, min_prob: float) -> list[tuple[int, float]]:
+    # rows below min_prob are dropped, but every image keeps its best answer
+    out = [(int(i), float(v)) for i, v in zip(idx, vals) if v >= min_prob]
+    return out or [(int(idx[0]), float(vals[0]))]
+
+
+class TreeOfLifeClassifier(BaseClassifier):
+    """Classify over a taxa table at any rank: softmax over all (or a subset of the) taxa,
+    higher ranks = sums of the species probabilities (a vectorised segment sum).
+
+    `taxa`: a list of `Taxon`, a CSV/Parquet file, a dir with `taxa.parquet`, or
+    `ncbi:CLADE`; default the model dir's `taxa.parquet`. `subset`: one spec or a list
+    of specs all of which a taxon must pass (`class=Insecta`, a species-list file; see
+    `labels.subset_mask`). `text_type`: which name of each taxon fills the templates
+    (BioCLIP: `taxon_com`, the 7 ranks plus the common name)."""
+
+    def __init__(self, model: Any, taxa: Sequence[Taxon] | str | None = None, *,
+                 subset: str | Sequence[str] | None = None, text_type: str = DEFAULT_TEXT_TYPE,
+                 ncbi_limit: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        model_dir = model if isinstance(model, str) else None
+        if taxa is None or isinstance(taxa, str):
+            taxa = load_taxa(taxa, model_dir, limit=ncbi_limit)
+        taxa = list(dict.fromkeys(taxa))
+        order = agg.sort_taxa(taxa)
+        taxa = [taxa[i] for i in order]
+        self._set_labels(taxon_texts(taxa, text_type))  # the full table: subsets reuse the cache
+        specs = [subset] if isinstance(subset, str) else list(subset or [])
+        keep = np.ones(len(taxa), dtype=bool)
+        for spec in specs:
+            keep &= subset_mask(taxa, spec)
+        if not keep.any():
+            raise TreeclipError(f"the subsets {', '.join(specs)} together match no taxa")
+        if not keep.all():
+            self._labels = self._labels[torch.from_numpy(np.flatnonzero(keep)).to(self._labels.device)]
+            taxa = [t for t, k in zip(taxa, keep) if k]
+        self.taxa = taxa
+        self.index = agg.RankIndex(taxa)
+        self.text_type = text_type
+
+    def rows_for(self, probs: np.ndarray, rank: str = "species", k: int = 5, min_prob: float = 0.0,
+                 rollup: float | None = None) -> list[list[dict]]:
+        """Top-k groups at `rank` per image, or with `rollup` (a threshold in (0, 1]) the
+        deepest confident rank (or "unknown") per image."""
+        if rollup is not None:
+            return [[rollup_row(a)] for a in agg.roll_up(probs, self.index, rollup)]
+        rank_index(rank)
+        groups = self.index.groups(rank)
+        summed = self.index.aggregate(probs, rank)
+        idx, vals = agg.top_k(summed, k)
+        return [[{**taxon_columns(groups.taxa[g], rank), "score": s} for g, s in _keep(summed[n], idx[n], vals[n], min_prob)]
+                for n in range(len(probs))]
+
+    def predict(self, images: Any, rank: str = "species", k: int = 5, min_prob: float = 0.0,
+                rollup: float | None = None) -> list[dict]:
+        """Rows per image: `file_name`, `kingdom`..`rank` (at species also `species_epithet`,
+        `species` as `Genus epithet` and `common_name`), `score`; best first."""
+        return super().predict(images, rank=rank, k=k, min_prob=min_prob, rollup=rollup)
+
+
+def taxon_columns(taxon: Taxon, rank: str) -> dict[str, str]:
+    """pybioclip's columns for a taxon at `rank`."""
+    depth = rank_index(rank) + 1
+    cols = {r: taxon[r] for r in RANKS[:min(depth, 6)]}
+    if depth == len(RANKS):
+        cols["species_epithet"] = taxon.species
+        cols["species"] = f"{taxon.genus} {taxon.species}".strip() if taxon.species else ""
+        cols["common_name"] = taxon.common
+    return cols
+
+
+def rollup_row(answer: agg.RollUp) -> dict:
+    """A roll-up answer as a row: `rank` (or "unknown"), the ranks down to it, `score`."""
+    row: dict[str, Any] = {"rank": answer.rank}
+    if answer.taxon is not None:
+        row.update(taxon_columns(answer.taxon, answer.rank))
+    row["score"] = answer.score
+    return row
+
+
+class CustomLabelsClassifier(BaseClassifier):
+    """Classify among the user's own labels (`--cls`): rows `file_name`,
+    `classification`, `score`."""
+
+    def __init__(self, model: Any, labels: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.labels = list(dict.fromkeys(str(c).strip() for c in labels if str(c).strip()))
+        if not self.labels:
+            raise TreeclipError("no custom labels given")
+        self._set_labels(self.labels)
+
+    def _scores(self, probs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        return probs, self.labels
+
+    def rows_for(self, probs: np.ndarray, k: int = 5, min_prob: float = 0.0, **_: Any) -> list[list[dict]]:
+        scores, names = self._scores(probs)
+        idx, vals = agg.top_k(scores, k)
+        return [[{"classification": names[i], "score": s} for i, s in _keep(scores[n], idx[n], vals[n], min_prob)]
+                for n in range(len(scores))]
+
+    def predict(self, images: Any, k: int = 5, min_prob: float = 0.0, **_: Any) -> list[dict]:
+        """Rows per image: `file_name`, `classification`, `score`; best first."""
+        return super().predict(images, k=k, min_prob=min_prob)
+
+
+class BinningClassifier(CustomLabelsClassifier):
+    """Custom labels whose probabilities are summed into bins (`--bins`): `cls_to_bin`
+    maps each label to its bin; rows name the bin in `classification`."""
+
+    def __init__(self, model: Any, cls_to_bin: Mapping[str, str], **kwargs: Any) -> None:
+        labels = [str(c).strip() for c in cls_to_bin]
+        super().__init__(model, labels, **kwargs)
+        bins = {str(c).strip(): str(b).strip() for c, b in cls_to_bin.items()}
+        self.bins = list(dict.fromkeys(bins[c] for c in self.labels))
+        position = {b: i for i, b in enumerate(self.bins)}
+        self._codes = np.array([position[bins[c]] for c in self.labels], dtype=np.int64)
+
+    def _scores(self, probs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        return agg.group_sum(probs, self._codes, len(self.bins)), self.bins

@@ -1,0 +1,163 @@
+"""The inference path for images: precision chosen for the hardware, decoding in worker
+processes that overlap with the model.
+
+`--precision auto` picks bf16 only where it is fast: on a CUDA GPU that supports it, or
+on a CPU with native bf16 matrix units (AVX-512-BF16 or AMX, which oneDNN reports). On
+other CPUs (AVX2 only) bf16 is emulated and measured 10-20x *slower* than fp32, so auto
+stays fp32 there. `--compile` adds `torch.compile` (a one-off compile cost of tens of
+seconds, worth it only for large runs). The fp32 text tower is never touched: label
+embeddings are computed in fp32 and cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from treeclip.errors import InputError, TreeclipError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN can run bf16 matmuls natively (AVX-512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # older builds without the probe: be conservative
+        return False
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`auto`/None: CUDA when available, else CPU; otherwise as given (checked)."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TreeclipError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The concrete precision (`fp32` or `bf16`) that `auto` means on `device`."""
+    if precision not in PRECISIONS:
+        raise TreeclipError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+class ImageEncoder:
+    """Image embeddings of a `ClipModel` at a chosen precision and device.
+
+    bf16 keeps a bf16 copy of the image tower only (LayerNorms and the final projection
+    output are read back as fp32); the caller's model is not changed."""
+
+    def __init__(self, clip, *, device: str | None = "cpu", precision: str = "auto",
+                 compile: bool = False) -> None:
+        self.clip = clip
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        visual = clip.model.visual
+        if self.precision == "bf16" or self.device != clip.device:
+            visual = copy.deepcopy(visual)
+        visual = visual.to(self.device).eval()
+        if self.precision == "bf16":
+            visual = visual.to(torch.bfloat16)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.visual: Callable = torch.compile(visual) if compile else visual
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed pixels -> (N, dim) float32 embeddings on the CPU."""
+        x = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+        feats = self.visual(x).float()
+        return (F.normalize(feats, dim=-1) if normalize else feats).cpu()
+
+
+def top1_agreement(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of images whose best label is the same under two image embeddings
+    (e.g. fp32 vs the fast path) against the same label embeddings."""
+    a = (reference @ labels.T).argmax(-1)
+    b = (other @ labels.T).argmax(-1)
+    return float((a == b).float().mean())
+
+
+# -- decoding in workers ----------------------------------------------------------------
+@dataclass
+class Item:
+    """One input image: `name` (what output rows call it) and `source` (a path, encoded
+    bytes, or a PIL image)."""
+
+    name: str
+    source: Any
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Item], preprocess: Callable, draft_size: int | None) -> None:
+        self.items, self.preprocess, self.draft = list(items), preprocess, draft_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return i, *decode_item(self.items[i], self.preprocess, self.draft)
+
+
+def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None) -> tuple[Any, str]:
+    """(pixels, "") or (None, "<name>: <reason>") for one input."""
+    from PIL import Image
+
+    from treeclip.data.images import decode_image
+
+    try:
+        if isinstance(item.source, Image.Image):
+            img = item.source if item.source.mode == "RGB" else item.source.convert("RGB")
+        else:
+            img = decode_image(item.source, name=item.name, draft_size=draft_size)
+        return preprocess(img), ""
+    except InputError as e:
+        return None, str(e)
+    except Exception as e:  # a transform failing on an odd image must not stop the run
+        return None, f"{item.name}: cannot preprocess ({type(e).__name__}: {str(e)[:100]})"
+
+
+def _collate(batch):
+    idx = [b[0] for b in batch]
+    good = [b for b in batch if b[1] is not None]
+    pixels = torch.stack([b[1] for b in good]) if good else None
+    errors = {b[0]: b[2] for b in batch if b[1] is None}
+    return idx, [b[0] for b in good], pixels, errors
+
+
+def default_workers() -> int:
+    """Decoding processes: one fewer than the cores (at least 1, at most 8)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def iter_batches(items: Sequence[Item], preprocess: Callable, *, batch_size: int = 32,
+                 workers: int | None = None, draft_size: int | None = None
+                 ) -> Iterator[tuple[list[int], list[int], torch.Tensor | None, dict[int, str]]]:
+    """Batches of decoded inputs in input order: (all indices, decoded indices, pixels,
+    {index: error line}). With `workers` > 0 decoding runs in DataLoader worker processes
+    while the model works on the previous batch; PIL images in the input are decoded in
+    this process (they may not pickle cheaply)."""
+    from PIL import Image
+
+    workers = default_workers() if workers is None else workers
+    if workers and any(isinstance(it.source, Image.Image) for it in items):
+        workers = 0
+    dataset = _Decoded(items, preprocess, draft_size)
+    if not workers:
+        for s in range(0, len(items), batch_size):
+            yield _collate([dataset[i] for i in range(s, min(s + batch_size, len(items)))])
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=_collate, prefetch_factor=2, persistent_workers=False)
+    yield from loader

@@ -1,0 +1,350 @@
+"""Label sets and their text embeddings.
+
+- Taxa tables for tree-of-life mode: the `taxa.parquet` shipped in a model or dataset dir,
+  a user's CSV/Parquet (columns kingdom..species, common or common_name; the species
+  column may hold the epithet or the binomial), or `ncbi:CLADE` (species of a clade from
+  the offline NCBI taxonomy).
+- Subsets (`class=Insecta`, a species list file) and custom labels (`--cls`, bins).
+- The label-embedding cache: `CACHE/<key>.names.parquet` + `CACHE/<key>.npy`, where key
+  is a sha256 of the model fingerprint, the label texts and the templates, so a second
+  run with the same model and labels encodes nothing. Large label sets are encoded in
+  chunks saved as they finish, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from treeclip.errors import TreeclipError
+from treeclip.fsutil import atomic_path
+from treeclip.taxonomy.taxon import RANKS, Taxon
+
+COMMON_COLUMNS = ("common", "common_name")
+DEFAULT_TEXT_TYPE = "taxon_com"
+"""BioCLIP's tree-of-life labels: the 7 ranks plus the common name."""
+
+
+# -- reading tables ------------------------------------------------------------------------
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (BOM dropped), or a one-line error naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TreeclipError(f"{path}: file not found") from None
+    except OSError as e:
+        raise TreeclipError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TreeclipError(f"{path}: not UTF-8 text (bad byte at line {line})") from None
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """A CSV or Parquet table as rows of lower-cased column -> string ('' for missing)."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path).to_pydict()
+        except FileNotFoundError:
+            raise TreeclipError(f"{path}: file not found") from None
+        except Exception as e:
+            raise TreeclipError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:120]})") from None
+        cols = {k.strip().lower(): v for k, v in table.items()}
+        n = len(next(iter(cols.values()))) if cols else 0
+        return [{k: "" if v[i] is None else str(v[i]) for k, v in cols.items()} for i in range(n)]
+    text = read_text(path)
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        rows = []
+        for row in reader:
+            if None in row:
+                raise TreeclipError(f"{path}: line {reader.line_num}: more fields than the header has")
+            rows.append({(k or "").strip().lower(): (v or "").strip() for k, v in row.items()})
+    except csv.Error as e:
+        raise TreeclipError(f"{path}: malformed CSV ({e})") from None
+    return rows
+
+
+def taxon_from_row(row: dict[str, str]) -> Taxon:
+    """A taxon from a table row; `species` may be an epithet or `Genus epithet`, and a
+    `species_epithet` column (pybioclip's output) wins when present."""
+    from treeclip.taxonomy.names import clean_epithet
+
+    ranks = {r: row.get(r, "") for r in RANKS}
+    epithet = row.get("species_epithet") or ranks["species"]
+    ranks["species"] = clean_epithet(epithet, ranks["genus"]) if epithet else ""
+    common = next((row[c] for c in COMMON_COLUMNS if row.get(c)), "")
+    return Taxon.from_ranks(ranks, common)
+
+
+def read_taxa_table(path: str | os.PathLike) -> list[Taxon]:
+    """Distinct taxa of a CSV/Parquet table with rank columns, in file order."""
+    rows = read_rows(path)
+    if rows and not any(r in rows[0] for r in RANKS):
+        raise TreeclipError(f"{path}: no rank columns (need some of {', '.join(RANKS)})")
+    taxa = [taxon_from_row(row) for row in rows]
+    taxa = list(dict.fromkeys(t for t in taxa if not t.is_empty))
+    if not taxa:
+        raise TreeclipError(f"{path}: no taxa in the table")
+    return taxa
+
+
+def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | None = None) -> list[Taxon]:
+    """The label taxa of tree-of-life mode.
+
+    `spec`: a CSV/Parquet file, a dataset or model dir holding `taxa.parquet`, or
+    `ncbi:CLADE` (species under CLADE in the offline NCBI taxonomy, at most `limit`).
+    Without `spec`, the model dir's own `taxa.parquet` (written at training time)."""
+    if spec and spec.startswith("ncbi:"):
+        from treeclip.taxonomy.ncbi import default_reference
+
+        clade = spec[len("ncbi:"):].strip()
+        taxa = list(default_reference().species_in(clade, limit=limit))
+        if not taxa:
+            raise TreeclipError(f"{spec}: NCBI has no species with clean names under {clade}")
+        return taxa
+    if spec is None:
+        found = None
+        if model_spec:
+            base = Path(model_spec.removeprefix("local-dir:"))
+            found = (base if base.is_dir() else base.parent) / "taxa.parquet"
+        if found is None or not found.is_file():
+            raise TreeclipError(f"{model_spec}: the model has no taxa.parquet; give a taxa table "
+                                "with --taxa FILE (CSV/Parquet) or --taxa ncbi:CLADE")
+        return read_taxa_table(found)
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "taxa.parquet").is_file():
+            raise TreeclipError(f"{spec}: folder has no taxa.parquet")
+        path = path / "taxa.parquet"
+    return read_taxa_table(path)
+
+
+# -- subsets -----------------------------------------------------------------------------
+def _rank_match(taxon: Taxon, rank: str, value: str) -> bool:
+    if rank == "species":
+        # `Pica hudsonia` or `hudsonia`
+        return value.lower() in (taxon.species, taxon.scientific_name.lower()) and bool(taxon.species)
+    if rank in COMMON_COLUMNS:
+        return taxon.common.lower() == value.lower()
+    return taxon[rank].lower() == value.lower()
+
+
+def _names_match(taxon: Taxon, name: str) -> bool:
+    """A bare name matches the scientific name, the common name or any rank's name."""
+    low = name.lower()
+    return (low == taxon.scientific_name.lower() or (taxon.common and low == taxon.common.lower())
+            or any(n and n.lower() == low for n in taxon.lineage[:-1]))
+
+
+def subset_mask(taxa: Sequence[Taxon], spec: str) -> np.ndarray:
+    """Which taxa a `--subset` spec keeps.
+
+    - `RANK=NAME[,NAME...]`, e.g. `class=Insecta` or `order=Lepidoptera,Coleoptera`;
+    - a CSV/Parquet file whose header names ranks (pybioclip style, e.g. a `family`
+      column; a row matches when all its non-empty rank cells match);
+    - a text file, one name per line: scientific names (`Pica hudsonia`), common names
+      or names at any rank (`Corvidae`)."""
+    keep = np.zeros(len(taxa), dtype=bool)
+    rank, sep, values = spec.partition("=")
+    rank = rank.strip().lower()
+    if sep and (rank in RANKS or rank in COMMON_COLUMNS) and not Path(spec).exists():
+        names = [v.strip() for v in next(csv.reader([values]), []) if v.strip()]
+        if not names:
+            raise TreeclipError(f"--subset {spec}: no names after '='")
+        for i, t in enumerate(taxa):
+            keep[i] = any(_rank_match(t, rank, v) for v in names)
+        _warn_unmatched(spec, names, [lambda t, v=v: _rank_match(t, rank, v) for v in names], taxa)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise TreeclipError(f"--subset {spec}: neither RANK=NAME (rank one of {', '.join(RANKS)}) nor a file")
+        first = read_text(path).split("\n", 1)[0].lower().replace('"', "")
+        header = [h.strip() for h in first.split(",")]
+        if path.suffix.lower() in (".parquet", ".pq") or any(h in RANKS for h in header):
+            rows = read_rows(path)
+            ranks = [r for r in (*RANKS, *COMMON_COLUMNS) if rows and r in rows[0]]
+            wanted = [{r: row[r] for r in ranks if row.get(r)} for row in rows]
+            wanted = [w for w in wanted if w]
+            for i, t in enumerate(taxa):
+                keep[i] = any(all(_rank_match(t, r, v) for r, v in w.items()) for w in wanted)
+        else:
+            names = [ln.strip() for ln in read_text(path).splitlines() if ln.strip() and not ln.startswith("#")]
+            for i, t in enumerate(taxa):
+                keep[i] = any(_names_match(t, n) for n in names)
+            _warn_unmatched(spec, names, [lambda t, n=n: _names_match(t, n) for n in names], taxa)
+    if not keep.any():
+        raise TreeclipError(f"--subset {spec}: matches none of the {len(taxa)} label taxa")
+    return keep
+
+
+def _warn_unmatched(spec: str, names: list[str], tests, taxa: Sequence[Taxon]) -> None:
+    missing = [n for n, test in zip(names, tests) if not any(test(t) for t in taxa)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        print(f"treeclip: --subset {spec}: no label taxa for {shown}", file=sys.stderr)
+
+
+# -- custom labels and bins ----------------------------------------------------------------
+def parse_labels(spec: str) -> list[str]:
+    """`--cls`: a file (one label per line; a .csv file: its first column, header
+    `label`/`cls`/`classification` skipped) or a comma list in CSV quoting, so a label with
+    a comma is written `"Pica pica, magpie",crow`."""
+    path = Path(spec)
+    if path.is_file():
+        text = read_text(path)
+        if path.suffix.lower() == ".csv":
+            rows = [r for r in csv.reader(io.StringIO(text)) if r and r[0].strip()]
+            if rows and rows[0][0].strip().lower() in ("label", "cls", "classification", "class", "name"):
+                rows = rows[1:]
+            labels = [r[0].strip() for r in rows]
+        else:
+            labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    else:
+        try:
+            labels = [v.strip() for v in next(csv.reader([spec], skipinitialspace=True), []) if v.strip()]
+        except csv.Error as e:
+            raise TreeclipError(f"--cls {spec!r}: malformed list ({e})") from None
+    labels = list(dict.fromkeys(labels))
+    if not labels:
+        raise TreeclipError(f"--cls {spec!r}: no labels")
+    return labels
+
+
+def parse_bins(path: str | os.PathLike) -> dict[str, str]:
+    """`--bins`: a CSV whose first column is the label and second the bin (pybioclip's
+    layout; the header row names them and is skipped)."""
+    path = Path(path)
+    rows = [r for r in csv.reader(io.StringIO(read_text(path))) if r and any(c.strip() for c in r)]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise TreeclipError(f"{path}: a bins CSV needs a header and rows of label,bin")
+    mapping: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise TreeclipError(f"{path}: line {line}: need a label and a bin")
+        label, b = row[0].strip(), row[1].strip()
+        if mapping.get(label, b) != b:
+            raise TreeclipError(f"{path}: line {line}: {label!r} is in two bins ({mapping[label]!r}, {b!r})")
+        mapping[label] = b
+    return mapping
+
+
+# -- the embedding cache ---------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """`$TREECLIP_CACHE/labels`, else `~/.cache/treeclip/labels`."""
+    base = os.environ.get("TREECLIP_CACHE")
+    if base:
+        return Path(base) / "labels"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "treeclip" / "labels"
+
+
+def cache_key(model_fingerprint: str, texts: Sequence[str], templates: Sequence[str]) -> str:
+    """sha256 hex over the model, the label texts (in order) and the templates."""
+    h = hashlib.sha256()
+    h.update(json.dumps([model_fingerprint, list(templates)]).encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
+                     cache_dir: str | os.PathLike | None = None, chunk: int = 512,
+                     progress: bool = True) -> np.ndarray:
+    """(n_labels, dim) float32 class embeddings (mean over templates, renormalised) of
+    `texts`, read from the cache when this model, these texts and templates were encoded
+    before (`cache_dir` None: `default_cache_dir()`)."""
+    from treeclip.evaluate.zeroshot import class_embeddings
+
+    texts, templates = list(texts), list(templates)
+    if not texts:
+        raise TreeclipError("no labels to embed")
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = cache_key(clip.fingerprint(), texts, templates)
+    final, names = root / f"{key[:40]}.npy", root / f"{key[:40]}.names.parquet"
+    cached = _load_cached(final, names, texts, clip.embed_dim)
+    if cached is not None:
+        return cached
+    parts = root / f"{key[:40]}.parts"
+    out = np.zeros((len(texts), clip.embed_dim), dtype=np.float32)
+    starts = range(0, len(texts), chunk)
+    bar = _bar(len(texts), progress)
+    for start in starts:
+        stop = min(start + chunk, len(texts))
+        part = parts / f"{start:09d}.npy"
+        emb = _load_part(part, stop - start, clip.embed_dim)
+        if emb is None:
+            emb = class_embeddings(clip.encode_texts, texts[start:stop], templates)
+            with atomic_path(part, suffix=".npy") as tmp:
+                np.save(tmp, emb)
+        out[start:stop] = emb
+        if bar is not None:
+            bar.update(stop - start)
+    if bar is not None:
+        bar.close()
+    _save_cache(final, names, texts, out)
+    for p in parts.glob("*.npy"):
+        p.unlink(missing_ok=True)
+    try:
+        parts.rmdir()
+    except OSError:
+        pass
+    return out
+
+
+def _bar(total: int, progress: bool):
+    if not progress or total < 1000:  # small label sets take a moment; no bar
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="label", desc="embedding labels", file=sys.stderr, leave=False)
+
+
+def _load_part(path: Path, n: int, dim: int) -> np.ndarray | None:
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return emb if emb.shape == (n, dim) else None
+
+
+def _load_cached(final: Path, names: Path, texts: list[str], dim: int) -> np.ndarray | None:
+    if not (final.is_file() and names.is_file()):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        stored = pq.read_table(names).column("label").to_pylist()
+        emb = np.load(final, allow_pickle=False)
+    except Exception:
+        return None  # a damaged cache entry is recomputed, never trusted
+    if stored != texts or emb.shape != (len(texts), dim):
+        return None
+    return emb.astype(np.float32, copy=False)
+
+
+def _save_cache(final: Path, names: Path, texts: list[str], emb: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_path(names, suffix=".parquet") as tmp:
+        pq.write_table(pa.table({"label": texts}), tmp)
+    with atomic_path(final, suffix=".npy") as tmp:
+        np.save(tmp, emb)
+
+
+def taxon_texts(taxa: Iterable[Taxon], text_type: str = DEFAULT_TEXT_TYPE) -> list[str]:
+    """The names that fill the templates for tree-of-life labels."""
+    return [t.name(text_type) for t in taxa]

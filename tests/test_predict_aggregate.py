@@ -1,0 +1,118 @@
+"""Rank aggregation, bins, top-k and roll-up against plain per-image dict computations."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import numpy as np
+import pytest
+
+from predict_helpers import TAXA
+from treeclip.predict import aggregate as agg
+from treeclip.taxonomy.taxon import RANKS, Taxon
+
+
+def random_taxa(n: int, seed: int = 0) -> list[Taxon]:
+    rng = random.Random(seed)
+    taxa = set()
+    while len(taxa) < n:
+        lineage = [f"K{rng.randrange(2)}", f"P{rng.randrange(3)}", f"C{rng.randrange(3)}", f"O{rng.randrange(4)}",
+                   f"F{rng.randrange(4)}", f"G{rng.randrange(5)}", f"s{rng.randrange(30)}"]
+        if rng.random() < 0.15:
+            lineage[rng.randrange(1, 5)] = ""  # a gap in the lineage must not lose the taxon
+        taxa.add(Taxon(tuple(lineage), f"c{rng.randrange(9)}"))
+    return sorted(taxa, key=lambda t: (rng.random(),))  # unsorted on purpose
+
+
+def dict_reference(probs: np.ndarray, taxa: list[Taxon], rank: str) -> list[dict[tuple, float]]:
+    """pybioclip's way: per image, a dict from the lineage down to `rank` to summed probability."""
+    depth = RANKS.index(rank) + 1
+    out = []
+    for row in probs:
+        sums: dict[tuple, float] = collections.defaultdict(float)
+        for p, t in zip(row, taxa):
+            sums[t.lineage[:depth]] += float(p)
+        out.append(dict(sums))
+    return out
+
+
+@pytest.mark.parametrize("rank", RANKS)
+def test_aggregate_equals_dict_reference_at_every_rank(rank):
+    taxa = random_taxa(300)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(7, len(taxa))) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    order = agg.sort_taxa(taxa)
+    index = agg.RankIndex([taxa[i] for i in order])
+    summed = index.aggregate(probs[:, order], rank)
+    groups = index.groups(rank)
+    reference = dict_reference(probs, taxa, rank)
+    depth = RANKS.index(rank) + 1
+    for n in range(len(probs)):
+        got = {groups.taxa[g].lineage[:depth]: summed[n, g] for g in range(len(groups))}
+        assert got.keys() == reference[n].keys()
+        for key, value in reference[n].items():
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12)
+        assert summed[n].sum() == pytest.approx(1.0)
+
+
+def test_groups_keep_homonyms_and_gaps_apart():
+    order = agg.sort_taxa(TAXA)
+    index = agg.RankIndex([TAXA[i] for i in order])
+    genera = [t.lineage[:6] for t in index.groups("genus").taxa]
+    assert sum(1 for g in genera if g[5] == "Morus") == 2  # the gannet and the mulberry
+    families = [t.family for t in index.groups("family").taxa]
+    assert "" in families  # Acronicta's unknown family is a group, not dropped
+    assert len(index.groups("species")) == len(TAXA)
+    assert index.groups("species").taxa[0].common  # species groups keep the common name
+    assert all(not t.common for t in index.groups("genus").taxa)
+
+
+def test_rank_index_refuses_unsorted_taxa():
+    with pytest.raises(ValueError, match="sorted"):
+        agg.RankIndex(list(reversed(sorted(TAXA, key=lambda t: t.lineage))))
+
+
+def test_group_sum_matches_loop():
+    rng = np.random.default_rng(0)
+    values = rng.random((5, 11)).astype(np.float32)
+    codes = rng.integers(0, 4, 11)
+    got = agg.group_sum(values, codes, 4)
+    for n in range(5):
+        for g in range(4):
+            assert got[n, g] == pytest.approx(values[n, codes == g].sum(), rel=1e-6)
+
+
+def test_top_k_orders_best_first_and_breaks_ties_by_index():
+    scores = np.array([[0.1, 0.4, 0.4, 0.05, 0.05], [0.5, 0.2, 0.1, 0.1, 0.1]])
+    idx, vals = agg.top_k(scores, 3)
+    assert idx.tolist() == [[1, 2, 0], [0, 1, 2]]
+    assert vals[0].tolist() == pytest.approx([0.4, 0.4, 0.1])
+    idx, _ = agg.top_k(scores, 99)  # k larger than the labels: all of them
+    assert idx.shape == (2, 5)
+
+
+def test_roll_up_answers_at_the_deepest_confident_rank():
+    order = agg.sort_taxa(TAXA)
+    taxa = [TAXA[i] for i in order]
+    index = agg.RankIndex(taxa)
+    pos = {t.scientific_name: i for i, t in enumerate(taxa)}
+    probs = np.zeros((4, len(taxa)))
+    probs[0, pos["Pica hudsonia"]] = 0.9                  # confident species
+    probs[0, pos["Corvus corax"]] = 0.1
+    probs[1, pos["Pica hudsonia"]] = 0.45                 # genus Pica = 0.9
+    probs[1, pos["Pica pica"]] = 0.45
+    probs[1, pos["Morus alba"]] = 0.1
+    probs[2, pos["Pica hudsonia"]] = 0.3                  # family Corvidae = 0.6, order 0.6, class Aves 0.85
+    probs[2, pos["Corvus corax"]] = 0.3
+    probs[2, pos["Morus bassanus"]] = 0.25
+    probs[2, pos["Rosa canina"]] = 0.15
+    probs[3, pos["Pica hudsonia"]] = 0.5                  # kingdoms split 0.5 / 0.5: unknown
+    probs[3, pos["Rosa canina"]] = 0.5
+    answers = agg.roll_up(probs, index, 0.8)
+    assert [a.rank for a in answers] == ["species", "genus", "class", "unknown"]
+    assert answers[0].taxon.scientific_name == "Pica hudsonia"
+    assert answers[1].taxon.genus == "Pica" and answers[1].score == pytest.approx(0.9)
+    assert answers[2].taxon.class_ == "Aves" and answers[2].score == pytest.approx(0.85)
+    assert answers[3].taxon is None and answers[3].score == pytest.approx(0.5)
