@@ -86,6 +86,19 @@ def test_homonym_morus(ncbi) -> None:
     assert gannet.kingdom == "Animalia" and gannet.common == "northern gannet"
 
 
+def test_homonym_qualified_by_ncbi(ncbi) -> None:
+    """NCBI writes some homonyms with a qualifier (`Bacteria Latreille et al. 1825`, the
+    stick insect; `Crambe (in: sponges)`): they are found by the plain name, written plain."""
+    (insect,) = ncbi.lookup("Bacteria apolinari")
+    assert insect.order == "Phasmatodea" and insect.genus == "Bacteria"
+    assert ncbi.lookup_one("Bacteria apolinari", rank="species").status == "resolved"
+    assert ncbi.lookup_one("Bacteria").status == "ambiguous"
+    assert ncbi.lookup_one("Bacteria", rank="kingdom").taxon.taxonomic_name == "Bacteria"
+    assert ncbi.lookup_one("Bacteria", rank="genus").taxon.family == "Diapheromeridae"
+    sponge = ncbi.lookup_one("Crambe", {"kingdom": "Animalia"})
+    assert sponge.taxon.phylum == "Porifera" and sponge.match.name == "Crambe"
+
+
 @pytest.mark.parametrize("name", ["Pica hudsonica", "Xyzzy plugh", "", "   ", "123 456", "Pica sp."])
 def test_unknown_and_bad_names(ncbi, name: str) -> None:
     result = ncbi.lookup_one(name)

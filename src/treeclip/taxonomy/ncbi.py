@@ -55,6 +55,16 @@ _EQUIVALENT = {
 }
 # A species name fit for a training label: a binomial, no `sp.`, strain codes or digits.
 _CLEAN_BINOMIAL = re.compile(r"^(x )?[A-Z][a-z]+(-[a-z]+)? (x )?[a-z][a-z\-]+$")
+# NCBI makes a few homonyms unique with a qualifier: `Crambe (in: sponges)`,
+# `Bacteria Latreille et al. 1825` (the stick insect). The plain name is group 1.
+_QUALIFIED = re.compile(r"^((?:x )?[A-Z][a-z\-]+) (\((?:in|ex)\b.*\)|[A-Z][a-z]+ et al\. [12]\d{3})$")
+_HIGHER = ("kingdom", "phylum", "class", "order", "family", "genus")
+
+
+def _plain(name: str) -> str:
+    """A higher-rank NCBI name without its disambiguating qualifier, hybrid sign as `×`."""
+    qualified = _QUALIFIED.match(name) if " " in name else None
+    return _from_ncbi_hybrid(qualified.group(1) if qualified else name)
 
 # Slots of a raw placement: the 7 ranks plus what the final mapping needs.
 _SLOTS = RANKS + ("superkingdom", "plant_phylum", "monocot_class")
@@ -251,7 +261,21 @@ class NcbiReference:
             name = self._names[pos: self._names.index(b"\n", pos)].decode()
             if name[:1].isupper():
                 out[name] = sorted(ids)
+        # Qualified names (`Crambe (in: sponges)`) join the group of their plain name.
+        for name, (tax_id,) in self._sn2t.iteritems():
+            qualified = _QUALIFIED.match(name) if " (" in name or " et al. " in name else None
+            if qualified and self._node(tax_id)[1] in _HIGHER:
+                plain = qualified.group(1)
+                group = set(out.get(plain, ())) | set(self.ids_for_plain(plain)) | {tax_id}
+                out[plain] = sorted(group)
         return dict(sorted(out.items()))
+
+    def ids_for_plain(self, exact_name: str) -> tuple[int, ...]:
+        """Taxon ids from taxoniq's own name index only (one per name)."""
+        try:
+            return (self._sn2t[exact_name][0][0],)
+        except KeyError:
+            return ()
 
     # -- placement: tax id -> 7 ranks ------------------------------------------------------
     def _placement_uncached(self, tax_id: int) -> tuple[str, ...]:
@@ -288,8 +312,8 @@ class NcbiReference:
                 genus_word, _, epithet = species.partition(" ")
                 genus = genus or genus_word
             species = _from_ncbi_hybrid(epithet)
-        genus = _from_ncbi_hybrid(genus)
-        lineage = (kingdom, phylum, class_, s["order"], s["family"], genus, species)
+        lineage = (_plain(kingdom), _plain(phylum), _plain(class_), _plain(s["order"]), _plain(s["family"]),
+                   _plain(genus), species)
         # The common name belongs to the node itself, only when it is one of the 7 ranks.
         _, rank = self._node(tax_id)
         common = self.common_name(tax_id) if rank in RANKS else ""
@@ -297,7 +321,9 @@ class NcbiReference:
 
     def _match(self, tax_id: int) -> NcbiMatch:
         _, rank = self._node(tax_id)
-        return NcbiMatch(tax_id, _from_ncbi_hybrid(self.scientific_name(tax_id)), rank, self.taxon_of(tax_id))
+        name = self.scientific_name(tax_id)
+        return NcbiMatch(tax_id, _plain(name) if rank in _HIGHER else _from_ncbi_hybrid(name), rank,
+                         self.taxon_of(tax_id))
 
     # -- lookups ----------------------------------------------------------------------
     def _query_forms(self, name: str) -> list[str]:
