@@ -78,13 +78,28 @@ def test_panels_zoom_into_the_largest_taxon_of_the_rank_above():
 
 
 def test_tsne_figure_two_models(tmp_path):
-    f_tree, taxa = tree_features(1, n_per=3)
-    f_flat, _ = tree_features(1, n_per=3, structured=False)
+    f_tree, taxa = tree_features(1, n_per=2)
+    f_flat, _ = tree_features(1, n_per=2, structured=False)
     out = tmp_path / "tsne.png"
-    info = tsne_figure({"tree": f_tree, "flat": f_flat}, taxa, out, perplexity=5)
+    info = tsne_figure({"tree": f_tree, "flat": f_flat}, taxa, out, perplexity=4)
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
     by_rank = {p["rank"]: p for p in info}
-    assert by_rank["order"]["drawn"] and by_rank["order"]["n"] == 48
+    assert by_rank["order"]["drawn"] and by_rank["order"]["n"] == 32
     assert not by_rank["kingdom"]["drawn"]  # one kingdom: nothing to colour
     hierarchy_figure({"tree": hierarchy_measures(f_tree, taxa)}, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 5_000
+
+
+def test_panels_nest_inside_the_previous_panel():
+    # Order Lepidoptera has 6 images in two families; Coleoptera has 5 in one family,
+    # the biggest family overall. The genus panel must stay inside Lepidoptera.
+    lep = [Taxon.of(*K, "Lepidoptera", "Nymphalidae", "Vanessa", "atalanta")] * 3 + \
+          [Taxon.of(*K, "Lepidoptera", "Pieridae", "Pieris", "rapae")] * 2 + \
+          [Taxon.of(*K, "Lepidoptera", "Pieridae", "Colias", "croceus")]
+    col = [Taxon.of(*K, "Coleoptera", "Carabidae", "Carabus", "auratus")] * 5
+    panels = {p["rank"]: p for p in panel_subsets(lep + col)}
+    assert panels["family"]["parent"] == "Lepidoptera"
+    # 3 images each: Pieridae wins for having two genera to colour
+    assert panels["genus"]["parent"] == "Pieridae"
+    assert sorted(panels["genus"]["labels"]) == ["Colias", "Pieris", "Pieris"]
+    assert panels["species"]["parent"] == "Pieris"  # the only genus left: one species, not drawn

@@ -99,20 +99,29 @@ def _silhouette(x: np.ndarray, labels: list) -> float | None:
 
 # -- t-SNE panels ---------------------------------------------------------------------
 def panel_subsets(taxa: Sequence[Taxon | None]) -> list[dict]:
-    """One panel per rank: the images inside the largest taxon of the rank above (all
-    images for kingdom), each labelled by its taxon at the panel's rank."""
+    """One panel per rank, zooming in as the paper's figure does: the kingdom panel
+    holds every image; each next panel holds the images inside the largest taxon (by
+    images named at the panel's rank, preferring taxa with two children or more) of the
+    rank above, within the previous panel's parent, each labelled by its taxon at the
+    panel's rank."""
     panels = []
+    lineage: tuple[str, ...] | None = ()
+    parent = "all images"
     for r, rank in enumerate(RANKS):
-        if r == 0:
-            parent, members = "all images", [i for i, t in enumerate(taxa) if t is not None and t.lineage[0]]
-        else:
-            counts = Counter(t.lineage[:r] for t in taxa if t is not None and t.lineage[r - 1] and t.lineage[r])
-            if not counts:
-                panels.append({"rank": rank, "parent": None, "members": [], "labels": []})
-                continue
-            top = min(counts, key=lambda lin: (-counts[lin], lin))  # largest; ties by name
-            parent = next(n for n in reversed(top) if n)
-            members = [i for i, t in enumerate(taxa) if t is not None and t.lineage[:r] == top and t.lineage[r]]
+        if r > 0 and lineage is not None:
+            counts = Counter(t.lineage[:r] for t in taxa if t is not None and t.lineage[:r - 1] == lineage
+                             and t.lineage[r - 1] and t.lineage[r])
+            children: dict[tuple, set] = {}
+            for t in taxa:
+                if t is not None and t.lineage[:r] in counts:
+                    children.setdefault(t.lineage[:r], set()).add(t.lineage[r])
+            # the largest taxon that has two children or more to colour; ties by name
+            lineage = min(counts, key=lambda lin: (len(children[lin]) < 2, -counts[lin], lin)) if counts else None
+            parent = lineage[-1] if lineage else None
+        if lineage is None:
+            panels.append({"rank": rank, "parent": None, "members": [], "labels": []})
+            continue
+        members = [i for i, t in enumerate(taxa) if t is not None and t.lineage[:r] == lineage and t.lineage[r]]
         labels = [taxa[i].lineage[r] if r < 6 else taxa[i].scientific_name for i in members]
         panels.append({"rank": rank, "parent": parent, "members": members, "labels": labels})
     return panels
