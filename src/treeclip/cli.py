@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "predict": ("predict", "predict", "Classify images at any rank of the tree of life."),
     "embed": ("predict", "embed", "Write image embeddings to Parquet or .npy."),
     "demo": ("demo", "demo", "Run the whole pipeline on the synthetic tree of life."),
+    "serve": ("serve", "serve", "Serve a local web page and HTTP API for classifying photos."),
 }
 
 

@@ -1,0 +1,77 @@
+"""`treeclip serve MODEL_DIR`: a local web page and HTTP API for classifying photos."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("serve")
+@click.argument("model")
+@click.option("--taxa", default=None, metavar="SPEC",
+              help="Label set: CSV/Parquet taxa table, a dataset or model dir with taxa.parquet, "
+                   "or ncbi:CLADE. Default: the model dir's own taxa.parquet.")
+@click.option("--templates", default="openai", show_default=True, metavar="NAME|FILE",
+              help="Prompt templates for the label embeddings: openai (80, as BioCLIP), bioclip (81), "
+                   "single, or a file with one template per line.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The default answers only this computer; 0.0.0.0 opens it to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0 picks a free one and prints it).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu, cuda, cuda:1, mps.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="Image tower precision; auto picks bf16 only where the hardware runs it fast.")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Most images per model call; requests arriving together share calls.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="How long a batch waits for more requests before it runs.")
+@click.option("--max-files", default=64, show_default=True, type=click.IntRange(1), help="Images per request.")
+@click.option("--max-file-mb", default=20.0, show_default=True, type=click.FloatRange(0.001),
+              help="Megabytes per image.")
+@click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(1),
+              help="Pixels per image (width x height); larger images are refused before decoding.")
+@click.option("--max-request-mb", default=200.0, show_default=True, type=click.FloatRange(0.001),
+              help="Megabytes per request, all images together.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Label-embedding cache (default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(model: str, taxa: str | None, templates: str, host: str, port: int, device: str, precision: str, max_batch: int,
+          max_wait_ms: float, max_files: int, max_file_mb: float, max_pixels: int, max_request_mb: float, cache_dir: str | None,
+          log_level: str) -> None:
+    """Serve a web page and HTTP API that classify photos with MODEL.
+
+    MODEL is a model dir (as `treeclip train` writes), `local-dir:DIR`, a checkpoint or a
+    registered name. The model and the label embeddings load once, before the server
+    starts. Open http://HOST:PORT/ in a browser; the API schema is at /openapi.json.
+
+    \b
+    Example:
+      treeclip serve runs/demo/model --taxa runs/demo/data
+    """
+    import socket
+
+    import uvicorn
+
+    from treeclip.serve import UploadLimits, create_app
+
+    limits = UploadLimits(max_files=max_files, max_file_bytes=int(max_file_mb * 1024 * 1024),
+                          max_request_bytes=int(max_request_mb * 1024 * 1024),
+                          max_pixels=max_pixels)
+    click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
+    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision,
+                     max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates)
+    # bind first, so the printed address is the real one (also for --port 0)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        from treeclip.errors import TreeclipError
+
+        raise TreeclipError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    bound = sock.getsockname()[1]
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    click.echo(f"treeclip: serving {model} at http://{shown}:{bound}/  (Ctrl-C stops)", err=True)
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,241 @@
+"""What the server does with images, apart from HTTP: decode, embed in batches, remember
+the embeddings of each upload, and classify them with `treeclip.predict`.
+
+The model and the tree-of-life label embeddings load once, when the engine is made.
+Each upload gets an id (the sha256 of its bytes, shortened); its embedding is kept in a
+bounded LRU, so switching rank, k, subset or labels classifies the same embeddings again
+without re-uploading or re-encoding anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from treeclip.errors import InputError, TreeclipError
+from treeclip.serve.limits import UploadLimits
+from treeclip.taxonomy.taxon import RANKS, Taxon
+
+
+def upload_id(data: bytes) -> str:
+    """A stable id for an upload: the same bytes always get the same id."""
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+@dataclass
+class Embedded:
+    """One upload the server has seen: its id, file name and L2-normalised embedding."""
+
+    id: str
+    file: str
+    embedding: np.ndarray
+
+
+class EmbeddingCache:
+    """A thread-safe LRU of upload id -> `Embedded`, at most `max_items` entries."""
+
+    def __init__(self, max_items: int = 4096) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, Embedded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Embedded | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, item: Embedded) -> None:
+        with self._lock:
+            self._items[item.id] = item
+            self._items.move_to_end(item.id)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class LabelSetCache:
+    """A small LRU of classifiers built for custom label lists, so a page that sends the
+    same labels again (on every rank or k change) does not re-encode them."""
+
+    def __init__(self, max_items: int = 16) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: tuple, make) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()  # outside the lock: encoding labels takes a while
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return value
+
+
+class ServeEngine:
+    """The model, the label set and the caches behind one server.
+
+    Classification is `treeclip.predict`'s: a `TreeOfLifeClassifier` over the taxa table
+    (sums to any rank, roll-up), `CustomLabelsClassifier` for the user's own labels. The
+    engine only adds what a server needs: embeddings that outlive a request, and
+    classifiers for subsets and label lists kept ready for the next request."""
+
+    def __init__(self, model: str | Path | Any, *, taxa: str | Path | Sequence[Taxon] | None = None,
+                 device: str = "cpu", precision: str = "auto", limits: UploadLimits | None = None,
+                 cache_size: int = 4096, label_cache_dir: str | Path | None = None,
+                 templates: str | Sequence[str] = "openai") -> None:
+        from treeclip.model import load_model
+        from treeclip.predict.classifiers import TreeOfLifeClassifier
+        from treeclip.predict.labels import load_taxa
+
+        self.limits = limits or UploadLimits()
+        if isinstance(model, (str, Path)):
+            self.model_spec = str(model)
+            self.clip = load_model(self.model_spec)
+        else:
+            self.model_spec, self.clip = getattr(model, "name", "model"), model
+        if taxa is None or isinstance(taxa, (str, Path)):
+            taxa = load_taxa(str(taxa) if taxa is not None else None, self.model_spec)
+        if isinstance(templates, str):
+            from treeclip.taxonomy.templates import load_templates
+
+            try:
+                templates = load_templates(templates)
+            except ValueError as err:
+                raise TreeclipError(str(err)) from None
+        self._options = {"device": device, "precision": precision, "templates": tuple(templates),
+                         "cache_dir": str(label_cache_dir) if label_cache_dir else None}
+        self.tree = TreeOfLifeClassifier(self.clip, list(taxa), **self._options)
+        self.embeddings = EmbeddingCache(cache_size)
+        self.classifiers = LabelSetCache()
+
+    @property
+    def taxa(self) -> list[Taxon]:
+        return self.tree.taxa
+
+    # -- images ----------------------------------------------------------------------
+    def preprocess(self, data: bytes, name: str):
+        """Decode one upload (safely, pixel-capped) into the model's input tensor; raises
+        `InputError("<name>: <reason>")`."""
+        from treeclip.data.images import decode_image
+
+        img = decode_image(data, name=name, max_pixels=self.limits.max_pixels, draft_size=self.clip.image_size)
+        return self.clip.preprocess(img)
+
+    def encode_batch(self, pixels: list) -> list[np.ndarray]:
+        """Embeddings of preprocessed images, one model call for the whole list (the
+        micro-batcher's batch function), at the classifier's device and precision."""
+        import torch
+
+        return list(self.tree.encoder(torch.stack(pixels)).numpy().astype(np.float32, copy=False))
+
+    # -- classification ----------------------------------------------------------------
+    def subset_spec(self, subset: str) -> str:
+        """A web subset (`Aves`, `class=Aves`, `order=Lepidoptera,Coleoptera`) as a
+        `RANK=NAMES` spec. Never a file path: the server must not open files a client names."""
+        rank, sep, names = subset.partition("=")
+        if sep:
+            rank = rank.strip().lower()
+            if rank not in RANKS:
+                raise TreeclipError(f"subset {subset!r}: unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
+            return f"{rank}={names.strip()}"
+        low = " ".join(subset.split()).lower()
+        for depth, rank in enumerate(RANKS[:-1]):
+            if any(t.lineage[depth].lower() == low for t in self.tree.taxa):
+                return f"{rank}={subset.strip()}"
+        if any(t.scientific_name.lower() == low for t in self.tree.taxa):
+            return f"species={subset.strip()}"
+        raise TreeclipError(f"subset {subset!r}: no taxon of that name in the label set")
+
+    def _classifier(self, subset: str | None, labels: Sequence[str] | None):
+        from treeclip.predict.classifiers import CustomLabelsClassifier, TreeOfLifeClassifier
+
+        if labels:
+            key = ("labels", *labels)
+            return self.classifiers.get_or_make(
+                key, lambda: CustomLabelsClassifier(self.clip, list(labels), **self._options))
+        if subset:
+            spec = self.subset_spec(subset)
+            return self.classifiers.get_or_make(
+                ("subset", spec), lambda: TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec, **self._options))
+        return self.tree
+
+    def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
+                 subset: str | None = None, labels: Sequence[str] | None = None,
+                 threshold: float | None = None) -> list[dict]:
+        """Per item: `{"id", "file", "predictions": [rows], "rollup": row | None, "error": None}`;
+        rows are `treeclip predict`'s JSON Lines rows (`file_name`, ranks or
+        `classification`, `score`), the roll-up row adds `rank`."""
+        if not items:
+            return []
+        import torch
+
+        clf = self._classifier(subset, labels)
+        probs = clf.probabilities(torch.from_numpy(np.stack([it.embedding for it in items])))
+        top = clf.rows_for(probs, rank=rank, k=k)
+        rolled = clf.rows_for(probs, rollup=threshold) if threshold is not None and not labels else None
+        out = []
+        for n, it in enumerate(items):
+            out.append({"id": it.id, "file": it.file,
+                        "predictions": [{"file_name": it.file, **row} for row in top[n]],
+                        "rollup": {"file_name": it.file, **rolled[n][0]} if rolled else None,
+                        "error": None})
+        return out
+
+    # -- label set search ------------------------------------------------------------
+    def search_taxa(self, q: str, *, limit: int = 20) -> tuple[int, list[dict]]:
+        """Taxa whose scientific name, any rank name or common name contains `q`
+        (case-insensitive); exact and prefix matches first. Returns (total, first `limit`)."""
+        q = " ".join(q.lower().split())
+        if not q:
+            return 0, []
+        scored = []
+        for i, t in enumerate(self.taxa):
+            names = [t.scientific_name.lower(), t.common.lower(), *(n.lower() for n in t.lineage if n)]
+            best = None
+            for n in names:
+                if n == q:
+                    best = 0
+                    break
+                if n.startswith(q):
+                    best = 1 if best is None else min(best, 1)
+                elif q in n:
+                    best = 2 if best is None else min(best, 2)
+            if best is not None:
+                scored.append((best, i))
+        scored.sort()
+        return len(scored), [taxon_json(self.taxa[i]) for _, i in scored[:limit]]
+
+
+def taxon_json(t: Taxon) -> dict:
+    """A taxon as the API shows it: the seven ranks, `common`, and `name` (scientific)."""
+    return {**dict(zip(RANKS, t.lineage)), "common": t.common, "name": t.scientific_name}
+
+
+def check_labels(labels: Sequence[str], limits: UploadLimits) -> list[str]:
+    """Clean custom labels (stripped, blank and repeated ones dropped); raises
+    `TreeclipError` when there are more than the cap."""
+    seen: dict[str, None] = {}
+    for label in labels:
+        label = " ".join(label.split())
+        if label:
+            seen.setdefault(label, None)
+    if len(seen) > limits.max_labels:
+        raise TreeclipError(f"too many custom labels: {len(seen)} > {limits.max_labels}")
+    return list(seen)
+
+
+__all__ = ["ServeEngine", "EmbeddingCache", "Embedded", "upload_id", "taxon_json", "check_labels", "InputError"]

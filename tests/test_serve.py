@@ -1,0 +1,363 @@
+"""treeclip serve: the real uvicorn server on a loopback port, a tiny saved model, real
+image files posted as multipart; bad uploads get a 4xx and the server keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TAXA_CSV = """kingdom,phylum,class,order,family,genus,species,common
+Animalia,Chordata,Aves,Passeriformes,Corvidae,Pica,hudsonia,black-billed magpie
+Animalia,Chordata,Aves,Passeriformes,Corvidae,Pica,pica,Eurasian magpie
+Animalia,Chordata,Aves,Passeriformes,Corvidae,Corvus,corax,common raven
+Animalia,Chordata,Aves,Strigiformes,Strigidae,Bubo,virginianus,great horned owl
+Animalia,Arthropoda,Insecta,Lepidoptera,Nymphalidae,Danaus,plexippus,monarch butterfly
+Plantae,Tracheophyta,Magnoliopsida,Rosales,Rosaceae,Rosa,canina,dog rose
+"""
+N_TAXA = 6
+MAX_FILES = 4
+MAX_FILE_BYTES = 300_000
+MAX_PIXELS = 2_000_000
+MAX_REQUEST_BYTES = 4 * MAX_FILE_BYTES + 100_000
+
+
+# -- helpers --------------------------------------------------------------------------------
+def multipart(fields: dict | None = None, files: list[tuple[str, bytes]] | None = None,
+              ids: list[str] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body (what a browser's FormData sends) and its content type."""
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+
+    def part(headers: str, data: bytes) -> None:
+        out.write(f"--{boundary}\r\n{headers}\r\n\r\n".encode() + data + b"\r\n")
+
+    for key, value in (fields or {}).items():
+        part(f'Content-Disposition: form-data; name="{key}"', str(value).encode())
+    for i in ids or []:
+        part('Content-Disposition: form-data; name="ids"', i.encode())
+    for name, data in files or []:
+        part(f'Content-Disposition: form-data; name="files"; filename="{name}"\r\n'
+             "Content-Type: application/octet-stream", data)
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def request(url: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, dict | str]:
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status, raw, ctype = resp.status, resp.read(), resp.headers.get("content-type", "")
+    except urllib.error.HTTPError as err:
+        status, raw, ctype = err.code, err.read(), err.headers.get("content-type", "")
+    return status, json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def post(base: str, path: str = "/predict", **kw) -> tuple[int, dict]:
+    body, ctype = multipart(**kw)
+    return request(base + path, body, ctype)
+
+
+def jpeg(color: tuple[int, int, int], size=(48, 40)) -> bytes:
+    img = Image.new("RGB", size, color)
+    img.paste((255 - color[0], color[1] // 2, 255 - color[2]), (5, 5, size[0] // 2, size[1] // 2))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def png(color, size=(36, 50), mode="RGBA") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def pixel_bomb() -> bytes:
+    """A 60-byte PNG whose header claims 30000 x 30000 pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    import torch
+
+    from treeclip.model import create_model, save_model
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serve")
+    save_model(create_model("micro-vit-32", seed=0), root / "model")
+    (root / "taxa.csv").write_text(TAXA_CSV)
+    return root
+
+
+def start_cli_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`treeclip serve` as a user runs it, on a free port; returns the process and its URL."""
+    env = {**os.environ, "TREECLIP_CACHE": str(model_dir / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "treeclip", "serve", str(model_dir / "model"),
+                             "--taxa", str(model_dir / "taxa.csv"), "--port", "0", "--log-level", "warning",
+                             "--templates", "single", *extra], stderr=subprocess.PIPE, text=True, env=env)
+    url, lines = None, []
+    deadline = time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if not line and proc.poll() is not None:
+            pytest.fail("treeclip serve exited early:\n" + "".join(lines))
+        if "serving" in line:
+            url = line.split(" at ", 1)[1].split()[0].rstrip("/")
+    assert url, "".join(lines)
+    # keep reading its log, so a chatty server never blocks on a full pipe
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """The real server: `treeclip serve` in a subprocess on a free loopback port. The
+    batching window is wide, so requests sent together are sure to share a model call."""
+    proc, url = start_cli_server(model_dir, "--max-files", str(MAX_FILES), "--max-file-mb", str(MAX_FILE_BYTES / 2**20),
+                                 "--max-pixels", str(MAX_PIXELS), "--max-request-mb", str(MAX_REQUEST_BYTES / 2**20),
+                                 "--max-batch", "16", "--max-wait-ms", "150")
+    assert url.startswith("http://localhost:")
+    yield {"base": url.replace("localhost", "127.0.0.1")}
+    proc.terminate()
+    proc.wait(20)
+
+
+def assert_serving(base: str) -> None:
+    status, body = post(base, files=[("ok.jpg", jpeg((10, 200, 30)))], fields={"k": 2})
+    assert status == 200, body
+    assert len(body["images"][0]["predictions"]) == 2
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_health_and_openapi(server):
+    status, health = request(server["base"] + "/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["taxa"] == N_TAXA and health["embed_dim"] == 64
+    assert health["limits"]["max_files"] == MAX_FILES
+    status, schema = request(server["base"] + "/openapi.json")
+    assert status == 200
+    assert {"/predict", "/embed", "/taxa", "/health"} <= set(schema["paths"])
+    props = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"files", "ids", "rank", "k", "subset", "labels", "threshold"} <= set(props)
+
+
+def test_page_is_self_contained(server):
+    status, html = request(server["base"] + "/")
+    assert status == 200 and "<script>" in html and 'id="drop"' in html
+    # offline: no script, stylesheet or image fetched from anywhere but this server
+    for attr in ("src=\"http", "href=\"http", "src='http", "@import", "cdn"):
+        assert attr not in html.lower()
+
+
+def test_predict_real_files(server, tmp_path):
+    files = {"magpie.jpg": jpeg((20, 30, 200)), "rose.png": png((200, 40, 60, 180))}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    posted = [(name, (tmp_path / name).read_bytes()) for name in files]
+    status, body = post(server["base"], files=posted, fields={"rank": "species", "k": 3})
+    assert status == 200, body
+    assert body["rank"] == "species" and body["k"] == 3 and body["failed"] == 0
+    assert [im["file"] for im in body["images"]] == list(files)
+    for im in body["images"]:
+        assert im["error"] is None and len(im["id"]) >= 16
+        rows = im["predictions"]
+        assert len(rows) == 3
+        scores = [r["score"] for r in rows]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-5
+        for r in rows:
+            assert r["kingdom"] in ("Animalia", "Plantae") and r["species"] and r["genus"]
+        assert len({(r["genus"], r["species"]) for r in rows}) == 3
+    assert body["images"][0]["id"] != body["images"][1]["id"]
+
+
+def test_switch_rank_and_k_reuses_embeddings(server):
+    base = server["base"]
+    status, first = post(base, files=[("owl.jpg", jpeg((90, 80, 10)))], fields={"rank": "species", "k": N_TAXA})
+    assert status == 200
+    image_id = first["images"][0]["id"]
+    species = {(r["genus"], r["species"]): r["score"] for r in first["images"][0]["predictions"]}
+    _, before = request(base + "/health")
+    status, fam = post(base, ids=[image_id], fields={"rank": "family", "k": 10})
+    assert status == 200, fam
+    rows = fam["images"][0]["predictions"]
+    assert fam["images"][0]["id"] == image_id and fam["rank"] == "family"
+    # the family scores are the species scores summed, on the same embedding
+    assert len(rows) == 4  # Corvidae, Strigidae, Nymphalidae, Rosaceae
+    corvidae = next(r for r in rows if r["family"] == "Corvidae")
+    expected = sum(s for (g, _), s in species.items() if g in ("Pica", "Corvus"))
+    assert corvidae["score"] == pytest.approx(expected, abs=1e-4)
+    # the same bytes uploaded again get the same id and are not encoded again
+    status, again = post(base, files=[("owl-copy.jpg", jpeg((90, 80, 10)))], fields={"rank": "kingdom"})
+    assert status == 200 and again["images"][0]["id"] == image_id
+    _, after = request(base + "/health")
+    assert after["batching"]["items"] == before["batching"]["items"]
+    # an id the server never saw: 404 with a reason, so the page re-uploads
+    status, body = post(base, ids=["f" * 24])
+    assert status == 404 and "upload the file again" in body["detail"]
+
+
+@pytest.mark.parametrize("case", ["corrupt", "truncated", "text", "empty", "huge", "bomb", "too-many",
+                                  "bad-rank", "bad-k", "no-files"])
+def test_bad_uploads_get_4xx_and_server_keeps_serving(server, case):
+    base = server["base"]
+    good = jpeg((1, 2, 3))
+    kwargs: dict = {"files": [("x.jpg", good)]}
+    expect = {"corrupt": 422, "truncated": 422, "text": 415, "empty": 415, "huge": 413, "bomb": 413,
+              "too-many": 413, "bad-rank": 400, "bad-k": 400, "no-files": 400}[case]
+    if case == "corrupt":
+        data = jpeg((5, 6, 7), size=(120, 90))
+        kwargs = {"files": [("broken.jpg", data[:180] + b"\x00" * 10 + data[190:])]}  # header zeroed
+    elif case == "truncated":
+        kwargs = {"files": [("cut.jpg", jpeg((5, 6, 7), size=(300, 200))[:600])]}
+    elif case == "text":
+        kwargs = {"files": [("notes.jpg", b"field notes, not a photo\n" * 20)]}
+    elif case == "empty":
+        kwargs = {"files": [("empty.png", b"")]}
+    elif case == "huge":
+        kwargs = {"files": [("big.jpg", good + os.urandom(MAX_FILE_BYTES))]}
+    elif case == "bomb":
+        kwargs = {"files": [("bomb.png", pixel_bomb())]}
+    elif case == "too-many":
+        kwargs = {"files": [(f"{i}.jpg", jpeg((i, i, i))) for i in range(MAX_FILES + 1)]}
+    elif case == "bad-rank":
+        kwargs["fields"] = {"rank": "tribe"}
+    elif case == "bad-k":
+        kwargs["fields"] = {"k": "many"}
+    elif case == "no-files":
+        kwargs = {"fields": {"rank": "genus"}}
+    status, body = post(base, **kwargs)
+    assert status == expect, body
+    detail = body["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and detail
+    if case in ("corrupt", "truncated", "text", "empty", "huge", "bomb"):
+        assert kwargs["files"][0][0] in detail  # names the file
+    assert_serving(base)
+
+
+def test_request_over_total_cap_is_refused(server):
+    """Refused from the Content-Length header, before the body is read."""
+    host, port = server["base"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(MAX_REQUEST_BYTES + 1))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and "too large" in json.loads(resp.read())["detail"]
+    conn.close()
+    assert_serving(server["base"])
+
+
+def test_mixed_good_and_bad_files(server):
+    status, body = post(server["base"], files=[("good.jpg", jpeg((50, 60, 70))), ("bad.jpg", b"nope")],
+                        fields={"k": 2})
+    assert status == 200 and body["failed"] == 1
+    good, bad = body["images"]
+    assert good["error"] is None and len(good["predictions"]) == 2
+    assert bad["file"] == "bad.jpg" and "bad.jpg" in bad["error"] and bad["predictions"] == []
+
+
+def test_custom_labels_subset_and_rollup(server):
+    base = server["base"]
+    labels = "black-billed magpie\ncommon raven\ndog rose"
+    status, body = post(base, files=[("a.jpg", jpeg((9, 99, 199)))], fields={"labels": labels, "k": 5})
+    assert status == 200, body
+    rows = body["images"][0]["predictions"]
+    assert body["mode"] == "custom" and len(rows) == 3
+    assert sum(r["score"] for r in rows) == pytest.approx(1.0, abs=1e-4)
+    assert {r["classification"] for r in rows} == set(labels.splitlines())
+    # subset by a bare taxon name: only birds
+    status, body = post(base, files=[("a.jpg", jpeg((9, 99, 199)))], fields={"subset": "Aves", "k": 10})
+    assert status == 200, body
+    rows = body["images"][0]["predictions"]
+    assert len(rows) == 4 and {r["class"] for r in rows} == {"Aves"}
+    status, body = post(base, files=[("a.jpg", jpeg((9, 99, 199)))], fields={"subset": "Fungi"})
+    assert status == 400 and "Fungi" in body["detail"]
+    # roll-up: threshold 0 answers at species, threshold 1 can only be met at the root or unknown
+    status, body = post(base, files=[("a.jpg", jpeg((9, 99, 199)))], fields={"threshold": 0.0})
+    assert body["images"][0]["rollup"]["rank"] == "species"
+    status, body = post(base, files=[("a.jpg", jpeg((9, 99, 199)))], fields={"threshold": 1.0})
+    assert body["images"][0]["rollup"]["rank"] in ("kingdom", "unknown")
+
+
+def test_taxa_search(server):
+    status, body = request(server["base"] + "/taxa?q=magpie")
+    assert status == 200 and body["total"] == 2
+    assert {t["name"] for t in body["taxa"]} == {"Pica hudsonia", "Pica pica"}
+    _, body = request(server["base"] + "/taxa?q=corvus%20corax")
+    assert [t["common"] for t in body["taxa"]] == ["common raven"]
+    _, body = request(server["base"] + "/taxa?q=aves&limit=2")
+    assert body["total"] == 4 and len(body["taxa"]) == 2
+
+
+def test_embed_matches_the_model(server, model_dir):
+    import torch
+
+    from treeclip.data.images import decode_image
+    from treeclip.model import load_model
+
+    data = png((120, 30, 220, 255))
+    status, body = post(server["base"], "/embed", files=[("e.png", data)])
+    assert status == 200 and body["dim"] == 64
+    emb = np.asarray(body["images"][0]["embedding"], dtype=np.float32)
+    clip = load_model(str(model_dir / "model"))
+    expected = clip.encode_images(clip.preprocess(decode_image(data)).unsqueeze(0))[0].numpy()
+    assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(emb, expected, atol=1e-5)
+    assert torch.get_num_threads() >= 1
+
+
+def test_concurrent_requests_share_model_calls(server):
+    base = server["base"]
+    _, before = request(base + "/health")
+    n = 6
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def worker(i: int) -> None:
+        body, ctype = multipart(files=[(f"c{i}.jpg", jpeg((40 * i, 255 - 30 * i, 77), size=(40 + i, 40)))])
+        barrier.wait()
+        results[i] = request(base + "/predict", body, ctype)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r is not None and r[0] == 200 for r in results), results
+    _, after = request(base + "/health")
+    items = after["batching"]["items"] - before["batching"]["items"]
+    batches = after["batching"]["batches"] - before["batching"]["batches"]
+    assert items == n and batches < n  # joined into fewer model calls than requests
+
+
+def test_missing_model_is_one_clear_error(tmp_path):
+    from treeclip.errors import TreeclipError
+    from treeclip.serve import ServeEngine
+
+    with pytest.raises(TreeclipError, match="nope"):
+        ServeEngine(tmp_path / "nope", taxa=[])
