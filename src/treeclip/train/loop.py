@@ -286,7 +286,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> dict[str, An
     if start_step < total_steps or last_val is None:
         best, last_val = _validate(validator, device, total_steps, log, out, clip, cfg, best)
     _save(out, total_steps, model, optimizer, scaler, cfg, best, info)
-    summary = {"steps": total_steps, "samples": total_steps * cfg.batch_size, "final_loss": float(loss),
+    final_loss = _mean_across_ranks(float(loss))  # every rank's local loss -> the global batch's
+    summary = {"steps": total_steps, "samples": total_steps * cfg.batch_size, "final_loss": final_loss,
                "skipped_samples": failures, "model_dir": str(out / "model"), **(last_val or {})}
     if info.is_main:
         clip.name = out.resolve().name
