@@ -96,8 +96,7 @@ def test_cleaning_and_other_name_columns(ncbi) -> None:
     })
     out, summary = resolve_table(frame, ncbi)
     assert isinstance(out, pd.DataFrame)
-    assert list(out.columns) == ["kingdom", "genus", "species", "family", "scientific_name", "taxonomic_name",
-                                 "common", "n_images", "phylum", "class", "order", "status", "reason"]
+    assert list(out.columns) == ["scientific_name", "taxonomic_name", "n_images", *RANKS, "common", "status", "reason"]
     rows = _rows(out)
     assert (rows[0]["kingdom"], rows[0]["genus"], rows[0]["species"]) == ("Animalia", "Corvus", "corax")
     assert rows[1]["family"] == "Fagaceae" and rows[1]["species"] == "alba" and rows[1]["common"] == "white oak"

@@ -368,25 +368,20 @@ def _join(left: Any, right: Any) -> Any:
 
 
 def _assemble(table: Any, is_arrow: bool, found: dict[str, str], new: dict[str, Any]) -> Any:
-    """The input with rank/common/status/reason columns replaced in place or appended."""
+    """The input's other columns in their order, then the 7 ranks, `common`, `status`
+    and `reason` (replacing the input's rank and common-name columns)."""
     import pyarrow as pa
 
-    rename = {found[c]: c for c in RANKS + ("common",) if c in found}
+    replaced = {found[c] for c in RANKS + ("common",) if c in found}
     names = table.column_names if is_arrow else list(table.columns)
-    out_names = [rename.get(c, c) for c in names]
-    out_names += [c for c in new if c not in out_names]
+    kept = [c for c in names if c not in replaced and c not in new]
     if is_arrow:
-        arrays = []
-        for name in out_names:
-            if name in new:
-                arrays.append(pa.array(new[name].tolist(), type=pa.string()))
-            else:
-                arrays.append(table[names[out_names.index(name)]])
-        return pa.table(arrays, names=out_names)
-    frame = table.rename(columns=rename).copy()
+        arrays = [table[c] for c in kept] + [pa.array(v.tolist(), type=pa.string()) for v in new.values()]
+        return pa.table(arrays, names=kept + list(new))
+    frame = table[kept].copy()
     for name, values in new.items():
         frame[name] = values
-    return frame[out_names]
+    return frame
 
 
 def problem_rows(resolved: "pa.Table | pd.DataFrame", statuses: Iterable[str] = ("unknown", "ambiguous", "conflict"),
