@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from treeclip.data import synth
 from treeclip.data.dataset import read_catalog, read_manifest, read_taxa, shard_paths
 from treeclip.data.synth import SynthConfig, load_species, look_of, render_batch, synthesize
-from treeclip.data.synth_names import EPITHET_MEANINGS, read_table
+from treeclip.data.synth_names import EPITHET_MEANINGS, MEANINGS, read_table
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 SMALL = SynthConfig(species=60, images_per_species=6, eval_images_per_species=3, image_size=32,
@@ -109,6 +109,13 @@ def test_marking_follows_the_epithet_meaning():
     assert not np.array_equal(imgs["striped"], imgs["red"])
 
 
+@pytest.mark.parametrize("meaning", MEANINGS)
+def test_every_epithet_meaning_is_drawn(meaning):
+    taxon = load_species()[0].taxon
+    img = render_batch(look_of(taxon, meaning), 1, 16, np.random.default_rng(0))
+    assert img.shape == (1, 16, 16, 3) and img.dtype == np.uint8
+
+
 def test_nuisance_varies_images_of_one_species():
     sp = load_species()[10]
     batch = render_batch(look_of(sp.taxon, sp.meaning), 6, 32, np.random.default_rng(0)).astype(np.float32)
@@ -133,6 +140,21 @@ def test_rerun_with_same_options_is_skipped(out):
     again = synthesize(out, SMALL)
     assert again["skipped"] is True
     assert again["species"] == 60
+
+
+def test_large_images_render_in_bounded_batches(monkeypatch):
+    """Batches are cut by pixel count, so big images never need one huge array."""
+    sp = load_species()[3]
+    look = look_of(sp.taxon, sp.meaning)
+    sizes = []
+    real = synth.render_batch
+    monkeypatch.setattr(synth, "render_batch", lambda lk, n, size, rng: sizes.append(n) or real(lk, n, size, rng))
+    monkeypatch.setattr(synth, "_BATCH_PIXELS", 2 * 32 * 32)
+    first = list(synth._render_stream(look, 5, 32, np.random.default_rng(9)))
+    again = list(synth._render_stream(look, 5, 32, np.random.default_rng(9)))
+    assert sizes == [2, 2, 1, 2, 2, 1]
+    assert len(first) == 5 and all(a.shape == (32, 32, 3) for a in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
 def test_unseen_species_and_genera_are_absent_from_training(out):

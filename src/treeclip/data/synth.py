@@ -276,7 +276,7 @@ def render_batch(look: Look, n: int, size: int, rng: np.random.Generator) -> np.
     count, bilateral, length, width, knobs, phase = look.appendages
     elong, lobes, depth, lobe_phase = look.plan
     radius = 0.42
-    dark = look.body * 0.45
+    limbs = None  # one coverage for all appendages (one colour): a single blend, not one each
     for i in range(count):
         if bilateral:  # pairs mirrored across the long axis
             k, side = divmod(i, 2)
@@ -289,7 +289,9 @@ def render_batch(look: Look, n: int, size: int, rng: np.random.Generator) -> np.
         inside = _segment_inside(u, v, 0.0, 0.0, ex, ey, width)
         if knobs:
             inside = np.maximum(inside, 1.6 * width - _dist(u - ex, v - ey))
-        _paint(img, _soft(inside, px), dark)
+        limbs = inside if limbs is None else np.maximum(limbs, inside)
+    if limbs is not None:
+        _paint(img, _soft(limbs, px), look.body * 0.45)
 
     # Body plan (phylum) in body colour (family), with the class's fine texture.
     ue = u * (1.0 / elong)
@@ -480,15 +482,25 @@ def _render_job(job: _Job) -> _Rendered:
 
     look = look_of(job.species.taxon, job.species.meaning)
     out = _Rendered(job.index)
-    if job.n_train:
-        for px in render_batch(look, job.n_train, job.size, _rng(job.seed, job.species.taxon, 0)):
-            jpeg = _encode(px, job.quality)
-            h = image_hashes(jpeg)
-            out.train.append((jpeg, h["sha256"], h["phash"]))
+    for px in _render_stream(look, job.n_train, job.size, _rng(job.seed, job.species.taxon, 0)):
+        jpeg = _encode(px, job.quality)
+        h = image_hashes(jpeg)
+        out.train.append((jpeg, h["sha256"], h["phash"]))
     stream = 1 if job.role == "seen" else 2
-    for px in render_batch(look, job.n_eval, job.size, _rng(job.seed, job.species.taxon, stream)):
+    for px in _render_stream(look, job.n_eval, job.size, _rng(job.seed, job.species.taxon, stream)):
         out.eval.append(_encode(px, job.quality))
     return out
+
+
+_BATCH_PIXELS = 1 << 21  # bounds the float32 temporaries of one render_batch call (~8 MiB each)
+
+
+def _render_stream(look: Look, n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """`n` images in batches small enough for memory; the batch size depends only on
+    `size`, so the images do not depend on anything but the seed."""
+    step = max(1, _BATCH_PIXELS // (size * size))
+    for start in range(0, n, step):
+        yield from render_batch(look, min(step, n - start), size, rng)
 
 
 def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[_Rendered]:
@@ -569,7 +581,9 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
             done = json.loads(summary_path.read_text(encoding="utf-8"))
         except ValueError:
             done = {}
-        if done.get("config") == settings and done.get("table_sha256") == _table_digest():
+        complete = all(t["path"] is None or (out / t["path"] / "task.toml").exists()
+                       for t in done.get("tasks", {}).values())
+        if done.get("config") == settings and done.get("table_sha256") == _table_digest() and complete:
             return {**done, "skipped": True}
 
     started = time.perf_counter()
