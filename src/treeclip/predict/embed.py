@@ -88,7 +88,8 @@ def write_embeddings(path: str | os.PathLike, emb: Embeddings) -> list[Path]:
         return [path]
     if suffix == ".npy":
         with atomic_path(path, suffix=".npy") as tmp:
-            np.save(tmp, emb.vectors)
+            with open(tmp, "wb") as f:  # np.save would append ".npy" to a path
+                np.save(f, emb.vectors)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["row", "file_name", "error"])

@@ -288,7 +288,8 @@ def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
         if emb is None:
             emb = class_embeddings(clip.encode_texts, texts[start:stop], templates)
             with atomic_path(part, suffix=".npy") as tmp:
-                np.save(tmp, emb)
+                with open(tmp, "wb") as f:  # np.save would append ".npy" to a path
+                    np.save(f, emb)
         out[start:stop] = emb
         if bar is not None:
             bar.update(stop - start)
@@ -342,7 +343,8 @@ def _save_cache(final: Path, names: Path, texts: list[str], emb: np.ndarray) -> 
     with atomic_path(names, suffix=".parquet") as tmp:
         pq.write_table(pa.table({"label": texts}), tmp)
     with atomic_path(final, suffix=".npy") as tmp:
-        np.save(tmp, emb)
+        with open(tmp, "wb") as f:  # np.save would append ".npy" to a path
+            np.save(f, emb)
 
 
 def taxon_texts(taxa: Iterable[Taxon], text_type: str = DEFAULT_TEXT_TYPE) -> list[str]:

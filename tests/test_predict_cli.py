@@ -1,0 +1,133 @@
+"""`treeclip predict` and `treeclip embed` end to end on the micro model dir."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from predict_helpers import TAXA, make_bad_inputs, make_images, save_model_dir, write_taxa_csv
+from treeclip.cli import cli
+
+PYBIOCLIP_SPECIES = ["file_name", "kingdom", "phylum", "class", "order", "family", "genus", "species_epithet",
+                     "species", "common_name", "score", "error"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    images = make_images(root / "imgs", n=5)
+    model = save_model_dir(root / "model")
+    return root, images, model
+
+
+def run(setup, *args, code=0):
+    root, _, model = setup
+    result = CliRunner().invoke(cli, ["predict", str(model), *args, "--templates", "single", "--cache",
+                                      str(root / "cache"), "--workers", "0", "-q"])
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
+
+
+def rows_of(path):
+    return list(csv.DictReader(open(path, encoding="utf-8")))
+
+
+def test_csv_output_resume_and_partial_lines(setup, tmp_path):
+    root, images, _ = setup
+    out = tmp_path / "out.csv"
+    run(setup, str(root / "imgs"), "-o", str(out), "--k", "2")
+    rows = rows_of(out)
+    assert list(rows[0]) == PYBIOCLIP_SPECIES
+    assert len(rows) == 2 * len(images)
+    # a killed run: the last image lost a row and half a line; the rest is kept, it is redone
+    lines = out.read_text().splitlines(keepends=True)
+    last = rows[-1]["file_name"]
+    kept = [ln for ln in lines if not ln.startswith(last)]
+    out.write_text("".join(kept) + lines[-1][:7])
+    result = run(setup, str(root / "imgs"), "-o", str(out), "--k", "2")
+    assert f"{len(images) - 1} skipped" in result.output
+    again = rows_of(out)
+    assert sorted((r["file_name"], r["species"]) for r in again) == sorted((r["file_name"], r["species"]) for r in rows)
+    result = run(setup, str(root / "imgs"), "-o", str(out), "--k", "2")
+    assert "nothing to do" in result.output and len(rows_of(out)) == len(rows)
+    run(setup, str(root / "imgs"), "-o", str(out), "--k", "1", "--overwrite")
+    assert len(rows_of(out)) == len(images)
+    result = run(setup, str(root / "imgs"), "-o", str(out), "--rank", "family", code=2)
+    assert "other columns" in result.output
+
+
+def test_bad_inputs_exit_1_with_error_rows(setup, tmp_path):
+    root, images, _ = setup
+    bad = make_bad_inputs(tmp_path / "bad")
+    out = tmp_path / "out.jsonl"
+    result = run(setup, str(images[0]), str(tmp_path / "bad"), "--format", "jsonl", "-o", str(out), "--k", "1",
+                 code=1)
+    assert "3 failed" in result.output and "empty file (0 bytes)" in result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4
+    assert {r["file_name"] for r in records if "error" in r} == {str(p) for p in bad.values()}
+    assert "score" in records[0] and "error" not in records[0]
+
+
+def test_table_rank_subset_rollup_and_taxa_options(setup, tmp_path):
+    root, images, _ = setup
+    result = run(setup, str(images[0]), "--format", "table", "--rank", "order", "--k", "2")
+    header = result.output.splitlines()[0].split()
+    assert header == ["file_name", "kingdom", "phylum", "class", "order", "score"]
+    result = run(setup, str(images[0]), "--subset", "kingdom=Plantae", "--k", "5")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["kingdom"] for r in rows} == {"Plantae"} and len(rows) == 2
+    result = run(setup, str(images[0]), str(images[1]), "--rollup", "1.0")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["rank"] for r in rows] == ["unknown", "unknown"]
+    taxa_csv = write_taxa_csv(tmp_path / "taxa.csv", TAXA[:2])
+    result = run(setup, str(images[0]), "--taxa", str(taxa_csv), "--rank", "genus")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["genus"] for r in rows] == ["Pica"] and float(rows[0]["score"]) == pytest.approx(1.0)
+    result = run(setup, str(images[0]), "--cls", "a,b", "--rank", "family", code=2)
+    assert "do not mix" in result.output
+
+
+def test_custom_labels_bins_and_input_lists(setup, tmp_path):
+    root, images, _ = setup
+    (tmp_path / "list.txt").write_text(f"{images[0]}\n{images[1]}\n")
+    result = run(setup, "--files-from", str(tmp_path / "list.txt"), "--cls", 'crow,"magpie, black-billed"')
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file_name", "classification", "score", "error"]
+    assert {r["classification"] for r in rows} == {"crow", "magpie, black-billed"}
+    assert [r["file_name"] for r in rows][::2] == [str(images[0]), str(images[1])]
+    (tmp_path / "bins.csv").write_text("cls,bin\ncrow,bird\nmagpie,bird\nrose,plant\n")
+    (tmp_path / "cat.csv").write_text(f"path\n{images[2]}\n")
+    result = run(setup, "--csv", str(tmp_path / "cat.csv"), "--column", "path", "--bins", str(tmp_path / "bins.csv"))
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert sorted(r["classification"] for r in rows) == ["bird", "plant"]
+    assert sum(float(r["score"]) for r in rows) == pytest.approx(1.0, abs=1e-4)
+    result = run(setup, str(tmp_path / "nothing-*.jpg"), code=2)
+    assert "no images found" in result.output
+
+
+def test_embed_cli(setup, tmp_path):
+    root, images, model = setup
+    out = tmp_path / "emb.npy"
+    result = CliRunner().invoke(cli, ["embed", str(model), str(root / "imgs"), "-o", str(out), "--normalize",
+                                      "--workers", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    emb = np.load(out)
+    assert emb.shape == (len(images), 64)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert (tmp_path / "emb.files.csv").read_text().count("\n") == len(images) + 1
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from treeclip.cli import cli; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(cli, ['predict', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--rollup' in r.output; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
