@@ -216,8 +216,12 @@ def _plan_fingerprint(plan: list[tuple[str, str]], opts: dict) -> str:
 def _pool(workers: int):
     import multiprocessing as mp
 
-    # forkserver: workers start clean (no threads inherited from pyarrow or torch).
-    return mp.get_context("forkserver").Pool(workers)
+    # forkserver: workers start clean (no threads inherited from pyarrow or torch); the
+    # server preloads the image stack once, so each worker forks with it already imported.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["treeclip.data.build", "treeclip.data.dedup", "treeclip.data.images",
+                                "treeclip.data.phash"])
+    return ctx.Pool(workers)
 
 
 # -- 5: assemble -------------------------------------------------------------------------
