@@ -45,6 +45,8 @@ def test_names_are_cleaned_before_lookup(ncbi) -> None:
     assert len(expected) == 1 and expected[0].species == "corax"
     for raw in ("Corvus corax Linnaeus, 1758", "CORVUS CORAX", "  corvus   corax ", "Corvus corax ssp. varius"):
         assert ncbi.lookup(raw) == expected
+    assert ncbi.lookup("Corvus Corax") == expected  # old-style capitalised epithet
+    assert ncbi.lookup("Corvidae Vigors, 1825")[0].lowest_rank == "family"  # ... not an author
 
 
 def test_hybrids(ncbi) -> None:

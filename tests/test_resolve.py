@@ -156,6 +156,25 @@ def test_read_csv_tsv_parquet_roundtrip(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.parquet", "rows.csv", "rows.tsv"]
 
 
+def test_utf8_check_across_chunks(tmp_path) -> None:
+    from treeclip.taxonomy.resolve import _utf8_error
+
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"genus,species\n" + b"Pica,hudsonia\n" * 10 + "Pic\u00e9,".encode() + b"\xe9\n")
+    for chunk in (1, 3, 7, 1 << 20):  # a multi-byte character split across chunks is fine
+        assert _utf8_error(path, chunk_size=chunk) == "line 12, byte 0xe9"
+    path.write_bytes("genus\n".encode() + "\u00e9".encode() * 9)
+    assert _utf8_error(path, chunk_size=3) is None
+    path.write_bytes(b"genus\nPica\xc3")  # truncated at the end
+    assert _utf8_error(path, chunk_size=4) == "line 2, byte 0xc3"
+
+
+def test_quoted_newline_in_csv(tmp_path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text('genus,species,note\nPica,hudsonia,"two\nlines"\n', encoding="utf-8")
+    assert read_catalog_table(path).column("note").to_pylist() == ["two\nlines"]
+
+
 @pytest.mark.parametrize("content, message", [
     (b"genus,species\nPica,hudsonia\nCorvus,corax,extra\n", "malformed CSV: CSV parse error: Expected 2 columns, got 3"),
     (b"genus,species\nPica,hudsonia\nCorvus,cor\xe9ax\n", r"not UTF-8 text \(line 3, byte 0xe9\)"),

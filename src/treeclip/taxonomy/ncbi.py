@@ -332,6 +332,11 @@ class NcbiReference:
             return []
         parsed = str(parse_scientific_name(text))
         forms = [parsed, _to_ncbi_hybrid(parsed), text] if parsed else [text]
+        words = text.split()
+        if len(words) >= 2 and words[1][:1].isupper() and words[1][1:].islower() and words[1].isalpha():
+            # `Pica Hudsonia`: a capitalised epithet (old style) or an author (`Corvidae
+            # Vigors`); try the epithet reading first, the parse falls back to the author one.
+            forms.insert(0, f"{parse_scientific_name(words[0])} {words[1].lower()}")
         return list(dict.fromkeys(f for f in forms if f))
 
     def _matches_uncached(self, name: str) -> tuple[NcbiMatch, ...]:

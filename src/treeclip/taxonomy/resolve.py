@@ -58,15 +58,27 @@ def _first_line(message: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _utf8_error(path: Path) -> str | None:
-    """Where a file stops being UTF-8 (`line 3, byte 0xe9`), or None if it is UTF-8."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        return f"line {line}, byte 0x{data[err.start]:02x}"
-    return None
+def _utf8_error(path: Path, chunk_size: int = 1 << 24) -> str | None:
+    """Where a file stops being UTF-8 (`line 3, byte 0xe9`), or None if it is UTF-8.
+    Reads in chunks, so a large catalog is not held in memory twice."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 1
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # The error offset is within this chunk plus what the decoder held back.
+                held = len(err.object) - len(chunk)
+                start = max(err.start - held, 0)
+                line = lines + chunk.count(b"\n", 0, start)
+                return f"line {line}, byte 0x{err.object[err.start]:02x}"
+            if not chunk:
+                return None
+            lines += chunk.count(b"\n")
 
 
 def read_catalog_table(path: str | Path) -> "pa.Table":
@@ -102,7 +114,7 @@ def read_catalog_table(path: str | Path) -> "pa.Table":
     try:
         return pacsv.read_csv(
             path,
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
