@@ -102,3 +102,30 @@ def test_eval_help_is_fast_to_import():
     code = "import sys, treeclip.commands.evaluate; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_report_layout_rows_models_columns_tasks_mean():
+    from treeclip.evaluate.report import markdown_report, terminal_report
+
+    results = {
+        "config": {"templates": "bioclip", "text_types": ["taxon_com", "com"]},
+        "models": [{"label": "bioclip"}, {"label": "clip"}],
+        "tasks": [{"name": n, "n_images": 4, "n_classes": 2, "rank": "species", "text_type": "taxon_com",
+                   "problems": 0} for n in ("birds", "fungi")],
+        "zero_shot": {"bioclip": {"com": {"birds": {"top1": 0.5}, "fungi": {"top1": 0.25}},
+                                  "taxon_com": {"birds": {"top1": 1.0}, "fungi": {"top1": 0.5}}},
+                      "clip": {"com": {"birds": {"top1": 0.0}}}},
+        "few_shot": {"bioclip": {"5": {"birds": {"mean": 0.75, "std": 0.05}, "fungi": {"mean": 0.5, "std": 0.0}}}},
+    }
+    text = terminal_report(results)
+    blocks = text.split("\n\n")
+    assert blocks[0].splitlines()[0] == "Zero-shot top-1 (taxon_com names)"  # the order asked for
+    header, rule, row = blocks[0].splitlines()[1:4]
+    assert header.split() == ["model", "birds", "fungi", "Mean"]
+    assert row.split() == ["bioclip", "100.0", "50.0", "75.0"]
+    com = blocks[1].splitlines()
+    assert com[3].split() == ["bioclip", "50.0", "25.0", "37.5"]
+    assert com[4].split() == ["clip", "0.0", "-", "-"]  # no mean over a missing task
+    assert "5-shot" in blocks[2] and blocks[2].splitlines()[3].split() == ["bioclip", "75.0", "50.0", "62.5"]
+    md = markdown_report(results)
+    assert "| bioclip | 75.0 ± 5.0 | 50.0 ± 0.0 | 62.5 |" in md

@@ -22,15 +22,21 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if len(vals) == len(values) and vals else None
 
 
-def settings(results: dict) -> list[tuple[str, str, dict]]:
-    """(title, metric key, {row label: {task: cell dict}}) for every table of the report."""
+def settings(results: dict, *, extended: bool = False) -> list[tuple[str, str, dict]]:
+    """(title, metric key, {row label: {task: cell dict}}) for every table of the report;
+    `extended` adds zero-shot top-5 and mean per-class recall."""
     out = []
     zs = results.get("zero_shot", {})
-    text_types = sorted({t for per_model in zs.values() for t in per_model})
+    seen = [t for per_model in zs.values() for t in per_model]
+    order = list(results.get("config", {}).get("text_types", []))  # the order the user asked for
+    text_types = [t for t in order if t in seen] + sorted(set(seen) - set(order))
     for t in text_types:
         rows = {m: per_model[t] for m, per_model in zs.items() if t in per_model}
-        title = "Zero-shot top-1" + (f" ({t} names)" if t != "default" else "")
-        out.append((title, "top1", rows))
+        names = f" ({t} names)" if t != "default" else ""
+        out.append((f"Zero-shot top-1{names}", "top1", rows))
+        if extended:
+            out.append((f"Zero-shot top-5{names}", "top5", rows))
+            out.append((f"Zero-shot mean per-class recall{names}", "per_class_recall", rows))
     fs = results.get("few_shot", {})
     for k in sorted({k for per_model in fs.values() for k in per_model}, key=int):
         out.append((f"{k}-shot (SimpleShot CL2N, mean of 5 trials)", "mean",
@@ -98,7 +104,7 @@ def markdown_report(results: dict) -> str:
     out = ["# Evaluation report", "",
            f"Models: {', '.join(m['label'] for m in results['models'])}. "
            f"Templates: `{results['config']['templates']}`. Numbers are percentages.", ""]
-    for title, metric, rows in settings(results):
+    for title, metric, rows in settings(results, extended=True):
         out += [f"## {title}", "", markdown_table(table_rows(rows, tasks, metric, std=metric == "mean")), ""]
     out += ["## Tasks", "", markdown_table([["task", "images", "classes", "rank", "default names", "problems"]] + [
         [t["name"], str(t["n_images"]), str(t["n_classes"]), t["rank"], t["text_type"], str(t["problems"])]
