@@ -68,6 +68,7 @@ def test_fill_keep_conflict_homonym_unknown(ncbi) -> None:
     assert {k: summary[k] for k in ("resolved", "filled", "conflict", "ambiguous", "unknown")} == {
         "resolved": 1, "filled": 5, "conflict": 1, "ambiguous": 1, "unknown": 4}
     assert [i for i, _, _ in problem_rows(out)] == [3, 4, 7, 8, 9, 11]
+    assert summary["placed_above_lowest_name"] == 1  # Pica hudsonica, placed by Pica
 
 
 def test_overwrite_writes_ncbi_names(ncbi) -> None:

@@ -56,6 +56,9 @@ def resolve(source: Path, output: Path, overwrite: bool, summary_json: Path | No
                f"{summary['seconds']:.1f} s")
     for status in _STATUSES:
         click.echo(f"  {status:<10} {summary[status]}")
+    if summary["placed_above_lowest_name"]:
+        click.echo(f"  ({summary['placed_above_lowest_name']} rows placed by a higher rank: "
+                   "their lowest name is not in NCBI)")
     click.echo(f"wrote {output}")
     if summary["unknown"] or summary["ambiguous"]:
         sys.exit(1)

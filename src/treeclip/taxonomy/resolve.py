@@ -201,26 +201,27 @@ def _queries(ranks: Key, free: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _resolve_key(ref: "NcbiReference", key: Key, overwrite: bool) -> tuple[Key, str, str, str]:
-    """(ranks out, status, reason, common name from NCBI) for one distinct row."""
+def _resolve_key(ref: "NcbiReference", key: Key, overwrite: bool) -> tuple[Key, str, str, str, bool]:
+    """(ranks out, status, reason, common name from NCBI, whether the row was placed by a
+    higher name than its lowest) for one distinct row."""
     ranks, free = key[:-1], key[-1]
     if ranks[6] and not ranks[5]:
-        return ranks, "unknown", f"species epithet {ranks[6]!r} without a genus", ""
+        return ranks, "unknown", f"species epithet {ranks[6]!r} without a genus", "", False
     queries = _queries(ranks, free)
     if not queries:
-        return ranks, "unknown", "no name in row", ""
+        return ranks, "unknown", "no name in row", "", False
     first_failure = ""
     for name, rank in queries:
         stop = _RANK_INDEX[rank] if rank else len(RANKS)
         above = {RANKS[i]: ranks[i] for i in range(stop) if ranks[i]}
         result = ref.lookup_one(name, above, rank=rank)
         if result.status == "ambiguous":
-            return ranks, "ambiguous", result.reason, ""
+            return ranks, "ambiguous", result.reason, "", False
         if result.status == "resolved":
             break
         first_failure = first_failure or result.reason
     else:
-        return ranks, "unknown", first_failure, ""
+        return ranks, "unknown", first_failure, "", False
 
     from treeclip.taxonomy.ncbi import names_agree
 
@@ -252,7 +253,7 @@ def _resolve_key(ref: "NcbiReference", key: Key, overwrite: bool) -> tuple[Key, 
     # NCBI's common name belongs to the matched node: use it only if that is the row's taxon.
     lowest = max((i for i, n in enumerate(out) if n), default=-1)
     common = found.common if found.lowest_rank == (RANKS[lowest] if lowest >= 0 else None) else ""
-    return tuple(out), status, "; ".join(notes), common
+    return tuple(out), status, "; ".join(notes), common, bool(first_failure)
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -345,6 +346,7 @@ def resolve_table(table: "pa.Table | pd.DataFrame", reference: "NcbiReference | 
     status = np.array([r[1] for r in results], dtype=object)[codes]
     reason = np.array([r[2] for r in results], dtype=object)[codes]
     ncbi_common = np.array([r[3] for r in results], dtype=object)[codes]
+    placed_above = np.array([r[4] for r in results], dtype=bool)[codes] if results else np.zeros(0, dtype=bool)
 
     # Common names: the row's wins; NCBI's fills a gap (not for failed rows).
     fill_common = (common_in == "") & (ncbi_common != "") & np.isin(status, ["resolved", "filled", "conflict"])
@@ -364,6 +366,7 @@ def resolve_table(table: "pa.Table | pd.DataFrame", reference: "NcbiReference | 
 
     counts = Counter(status.tolist())
     summary = {"rows": n, "distinct_names": len(keys), **{s: counts.get(s, 0) for s in STATUSES},
+               "placed_above_lowest_name": int(placed_above.sum()),
                "overwrite": overwrite, "seconds": round(time.perf_counter() - start, 3)}
     return resolved, summary
 
