@@ -78,6 +78,14 @@ def test_resume_after_interruption_gives_identical_dataset(tmp_path):
     assert len(cat["key"]) == len(set(cat["key"])) == 15
 
 
+def test_no_usable_image_is_a_clear_error(tmp_path):
+    (tmp_path / "src" / "Pica pica").mkdir(parents=True)
+    (tmp_path / "src" / "Pica pica" / "a.jpg").write_bytes(b"")
+    with pytest.raises(TreeclipError, match="no usable images among 1 inputs"):
+        build_dataset([("folder", str(tmp_path / "src"))], tmp_path / "out", BuildOptions(**OPTS), progress=False)
+    assert "empty file" in (tmp_path / "out" / "build_report.csv").read_text()
+
+
 def test_resume_refuses_changed_inputs(tmp_path):
     src = make_folder(tmp_path / "src", per_class=2)
     opts = BuildOptions(**{**OPTS, "keep_work": True})

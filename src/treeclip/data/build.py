@@ -386,6 +386,11 @@ def build_dataset(
             else:
                 first_of[rec["sha256"]] = key
                 unique.append(key)
+        if not unique:
+            _write_report(out / REPORT, problems)
+            n_inputs = len(items) + sum(1 for p in problems if p.stage == "input")
+            raise TreeclipError(f"{out}: no usable images among {n_inputs} inputs "
+                                f"(every one is listed with its reason in {out / REPORT})")
         train, val = _split(unique, opts.val_fraction, opts.seed)
         taxa = sorted({taxa_of[by_key[k].label()] for k in unique}, key=lambda t: (t.lineage, t.common))
 
