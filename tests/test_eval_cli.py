@@ -82,7 +82,7 @@ def test_eval_end_to_end(tiny_task, tmp_path):
     assert "model" in res.output and "Mean" in res.output and "tiny-vit-64" in res.output
     # features are cached: a second run encodes nothing and gives the same numbers
     cache = list((out / "cache").glob("*/features.npy"))
-    assert len(cache) == 2
+    assert len(cache) == 2 and sorted(np.load(p).shape for p in cache) == [(31, 64), (31, 128)]
     res2 = CliRunner().invoke(cli, args[:-1] + ["--no-intrinsic", "-q"], catch_exceptions=False)
     assert res2.exit_code == 1
     again = json.loads((out / "results.json").read_text())
@@ -129,3 +129,38 @@ def test_report_layout_rows_models_columns_tasks_mean():
     assert "5-shot" in blocks[2] and blocks[2].splitlines()[3].split() == ["bioclip", "75.0", "50.0", "62.5"]
     md = markdown_report(results)
     assert "| bioclip | 75.0 ± 5.0 | 50.0 ± 0.0 | 62.5 |" in md
+
+
+def test_features_order_cache_and_resume(tiny_task, tmp_path, monkeypatch):
+    import torch
+
+    from treeclip.data.images import decode_image
+    from treeclip.evaluate import features as F
+    from treeclip.evaluate.tasks import load_task
+    from treeclip.model import load_model
+
+    torch.set_num_threads(2)
+    model, task = load_model("micro-vit-32"), load_task(tiny_task)
+    direct = model.encode_images(torch.stack([model.preprocess(decode_image(task.image_path(i)))
+                                              for i in (0, 7, 29)])).numpy()
+    # encode in chunks of 8; the second chunk crashes once (a killed run)
+    real, calls = F._encode_files, []
+
+    def flaky(model_, task_, indices, *a):
+        calls.append(indices.start)
+        if indices.start == 8 and calls.count(8) == 1:
+            raise KeyboardInterrupt
+        return real(model_, task_, indices, *a)
+
+    monkeypatch.setattr(F, "_encode_files", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        F.image_features(model, task, cache_dir=tmp_path, chunk=8, batch_size=3, progress=False)
+    assert len(list(tmp_path.glob("*/part-*.npy"))) == 1
+    got = F.image_features(model, task, cache_dir=tmp_path, chunk=8, batch_size=3, progress=False)
+    assert calls == [0, 8, 8, 16, 24]  # the finished chunk was not encoded again
+    np.testing.assert_allclose(got.features[[0, 7, 29]], direct, atol=1e-5)
+    assert got.ok.sum() == 30 and got.n_failed == 1 and "broken0.jpg" in got.errors[0]
+    assert not got.features[~got.ok].any()
+    assert not list(tmp_path.glob("*/part-*"))  # parts replaced by the final files
+    again = F.image_features(model, task, cache_dir=tmp_path, progress=False)
+    assert again.cached and np.array_equal(again.features, got.features) and again.errors == got.errors

@@ -183,9 +183,14 @@ def _encode_shards(model, task: Task, feats, ok, errors, batch_size: int, bar) -
             errors[i] = f"{task.name}: sample {task.paths[i]} not found in its shard"
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # through a file handle: np.save would append ".npy" to the temporary name
+    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+
+
 def _save_part(part: Path, start: int, stop: int, feats, ok, errors) -> None:
-    with atomic_path(part.with_suffix(".npy"), suffix=".npy") as tmp:
-        np.save(tmp, feats[start:stop])
+    _save_npy(part.with_suffix(".npy"), feats[start:stop])
     write_json_atomic(part.with_suffix(".json"), {"start": start, "stop": stop,
                                                   "ok": ok[start:stop].tolist(), "errors": errors[start:stop]})
 
@@ -209,8 +214,7 @@ def _save_entry(entry: Path, model, task: Task, feats, ok, errors) -> None:
     import pyarrow.parquet as pq
 
     entry.mkdir(parents=True, exist_ok=True)
-    with atomic_path(entry / "features.npy", suffix=".npy") as tmp:
-        np.save(tmp, feats)
+    _save_npy(entry / "features.npy", feats)
     table = pa.table({"index": np.arange(len(task)), "path": task.paths, "ok": ok, "error": errors})
     with atomic_path(entry / "images.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
@@ -239,6 +243,5 @@ def text_embeddings(model, names: Sequence[str], templates: Sequence[str], *,
             pass
     emb = class_embeddings(model.encode_texts, list(names), list(templates))
     if path is not None:
-        with atomic_path(path, suffix=".npy") as tmp:
-            np.save(tmp, emb)
+        _save_npy(path, emb)
     return emb
