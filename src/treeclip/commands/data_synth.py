@@ -35,7 +35,9 @@ def synth(out: str, species: int, images_per_species: int, eval_images_per_speci
     species) plus evaluation tasks OUT/tasks/synth-seen, synth-unseen and
     synth-unseen-genus. See docs/synth.md.
 
-    Example: treeclip data synth runs/synth --species 120 --images-per-species 30
+    \b
+    Example:
+      treeclip data synth runs/synth --species 120 --images-per-species 30
     """
     from treeclip.data.synth import SynthConfig, synthesize
 
