@@ -420,17 +420,18 @@ def assign_roles(species: Sequence[Species], cfg: SynthConfig, rng: np.random.Ge
             held += len(genera[g])
 
     seen = [sp for sp in species if role[sp.taxon] == "seen"]
-    per_genus: dict[str, int] = {}
-    per_epithet: dict[str, set[str]] = {}
+    per_genus: dict[tuple, int] = {}  # genera keyed by lineage: a genus name can be a homonym
+    per_epithet: dict[str, set[tuple]] = {}
     for sp in seen:
-        per_genus[sp.taxon.genus] = per_genus.get(sp.taxon.genus, 0) + 1
-        per_epithet.setdefault(sp.taxon.species, set()).add(sp.taxon.genus)
+        g = sp.taxon.lineage[:6]
+        per_genus[g] = per_genus.get(g, 0) + 1
+        per_epithet.setdefault(sp.taxon.species, set()).add(g)
     held, target = 0, round(cfg.unseen_fraction * n)
     for i in rng.permutation(len(seen)):
         if held >= target:
             break
         sp = seen[i]
-        g, e = sp.taxon.genus, sp.taxon.species
+        g, e = sp.taxon.lineage[:6], sp.taxon.species
         if per_genus[g] >= 2 and len(per_epithet[e] - {g}) >= 1:
             role[sp.taxon] = "unseen"
             per_genus[g] -= 1
