@@ -164,3 +164,28 @@ def test_features_order_cache_and_resume(tiny_task, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*/part-*"))  # parts replaced by the final files
     again = F.image_features(model, task, cache_dir=tmp_path, progress=False)
     assert again.cached and np.array_equal(again.features, got.features) and again.errors == got.errors
+
+
+def test_features_from_dataset_shards(tmp_path):
+    import torch
+
+    from treeclip.data.dataset import Sample, write_dataset
+    from treeclip.data.images import decode_image, encode_jpeg
+    from treeclip.evaluate.features import image_features
+    from treeclip.evaluate.tasks import load_task
+    from treeclip.model import load_model
+    from treeclip.taxonomy.taxon import Taxon
+
+    taxa = [Taxon.of(*s[:7], common=s[7]) for s in SPECIES[:2]]
+    jpgs = [encode_jpeg(Image.new("RGB", (20, 20), (40 * i, 200 - 30 * i, 90))) for i in range(6)]
+    samples = [Sample(key=f"k{i}", image=jpgs[i], taxon=taxa[i % 2], split="val" if i != 2 else "train")
+               for i in range(6)]
+    write_dataset(samples, tmp_path / "ds", taxa=taxa, build_info={}, shard_max_samples=2)
+    (tmp_path / "task.toml").write_text('name = "ds"\n[images]\ndataset = "ds"\nsplit = "val"\n')
+    task = load_task(tmp_path)
+    model = load_model("micro-vit-32")
+    f = image_features(model, task, cache_dir=tmp_path / "cache", batch_size=2, progress=False)
+    assert f.ok.all() and len(task) == 5
+    i = task.paths.index("k4")
+    want = model.encode_images(model.preprocess(decode_image(jpgs[4]))[None]).numpy()[0]
+    np.testing.assert_allclose(f.features[i], want, atol=1e-5)

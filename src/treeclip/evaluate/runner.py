@@ -135,7 +135,8 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
                 results["intrinsic"].setdefault(label, {})[task.name] = r["intrinsic"]
                 kept_features[task.name][label] = f.features[f.ok]
         del model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next model gets the whole device
     if cfg.intrinsic:
         for task in tasks:
             feats = kept_features[task.name]
