@@ -167,8 +167,6 @@ def test_features_order_cache_and_resume(tiny_task, tmp_path, monkeypatch):
 
 
 def test_features_from_dataset_shards(tmp_path):
-    import torch
-
     from treeclip.data.dataset import Sample, write_dataset
     from treeclip.data.images import decode_image, encode_jpeg
     from treeclip.evaluate.features import image_features

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +38,6 @@ class EvalConfig:
     precision: str = "fp32"
     cache_dir: str | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _log(msg: str, cfg: EvalConfig) -> None:
@@ -107,7 +106,7 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
     failures: list[str] = [p for task in tasks for p in task.problems]
     results: dict = {
         "treeclip_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "extra")},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "models": [], "tasks": [describe(t) for t in tasks],
         "zero_shot": {}, "few_shot": {}, "linear_probe": {}, "intrinsic": {}, "figures": {},
     }

@@ -39,7 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from treeclip.errors import TreeclipError
-from treeclip.evaluate.zeroshot import AS_GIVEN, CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
+from treeclip.evaluate.zeroshot import CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
 from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_kingdom, clean_uninomial
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
