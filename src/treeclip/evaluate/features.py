@@ -227,7 +227,7 @@ def _save_entry(entry: Path, model, task: Task, feats, ok, errors) -> None:
 
 
 def text_embeddings(model, names: Sequence[str], templates: Sequence[str], *,
-                    cache_dir: str | Path | None = None) -> np.ndarray:
+                    cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
     """Zero-shot class embeddings (see `zeroshot.class_embeddings`), cached by model
     fingerprint, names and templates."""
     from treeclip.evaluate.zeroshot import class_embeddings
@@ -241,7 +241,21 @@ def text_embeddings(model, names: Sequence[str], templates: Sequence[str], *,
                 return emb
         except (OSError, ValueError):
             pass
-    emb = class_embeddings(model.encode_texts, list(names), list(templates))
+    emb = class_embeddings(lambda texts: _encode_texts(model, texts, progress), list(names), list(templates))
     if path is not None:
         _save_npy(path, emb)
     return emb
+
+
+def _encode_texts(model, texts: list[str], progress: bool, chunk: int = 1024) -> np.ndarray:
+    """`model.encode_texts` in chunks, with a progress bar (400 classes x 81 templates
+    is 32,400 captions: minutes on a CPU)."""
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=len(texts), desc=f"encode class names with {model.name}", unit="caption",
+              file=sys.stderr, disable=not progress or len(texts) <= chunk, leave=False) as bar:
+        for i in range(0, len(texts), chunk):
+            parts.append(model.encode_texts(texts[i:i + chunk]).cpu().numpy())
+            bar.update(len(parts[-1]))
+    return np.concatenate(parts)

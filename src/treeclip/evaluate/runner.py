@@ -70,7 +70,8 @@ def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: Eva
     if 0 in cfg.shots:
         scale = model.logit_scale()
         for t in cfg.text_types:
-            emb = text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir)
+            emb = text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir,
+                                  progress=cfg.progress)
             out["zero_shot"][t] = zeroshot.zero_shot_metrics(x, y, emb, scale)
     for k in (k for k in cfg.shots if k > 0):
         out["few_shot"][str(k)] = fewshot.few_shot(x, y, k, cfg.seeds)
