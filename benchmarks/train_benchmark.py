@@ -97,7 +97,7 @@ def run_treeclip(data: Path, init: Path, work: Path, a) -> dict:
     cmd = [ROOT / ".venv" / "bin" / "treeclip", "train", data, "--out", out, "--model", a.model, "--pretrained", init,
            "--batch-size", a.batch_size, "--steps", a.steps, "--lr", "1e-4", "--warmup", "10",
            "--text-type", "taxon_com", "--workers", a.workers, "--threads", a.threads, "--save-every", "0",
-           "--val-every", "0", "--no-progress", "--precision", a.precision]
+           "--val-every", "0", "--no-progress", "--precision", a.precision, "--log-every", a.log_every]
     t = time.perf_counter()
     sh(cmd, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}, capture_output=True)
     wall = time.perf_counter() - t
@@ -120,7 +120,7 @@ def run_open_clip(python: Path, shards: list[Path], init: Path, work: Path, a) -
            "--train-num-samples", a.steps * a.batch_size, "--batch-size", a.batch_size, "--epochs", "1",
            "--workers", a.workers, "--model", f"local-dir:{init}", "--precision", precision, "--device", "cpu",
            "--lr", "1e-4", "--warmup", "10", "--save-frequency", "0", "--zeroshot-frequency", "0",
-           "--val-frequency", "0", "--log-every-n-steps", "10", "--logs", logs, "--name", "run", "--report-to", "",
+           "--val-frequency", "0", "--log-every-n-steps", a.log_every, "--logs", logs, "--name", "run", "--report-to", "",
            "--seed", "0"]
     t = time.perf_counter()
     sh(cmd, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}, capture_output=True, cwd=work)
@@ -142,7 +142,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=40, help="images per species")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--log-every", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

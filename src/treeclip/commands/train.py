@@ -38,6 +38,7 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--save-every", type=int, help="Checkpoint every N steps (and always at the end).")
 @click.option("--val-every", type=int, help="Validate every N steps (and at the end).")
 @click.option("--val-samples", type=int, help="Validation samples to score.")
+@click.option("--log-every", type=int, help="Write a metrics line every N steps (default 10).")
 @click.option("--resume", help="`latest` (the newest checkpoint in --out) or a checkpoint dir.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(data, out, preset, config_file, resume, no_progress, compile_, **flags) -> None:

@@ -16,6 +16,7 @@ type. Workers decode, transform and tokenise, encoding each distinct caption onc
 from __future__ import annotations
 
 import io
+import os
 import random
 import sys
 import tarfile
@@ -193,6 +194,7 @@ class ShardSamples(torch.utils.data.Dataset):
         self.index, self.transform, self.seed, self.augment = index, transform, seed, augment
         self.draft_size, self.max_tries = draft_size, max_tries
         self._files: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -200,12 +202,18 @@ class ShardSamples(torch.utils.data.Dataset):
     def __getstate__(self):  # open file handles stay in the process that opened them
         return {**self.__dict__, "_files": {}}
 
+    def _open_files(self) -> dict[int, object]:
+        # a forked worker must not share file offsets with its parent: reopen
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        return self._files
+
     def load(self, i: int, text_type: str, epoch: int = 0):
         failures = 0
         for attempt in range(self.max_tries):
             j = (i + attempt) % len(self.index)
             try:
-                raw = self.index.read(j, self._files)
+                raw = self.index.read(j, self._open_files())
                 sample = _decode(raw, self.draft_size)
                 caption = sample["texts"][text_type]
             except (InputError, KeyError, ValueError, OSError, tarfile.TarError) as err:
@@ -251,7 +259,6 @@ class Batch:
     caption_index: torch.Tensor
     labels: torch.Tensor
     keys: list[str]
-    text_types: list[str]
     failures: int
 
     def __len__(self) -> int:
@@ -272,7 +279,7 @@ class Collate:
         caption_index = [distinct.setdefault(c, len(distinct)) for c in captions]
         tokens = trim_padding(self.tokenizer(list(distinct)))
         return Batch(torch.stack(pixels), tokens, torch.tensor(caption_index), torch.tensor(labels),
-                     list(keys), [], sum(failures))
+                     list(keys), sum(failures))
 
 
 def make_loader(samples: ShardSamples, sampler: BatchSampler, tokenizer: Callable, *, workers: int = 1,
