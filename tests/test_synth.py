@@ -155,6 +155,22 @@ def test_rerun_with_same_options_is_skipped(out):
     assert again["species"] == 60
 
 
+def test_a_killed_rerun_is_not_mistaken_for_done(tmp_path, monkeypatch):
+    out = tmp_path / "k"
+    tiny = SynthConfig(species=20, images_per_species=2, eval_images_per_species=1, image_size=16)
+    synthesize(out, tiny)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_run_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(out, SynthConfig(**{**tiny.__dict__, "seed": 5}))
+    monkeypatch.undo()
+    assert not (out / "synth.json").exists()
+    assert synthesize(out, tiny).get("skipped") is None  # regenerated, not trusted
+
+
 def test_large_images_render_in_bounded_batches(monkeypatch):
     """Batches are cut by pixel count, so big images never need one huge array."""
     sp = load_species()[3]

@@ -34,6 +34,7 @@ import colorsys
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import shutil
@@ -576,8 +577,6 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
     summary_path = out / "synth.json"
     settings = {k: v for k, v in asdict(config).items() if k != "workers"}
     if summary_path.exists() and (out / "manifest.json").exists():
-        import json
-
         try:
             done = json.loads(summary_path.read_text(encoding="utf-8"))
         except ValueError:
@@ -587,6 +586,9 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
         if done.get("config") == settings and done.get("table_sha256") == _table_digest() and complete:
             return {**done, "skipped": True}
 
+    # synth.json vouches for a finished output: drop it first, so a run killed halfway
+    # never leaves it describing files that are no longer what it says.
+    summary_path.unlink(missing_ok=True)
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     species = select_species(load_species(), config.species, rng)
