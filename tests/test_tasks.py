@@ -186,3 +186,13 @@ def test_shipped_paper_tasks(tmp_path, monkeypatch):
         task = load_task(name)
         assert task.name == name and task.image_path(0) == tmp_path / name / "a.jpg"
     assert load_task("plantvillage").text_type == "as-given"
+
+
+def test_own_task_folder_in_the_data_root_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TREECLIP_DATA", str(tmp_path))
+    own = tmp_path / "rare-species"
+    write_catalog(spec(own, 'name = "rare-species"\n[images]\ncatalog = "cat.csv"\nroot = "' + str(tmp_path / "imgs") + '"\n')
+                  / "cat.csv", [["x.jpg", *MAGPIE]])
+    (tmp_path / "imgs").mkdir()
+    task = load_task("rare-species")
+    assert task.spec_path == own / "task.toml" and task.image_path(0) == tmp_path / "imgs" / "x.jpg"

@@ -44,6 +44,8 @@ from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_king
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 SPEC_NAME = "task.toml"
+DATA_ENV = "TREECLIP_DATA"
+"""The environment variable the shipped specs read: the root of the user's copies."""
 SHIPPED_DIR = Path(__file__).with_name("tasks")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -124,7 +126,8 @@ def shipped_tasks() -> dict[str, Path]:
 
 
 def find_task(ref: str) -> Path:
-    """A task reference: a shipped task name, a task folder (with task.toml) or a .toml file."""
+    """A task reference: a task folder (with task.toml), a .toml file, or a shipped task
+    name (`$TREECLIP_DATA/<name>/task.toml` first, when there is one)."""
     path = Path(ref)
     if path.is_dir():
         path = path / SPEC_NAME
@@ -135,7 +138,10 @@ def find_task(ref: str) -> Path:
         return path
     shipped = shipped_tasks()
     if ref in shipped:
-        return shipped[ref]
+        # The user's own task folder in the data root wins over the shipped spec: a
+        # Rare Species folder built there, or a spec with a taxa table.
+        own = Path(os.environ.get(DATA_ENV, "")) / ref / SPEC_NAME if os.environ.get(DATA_ENV) else None
+        return own if own is not None and own.is_file() else shipped[ref]
     raise TreeclipError(f"{ref}: no such task file or folder, nor a shipped task ({', '.join(shipped)})")
 
 
