@@ -74,6 +74,17 @@ def hierarchy_rows(results: dict, task: str) -> list[list[str]]:
     return body
 
 
+def silhouette_rows(results: dict, task: str) -> list[list[str]]:
+    """Header + one row per model: cosine silhouette per rank ('-' where undefined)."""
+    body = [["model", *RANKS]]
+    for label, per_task in results.get("intrinsic", {}).items():
+        ranks = (per_task.get(task) or {}).get("ranks", {})
+        if ranks:
+            cells = [ranks.get(r, {}).get("silhouette") for r in RANKS]
+            body.append([label, *("-" if v is None else f"{v:.3f}" for v in cells)])
+    return body
+
+
 def text_table(body: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in body) for i in range(len(body[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in body]
@@ -115,7 +126,9 @@ def markdown_report(results: dict) -> str:
             out += [f"## Hierarchy of the image space: {task}", "",
                     "k-NN accuracy (k=5, cosine, leave-one-out) of each image's taxon at each rank; "
                     "mean depth (1 kingdom .. 7 species) of the lowest common rank of an image and "
-                    "its nearest neighbour, against random pairs.", "", markdown_table(body), ""]
+                    "its nearest neighbour, against random pairs.", "", markdown_table(body), "",
+                    "Silhouette (cosine) of the features labelled by their taxon at each rank:", "",
+                    markdown_table(silhouette_rows(results, task)), ""]
         for png in results.get("figures", {}).get(task, []):
             out += [f"![{task}]({png})", ""]
     fails = results.get("failures", {})
