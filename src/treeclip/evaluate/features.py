@@ -99,7 +99,7 @@ def _collate(batch):
 
 
 def image_features(model, task: Task, *, cache_dir: str | Path | None = None, batch_size: int = 64,
-                   workers: int = 0, chunk: int = 2048, progress: bool = True) -> Features:
+                   workers: int = 0, chunk: int = 8192, progress: bool = True) -> Features:
     """Features of every image of `task` under `model` (a `treeclip.model.ClipModel`),
     from the cache when there; see the module docstring."""
     model_fp, images_fp, n = model.fingerprint(), task.images_fingerprint(), len(task)
