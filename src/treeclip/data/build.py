@@ -40,6 +40,8 @@ from treeclip.taxonomy.taxon import RANKS, Taxon
 
 WORK_DIR = ".build"
 REPORT = "build_report.csv"
+MAX_LINES_PER_STAGE = 50
+"""Skipped inputs printed per stage; the rest are only counted and listed in the report."""
 
 
 @dataclass
@@ -291,10 +293,19 @@ def build_dataset(
     work = out / WORK_DIR
     problems: list[Problem] = []
 
+    shown: dict[str, int] = {}
+
     def report(stage: str, item: SourceItem, reason: str) -> None:
         problems.append(Problem(stage, item.source, item.source_id, item.path, reason))
-        where = item.path or f"{item.source} {item.source_id}"
-        _say(reason if reason.startswith(where) or stage == "input" else f"{where}: {reason}")
+        shown[stage] = shown.get(stage, 0) + 1
+        if shown[stage] <= MAX_LINES_PER_STAGE:  # all of them go to the report file
+            where = item.path or f"{item.source} {item.source_id}"
+            _say(reason if reason.startswith(where) or stage == "input" else f"{where}: {reason}")
+
+    def say_hidden() -> None:
+        for stage, n in shown.items():
+            if n > MAX_LINES_PER_STAGE:
+                _say(f"... and {n - MAX_LINES_PER_STAGE} more {stage} problems, listed in {out / REPORT}")
 
     # 1. sources
     items: list[SourceItem] = []
@@ -386,6 +397,7 @@ def build_dataset(
             else:
                 first_of[rec["sha256"]] = key
                 unique.append(key)
+        say_hidden()
         if not unique:
             _write_report(out / REPORT, problems)
             n_inputs = len(items) + sum(1 for p in problems if p.stage == "input")
