@@ -191,6 +191,12 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
               openapi_extra=_PREDICT_DOC)
     async def predict(request: Request) -> JSONResponse:
         form = await read_form(request)
+        try:
+            return await predict_form(form)
+        finally:
+            await form.close()  # spooled upload files are deleted now, not at garbage collection
+
+    async def predict_form(form) -> JSONResponse:
         files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         ids = [i for v in form.getlist("ids") if isinstance(v, str) for i in v.replace(",", " ").split()]
         if not files and not ids:
@@ -222,6 +228,12 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
     @app.post("/embed", summary="Image embeddings (L2-normalised)", openapi_extra=_EMBED_DOC)
     async def embed(request: Request) -> JSONResponse:
         form = await read_form(request)
+        try:
+            return await embed_form(form)
+        finally:
+            await form.close()
+
+    async def embed_form(form) -> JSONResponse:
         files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not files:
             raise UploadError(400, "no images: send one or more 'files'")
