@@ -159,6 +159,25 @@ def test_request_over_total_cap_is_refused(server):
     assert_serving(server["base"])
 
 
+def test_streamed_request_over_total_cap_is_refused(server):
+    """Without a Content-Length (chunked upload) the body is counted as it streams in."""
+    host, port = server["base"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunk = 65536
+
+    def body():
+        yield b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
+        for _ in range(MAX_REQUEST_BYTES // chunk + 2):
+            yield b"\0" * chunk
+
+    conn.request("POST", "/predict", body=body(), encode_chunked=True,
+                 headers={"Content-Type": "multipart/form-data; boundary=x"})
+    resp = conn.getresponse()
+    assert resp.status == 413 and "too large" in json.loads(resp.read())["detail"]
+    conn.close()
+    assert_serving(server["base"])
+
+
 def test_mixed_good_and_bad_files(server):
     status, body = post(server["base"], files=[("good.jpg", jpeg((50, 60, 70))), ("bad.jpg", b"nope")],
                         fields={"k": 2})
