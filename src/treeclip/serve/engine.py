@@ -99,12 +99,16 @@ class ServeEngine:
                  templates: str | Sequence[str] = "openai") -> None:
         from treeclip.model import load_model
         from treeclip.predict.classifiers import TreeOfLifeClassifier
+        from treeclip.predict.fast import resolve_device
         from treeclip.predict.labels import load_taxa
 
         self.limits = limits or UploadLimits()
+        device = str(resolve_device(device))
         if isinstance(model, (str, Path)):
             self.model_spec = str(model)
-            self.clip = load_model(self.model_spec)
+            # fp32 weights on the serving device: the text tower and the classifiers made
+            # later share them; only the image tower may get a bf16 copy (the encoder's)
+            self.clip = load_model(self.model_spec, device=device)
         else:
             self.model_spec, self.clip = getattr(model, "name", "model"), model
         if taxa is None or isinstance(taxa, (str, Path)):
@@ -119,6 +123,9 @@ class ServeEngine:
         self._options = {"device": device, "precision": precision, "templates": tuple(templates),
                          "cache_dir": str(label_cache_dir) if label_cache_dir else None}
         self.tree = TreeOfLifeClassifier(self.clip, list(taxa), **self._options)
+        # classifiers for subsets and custom labels never encode images (the tree's encoder
+        # does), so they need no image-tower copy of their own: fp32 shares the model
+        self._label_options = {**self._options, "precision": "fp32"}
         self.embeddings = EmbeddingCache(cache_size)
         self.classifiers = LabelSetCache()
 
@@ -166,11 +173,12 @@ class ServeEngine:
         if labels:
             key = ("labels", *labels)
             return self.classifiers.get_or_make(
-                key, lambda: CustomLabelsClassifier(self.clip, list(labels), **self._options))
+                key, lambda: CustomLabelsClassifier(self.clip, list(labels), **self._label_options))
         if subset:
             spec = self.subset_spec(subset)
             return self.classifiers.get_or_make(
-                ("subset", spec), lambda: TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec, **self._options))
+                ("subset", spec), lambda: TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec,
+                                                     **self._label_options))
         return self.tree
 
     def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
