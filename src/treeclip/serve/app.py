@@ -16,6 +16,7 @@ images of a request are good, the request succeeds and the bad ones carry an `er
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -140,26 +141,36 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
 
     async def embed_uploads(files: list[UploadFile]) -> list[Embedded | Failed]:
         """Each upload's embedding (from the cache when the same bytes came before) or
-        the `InputError` that says why it cannot be used."""
+        why it cannot be used. Uploads decode in parallel threads, then encode in one batch."""
         out: list[Embedded | Failed | None] = [None] * len(files)
-        todo: list[tuple[int, str, str, Any]] = []
+        todo: list[tuple[int, str, str, bytes]] = []
         for i, f in enumerate(files):
             name = _safe_name(f.filename, i)
             data = await f.read(limits.max_file_bytes + 1)
             try:
                 check_file_size(name, len(data) if len(data) <= limits.max_file_bytes else (f.size or len(data)), limits)
-                key = upload_id(data)
-                cached = engine.embeddings.get(key)
-                if cached is not None:
-                    out[i] = Embedded(key, name, cached.embedding)
-                    continue
-                pixels = await run_in_threadpool(engine.preprocess, data, name)
-                todo.append((i, key, name, pixels))
             except InputError as err:
                 out[i] = Failed(name, str(err))
-        if todo:
-            vectors = await batcher.submit([t[3] for t in todo])
-            for (i, key, name, _), vec in zip(todo, vectors):
+                continue
+            key = upload_id(data)
+            cached = engine.embeddings.get(key)
+            if cached is not None:
+                out[i] = Embedded(key, name, cached.embedding)
+            else:
+                todo.append((i, key, name, data))
+        decoded = await asyncio.gather(*(run_in_threadpool(engine.preprocess, data, name) for _, _, name, data in todo),
+                                       return_exceptions=True)
+        ready = []
+        for (i, key, name, _), pixels in zip(todo, decoded):
+            if isinstance(pixels, InputError):
+                out[i] = Failed(name, str(pixels))
+            elif isinstance(pixels, BaseException):
+                raise pixels
+            else:
+                ready.append((i, key, name, pixels))
+        if ready:
+            vectors = await batcher.submit([t[3] for t in ready])
+            for (i, key, name, _), vec in zip(ready, vectors):
                 item = Embedded(key, name, vec)
                 engine.embeddings.put(item)
                 out[i] = item
