@@ -103,8 +103,21 @@ def test_page_classifies_uploads_switches_rank_and_exports_csv(served, tmp_path)
             assert {r["rank"] for r in rows} == {"family"}
             assert all(0 < float(r["score"]) <= 1 for r in rows)
 
+            # search the label set by common name
+            page.fill("#taxa-q", "magpie")
+            page.wait_for_function("document.getElementById('taxa-results').textContent.includes('Pica')")
+            assert "Pica hudsonia (black-billed magpie)" in page.text_content("#taxa-results")
+
+            # custom labels replace the tree; clearing them brings the tree back
+            page.fill("#labels", "ladybird\nfield mouse")
+            page.dispatch_event("#labels", "change")
+            page.wait_for_function("[...document.querySelectorAll('.card .answer')].every("
+                                   "a => ['ladybird', 'field mouse'].includes(a.textContent.trim()))")
+            page.fill("#labels", "")
+            page.dispatch_event("#labels", "change")
             page.select_option("#rank", "species")
-            page.wait_for_function("document.getElementById('status').textContent.includes('species')")
+            page.wait_for_function("[...document.querySelectorAll('.card .answer')].every("
+                                   "a => a.textContent.trim().split(' ').length === 2)")
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
