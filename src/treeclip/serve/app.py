@@ -193,7 +193,7 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
                 "limits": limits.describe(), "batching": batcher.stats.as_dict()}
 
     @app.get("/taxa", summary="Search the label set by scientific, rank or common name")
-    async def taxa_search(q: str = "", limit: int = 20) -> dict:
+    def taxa_search(q: str = "", limit: int = 20) -> dict:  # sync: FastAPI runs it in a thread
         limit = max(1, min(limit, 500))
         total, found = engine.search_taxa(q, limit=limit)
         return {"q": q, "total": total, "taxa": found}
