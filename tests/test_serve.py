@@ -267,3 +267,18 @@ def test_missing_model_is_one_clear_error(tmp_path):
 
     with pytest.raises(TreeclipError, match="nope"):
         ServeEngine(tmp_path / "nope", taxa=[])
+
+
+def test_taken_port_is_one_clear_error_before_loading(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "treeclip", "serve", str(tmp_path / "no-model"),
+                                 "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

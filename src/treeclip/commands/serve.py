@@ -57,10 +57,7 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
     limits = UploadLimits(max_files=max_files, max_file_bytes=int(max_file_mb * 1024 * 1024),
                           max_request_bytes=int(max_request_mb * 1024 * 1024),
                           max_pixels=max_pixels)
-    click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
-    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision,
-                     max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates)
-    # bind first, so the printed address is the real one (also for --port 0)
+    # bind before loading, so a taken port fails at once; the printed address is the real one (--port 0 too)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -70,6 +67,9 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
 
         raise TreeclipError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
+    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision,
+                     max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates)
     bound = sock.getsockname()[1]
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     click.echo(f"treeclip: serving {model} at http://{shown}:{bound}/  (Ctrl-C stops)", err=True)
