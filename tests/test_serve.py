@@ -6,6 +6,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -270,10 +273,6 @@ def test_missing_model_is_one_clear_error(tmp_path):
 
 
 def test_taken_port_is_one_clear_error_before_loading(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
