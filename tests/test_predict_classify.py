@@ -196,3 +196,19 @@ def test_embed_images_normalised_and_raw(clip, images, tmp_path):
     files = write_embeddings(tmp_path / "e.npy", raw)
     assert np.array_equal(np.load(files[0]), raw.vectors)
     assert files[1].read_text().splitlines()[1] == f"0,{images[0]},"
+
+
+def test_int8_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
+    from treeclip.predict.fast import ImageEncoder, iter_batches, top1_agreement
+
+    more = make_images(tmp_path / "more", n=24)
+    _, _, pixels, _ = next(iter_batches([*map(_item, more)], clip.preprocess, batch_size=64, workers=0))
+    fp32 = ImageEncoder(clip, precision="fp32")(pixels)
+    int8 = ImageEncoder(clip, precision="int8", cache_dir=str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache" / "onnx").glob("*-int8.onnx"))) == 1  # exported once, cached
+    feats = int8(pixels)
+    assert feats.shape == fp32.shape and torch.allclose(feats.norm(dim=-1), torch.ones(len(feats)), atol=1e-4)
+    assert top1_agreement(fp32, feats, tol._labels) >= 0.9
+    rows = TreeOfLifeClassifier(clip, TAXA, precision="int8", cache_dir=str(tmp_path / "cache"), **OPTS).predict(
+        images[:2], rank="family", k=1)
+    assert len(rows) == 2 and all(r["score"] > 0 for r in rows)

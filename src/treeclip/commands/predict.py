@@ -24,8 +24,8 @@ def _input_options(fn):
         click.option("--workers", default=None, type=click.IntRange(0),
                      help="Decoding processes (0 = decode in the main process) [default: cores - 1]."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
-        click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
-                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32."),
+        click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32; int8 = ONNX Runtime dynamic int8 on the CPU (faster, not exact)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):

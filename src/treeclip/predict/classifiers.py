@@ -48,7 +48,7 @@ class BaseClassifier:
                  templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
                  progress: bool = False) -> None:
         self.clip = _load_clip(model, device)
-        self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile)
+        self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile, cache_dir=cache_dir)
         self.templates = tuple(load_templates(templates) if isinstance(templates, str) else templates)
         self.batch_size, self.workers, self.cache_dir, self.progress = batch_size, workers, cache_dir, progress
         self.logit_scale = self.clip.logit_scale()

@@ -31,7 +31,7 @@ class Embeddings:
 
 def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
                  workers: int | None = None, device: str | None = "cpu", precision: str = "auto",
-                 progress: bool = False) -> Embeddings:
+                 progress: bool = False, cache_dir: str | None = None) -> Embeddings:
     """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
     (a spec or a ClipModel); `normalize=False` keeps the raw projection output."""
     from treeclip.predict.classifiers import _load_clip
@@ -39,7 +39,7 @@ def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size:
     from treeclip.predict.inputs import as_items
 
     clip = _load_clip(model, device)
-    encoder = ImageEncoder(clip, device=device, precision=precision)
+    encoder = ImageEncoder(clip, device=device, precision=precision, cache_dir=cache_dir)
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
     names, chunks, errors = [], [], {}
     bar = None

@@ -4,9 +4,12 @@ processes that overlap with the model.
 `--precision auto` picks bf16 only where it is fast: on a CUDA GPU that supports it, or
 on a CPU with native bf16 matrix units (AVX-512-BF16 or AMX, which oneDNN reports). On
 other CPUs (AVX2 only) bf16 is emulated and measured 10-20x *slower* than fp32, so auto
-stays fp32 there. `--compile` adds `torch.compile` (a one-off compile cost of tens of
-seconds, worth it only for large runs). The fp32 text tower is never touched: label
-embeddings are computed in fp32 and cached.
+stays fp32 there. `int8` (opt-in, CPU) runs the image tower through ONNX Runtime with
+dynamic int8 quantization of its matrix weights: faster on CPUs without bf16 units, not
+exact (check its top-1 agreement with fp32 for your model; the benchmark reports it). The
+quantized graph is exported once per model and cached. `--compile` adds `torch.compile`
+(a one-off compile cost of tens of seconds, worth it only for large runs). The fp32 text
+tower is never touched: label embeddings are computed in fp32 and cached.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 
 from treeclip.errors import InputError, TreeclipError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -46,6 +50,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """The concrete precision (`fp32` or `bf16`) that `auto` means on `device`."""
     if precision not in PRECISIONS:
         raise TreeclipError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise TreeclipError("--precision int8 runs on the CPU only; use bf16 or fp32 on a GPU")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -60,10 +66,14 @@ class ImageEncoder:
     output are read back as fp32); the caller's model is not changed."""
 
     def __init__(self, clip, *, device: str | None = "cpu", precision: str = "auto",
-                 compile: bool = False) -> None:
+                 compile: bool = False, cache_dir: str | os.PathLike | None = None) -> None:
         self.clip = clip
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.dtype = torch.float32
+        if self.precision == "int8":
+            self.visual = OnnxInt8Visual(clip, cache_dir)
+            return
         visual = clip.model.visual
         if self.precision == "bf16" or self.device != clip.device:
             visual = copy.deepcopy(visual)
@@ -79,6 +89,53 @@ class ImageEncoder:
         x = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         feats = self.visual(x).float()
         return (F.normalize(feats, dim=-1) if normalize else feats).cpu()
+
+
+class OnnxInt8Visual:
+    """The image tower in ONNX Runtime with dynamic int8 quantization (weights int8,
+    activations quantized per batch). Exported to `CACHE/onnx/<fingerprint>-int8.onnx`."""
+
+    def __init__(self, clip, cache_dir: str | os.PathLike | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise TreeclipError("--precision int8 needs ONNX Runtime: pip install onnxruntime onnx") from None
+        from treeclip.predict.labels import default_cache_dir
+
+        root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "onnx"
+        path = root / f"{clip.fingerprint()[:32]}-visual-int8.onnx"
+        if not path.is_file():
+            export_int8(clip, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"pixels": pixels.float().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def export_int8(clip, path: Path) -> None:
+    """Export the fp32 image tower to ONNX and quantize it dynamically to int8 (atomic)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from treeclip.fsutil import atomic_path
+
+    visual = copy.deepcopy(clip.model.visual).float().eval()
+    example = torch.zeros(1, 3, clip.image_size, clip.image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        fp32 = Path(tmp) / "visual.onnx"
+        # with grad on, nn.MultiheadAttention skips its fused fast path, which ONNX lacks
+        visual.requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            torch.onnx.export(visual, (example,), str(fp32), input_names=["pixels"], output_names=["features"],
+                              dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}}, opset_version=17,
+                              dynamo=False)
+        with atomic_path(path, suffix=".onnx") as out:
+            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
 
 
 def top1_agreement(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,0 +1,229 @@
+"""Predict speed: treeclip's default CPU path against plain open_clip, and rank
+aggregation against a per-image Python dict, measured in one run.
+
+(a) Throughput, images -> top-5 species, on the same camera-sized JPEGs and the same
+    model (ViT-B-16 QuickGELU, random weights, seed 0) and the same label embeddings:
+    - baseline: plain open_clip fp32 eager at pybioclip's default batch size 10, the way
+      pybioclip does it: open + convert each image in the main process, the model's
+      preprocess, `encode_image`, softmax over the labels, top-k;
+    - treeclip: `TreeOfLifeClassifier.predict` with its defaults (decoding with JPEG draft
+      mode in worker processes overlapping with the model, batch 32, precision auto).
+    Label embeddings are computed before timing for both (treeclip caches them on disk).
+    The rounds alternate (baseline, treeclip, treeclip, baseline, ...) so that load from
+    other processes falls on both; the ratio uses the summed times.
+(b) Aggregation of species probabilities to family rank for 10,000 images x 100,000 taxa:
+    treeclip's segment sum over lineage-sorted taxa against a per-image Python dict (the
+    pybioclip approach, with Python floats, which is kinder to it than torch scalars). The
+    dict reference is timed on a few images and extrapolated linearly (it is a loop per
+    image); both are checked to give the same sums.
+
+    .venv/bin/python benchmarks/predict_benchmark.py            # ~ a few minutes on 2 cores
+    .venv/bin/python benchmarks/predict_benchmark.py --n 40 --rounds 1 --skip-aggregation
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """Camera-like JPEGs: smooth colour fields plus noise (so JPEG has real work)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    paths = []
+    for i in range(n):
+        a, b, c = rng.uniform(0.002, 0.02, 3)
+        base = np.stack([np.sin(xx * a + i), np.cos(yy * b + 2 * i), np.sin((xx + yy) * c)], -1)
+        img = (base * 80 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        p = folder / f"photo{i:04d}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def synthetic_taxa(n: int, seed: int = 0):
+    """n distinct taxa with a realistic fan-out (~5 kingdoms .. ~40k genera)."""
+    from treeclip.taxonomy.taxon import Taxon
+
+    rng = np.random.default_rng(seed)
+    fan = [5, 60, 300, 1500, 8000, 40000]  # kingdoms, phyla, classes, orders, families, genera
+    parent = [None] + [rng.integers(0, fan[i - 1], fan[i]) for i in range(1, len(fan))]
+    letters = "KPCOFG"
+    taxa = []
+    for s, g in enumerate(rng.integers(0, fan[-1], n)):
+        ids = [0] * 6
+        ids[5] = int(g)
+        for level in range(5, 0, -1):
+            ids[level - 1] = int(parent[level][ids[level]])
+        taxa.append(Taxon(tuple(f"{letters[i]}{ids[i]}" for i in range(6)) + (f"s{s}",), ""))
+    return taxa
+
+
+# -- (a) throughput -------------------------------------------------------------------------
+def baseline_predict(model, preprocess, text_features, logit_scale, paths, batch_size=10, k=5):
+    """pybioclip's loop with plain open_clip: fp32 eager, images opened in the main process."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    top1 = []
+    with torch.no_grad():
+        for s in range(0, len(paths), batch_size):
+            imgs = [Image.open(p).convert("RGB") for p in paths[s:s + batch_size]]
+            pixels = torch.stack([preprocess(im) for im in imgs])
+            feats = F.normalize(model.encode_image(pixels), dim=-1)
+            probs = F.softmax(logit_scale * feats @ text_features.T, dim=1)
+            top = probs.topk(k, dim=1)
+            top1.extend(top.indices[:, 0].tolist())
+    return top1
+
+
+def bench_throughput(args, workdir: Path) -> dict:
+    import open_clip
+    import torch
+
+    from treeclip.model import create_model
+    from treeclip.predict import TreeOfLifeClassifier
+
+    paths = make_photos(workdir / "photos", args.n, (args.width, args.height))
+    clip = create_model(args.model, seed=0)
+    # the same weights in a plain open_clip model made by open_clip itself
+    plain, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16-quickgelu")
+    plain.load_state_dict(clip.model.state_dict())
+    plain.eval()
+    taxa = synthetic_taxa(args.labels, seed=1)
+    clf = TreeOfLifeClassifier(clip, taxa, templates="single", cache_dir=str(workdir / "cache"))
+    # the same label embeddings, in the classifier's (lineage-sorted) order, for the baseline
+    text_features = clf._labels.clone()
+    scale = clf.logit_scale
+    contenders = {"treeclip": clf}
+    if args.int8:
+        # the opt-in int8 path shares the label embeddings (same cache entry)
+        contenders["treeclip-int8"] = TreeOfLifeClassifier(clip, taxa, templates="single", precision="int8",
+                                                           cache_dir=str(workdir / "cache"))
+    baseline_predict(plain, preprocess, text_features, scale, paths[:2])  # warm-up
+    for c in contenders.values():
+        c.predict(paths[:2], k=5)
+    seconds = dict.fromkeys(["baseline", *contenders], 0.0)
+    top1: dict[str, list] = {}
+    names = [f"{t.genus} {t.species}" for t in clf.taxa]
+    for r in range(args.rounds):
+        order = ["baseline", *contenders] if r % 2 == 0 else [*contenders, "baseline"]
+        for who in order:
+            start = time.perf_counter()
+            if who == "baseline":
+                top1[who] = [names[i] for i in baseline_predict(plain, preprocess, text_features, scale, paths)]
+            else:
+                top1[who] = [row["species"] for row in contenders[who].predict(paths, rank="species", k=5)][::5]
+            seconds[who] += time.perf_counter() - start
+            print(f"  round {r + 1} {who}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    images = args.n * args.rounds
+    out = {"images": args.n, "rounds": args.rounds, "image_size": f"{args.width}x{args.height}",
+           "labels": args.labels, "model": args.model, "baseline_batch_size": 10,
+           "treeclip_batch_size": clf.batch_size, "treeclip_precision": clf.precision,
+           "baseline_img_per_s": images / seconds["baseline"]}
+    for who in contenders:
+        out[f"{who}_img_per_s"] = images / seconds[who]
+        out[f"{who}_speedup"] = seconds["baseline"] / seconds[who]
+        out[f"{who}_top1_agreement_with_baseline"] = float(np.mean([a == b for a, b in zip(top1["baseline"], top1[who])]))
+    return out
+
+
+# -- (b) aggregation ----------------------------------------------------------------------------
+def dict_reference(probs_row, keys):
+    sums = collections.defaultdict(float)
+    for p, key in zip(probs_row.tolist(), keys):
+        sums[key] += p
+    return sums
+
+
+def bench_aggregation(args) -> dict:
+    from treeclip.predict import aggregate as agg
+
+    taxa = synthetic_taxa(args.taxa, seed=2)
+    order = agg.sort_taxa(taxa)
+    taxa = [taxa[i] for i in order]
+    index = agg.RankIndex(taxa)
+    t0 = time.perf_counter()
+    groups = index.groups("family")
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    chunk = args.chunk
+    logits = rng.standard_normal((chunk, len(taxa)), dtype=np.float32) * 2
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    n_chunks = -(-args.images // chunk)
+    start = time.perf_counter()
+    for _ in range(n_chunks):  # the same chunk each time: the cost does not depend on the values
+        summed = index.aggregate(probs, "family")
+        agg.top_k(summed, 5)
+    vec_s = time.perf_counter() - start
+    keys = [" ".join(t.lineage[:5]) for t in taxa]  # pybioclip joins the names into a dict key
+    m = args.dict_images
+    start = time.perf_counter()
+    ref = [dict_reference(probs[i], keys) for i in range(m)]
+    for sums in ref:
+        sorted(sums.items(), key=lambda kv: -kv[1])[:5]
+    dict_per_image = (time.perf_counter() - start) / m
+    worst = 0.0
+    for i in range(m):
+        for g, gt in enumerate(groups.taxa):
+            worst = max(worst, abs(ref[i][" ".join(gt.lineage[:5])] - float(summed[i, g])))
+    return {
+        "images": args.images, "taxa": len(taxa), "families": len(groups), "rank": "family",
+        "treeclip_seconds": vec_s, "group_index_seconds": build_s,
+        "dict_seconds_per_image": dict_per_image, "dict_images_timed": m,
+        "dict_seconds_extrapolated": dict_per_image * args.images,
+        "speedup": dict_per_image * args.images / vec_s, "max_abs_difference": worst,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100, help="images per round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--width", type=int, default=1600)
+    ap.add_argument("--height", type=int, default=1200)
+    ap.add_argument("--model", default="bioclip-vit-b-16")
+    ap.add_argument("--labels", type=int, default=300, help="taxa in the throughput label set")
+    ap.add_argument("--taxa", type=int, default=100_000)
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--chunk", type=int, default=500)
+    ap.add_argument("--dict-images", type=int, default=10)
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the opt-in --precision int8 path (ONNX Runtime)")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-aggregation", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+    if not args.skip_aggregation:
+        results["aggregation"] = bench_aggregation(args)
+        print(json.dumps(results["aggregation"], indent=2), flush=True)
+    if not args.skip_throughput:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["throughput"] = bench_throughput(args, Path(tmp))
+        print(json.dumps(results["throughput"], indent=2), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
