@@ -154,19 +154,28 @@ def test_worker_processes_and_pil_inputs_give_the_same_answers(clip, tol, images
     assert isinstance(pil[0], Image.Image)
 
 
-def test_fast_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
-    from treeclip.predict.fast import ImageEncoder, iter_batches, resolve_precision, top1_agreement
+def noise_pixels(clip, n: int = 32):
+    """Preprocessed random-noise images: distinct enough that each is its own best match."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    size = clip.image_size
+    return torch.stack([clip.preprocess(Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)))
+                        for _ in range(n)])
+
+
+def test_fast_path_agrees_with_fp32_on_top1(clip):
+    from treeclip.predict.fast import ImageEncoder, resolve_precision, top1_agreement
 
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
-    more = make_images(tmp_path, n=24)
-    _, _, pixels, _ = next(iter_batches([*map(_item, more)], clip.preprocess, batch_size=64, workers=0))
+    assert resolve_precision("auto", torch.device("cpu")) in ("int8", "bf16")  # onnxruntime is a dependency
+    pixels = noise_pixels(clip)
     fp32 = ImageEncoder(clip, precision="fp32")(pixels)
     bf16 = ImageEncoder(clip, precision="bf16")(pixels)
     assert torch.allclose(fp32, clip.encode_images(pixels), atol=1e-5)  # the fp32 path is the model's own
-    assert (fp32 - bf16).abs().max() < 0.1
-    agreement = top1_agreement(fp32, bf16, tol._labels)
-    assert agreement >= 0.9, agreement
+    assert (fp32 - bf16).abs().max() < 0.05
+    # labels = the fp32 embeddings themselves: top-1 must stay each image's own label
+    assert top1_agreement(fp32, bf16, fp32) == 1.0
     assert clip.model.visual.conv1.weight.dtype == torch.float32  # the caller's model is untouched
 
 
@@ -199,16 +208,18 @@ def test_embed_images_normalised_and_raw(clip, images, tmp_path):
 
 
 def test_int8_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
-    from treeclip.predict.fast import ImageEncoder, iter_batches, top1_agreement
+    from treeclip.predict.fast import ImageEncoder, top1_agreement
 
-    more = make_images(tmp_path / "more", n=24)
-    _, _, pixels, _ = next(iter_batches([*map(_item, more)], clip.preprocess, batch_size=64, workers=0))
+    pixels = noise_pixels(clip)
     fp32 = ImageEncoder(clip, precision="fp32")(pixels)
     int8 = ImageEncoder(clip, precision="int8", cache_dir=str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache" / "onnx").glob("*-int8.onnx"))) == 1  # exported once, cached
     feats = int8(pixels)
     assert feats.shape == fp32.shape and torch.allclose(feats.norm(dim=-1), torch.ones(len(feats)), atol=1e-4)
-    assert top1_agreement(fp32, feats, tol._labels) >= 0.9
+    assert (feats - fp32).abs().max() < 0.2
+    assert top1_agreement(fp32, feats, fp32) == 1.0
+    # one image at a time: an answer does not depend on its batch mates
+    assert torch.equal(int8(pixels[:5])[3], int8(pixels[3:4])[0])
     rows = TreeOfLifeClassifier(clip, TAXA, precision="int8", cache_dir=str(tmp_path / "cache"), **OPTS).predict(
         images[:2], rank="family", k=1)
     assert len(rows) == 2 and all(r["score"] > 0 for r in rows)

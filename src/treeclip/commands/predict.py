@@ -10,8 +10,12 @@ import click
 RANK_CHOICES = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 
-def _input_options(fn):
+def _input_options(precision: str):
     """Options shared by predict and embed: where the images come from and how they run."""
+    return lambda fn: _add_options(fn, precision)
+
+
+def _add_options(fn, precision: str):
     options = [
         click.argument("images", nargs=-1),
         click.option("--files-from", "list_file", type=click.Path(dir_okay=False),
@@ -24,8 +28,9 @@ def _input_options(fn):
         click.option("--workers", default=None, type=click.IntRange(0),
                      help="Decoding processes (0 = decode in the main process) [default: cores - 1]."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
-        click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "int8"]),
-                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32; int8 = ONNX Runtime dynamic int8 on the CPU (faster, not exact)."),
+        click.option("--precision", default=precision, show_default=True, type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else int8 "
+                          "on the CPU (ONNX Runtime); fp32 is exact, bf16/int8 are faster and near-exact."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -46,7 +51,7 @@ def _gather(images, list_file, csv_file, column, root):
 
 @click.command()
 @click.argument("model")
-@_input_options
+@_input_options("auto")
 @click.option("--rank", default="species", show_default=True, type=click.Choice(RANK_CHOICES),
               help="Rank of the answers: species probabilities summed to it.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="Answers per image.")
@@ -109,7 +114,7 @@ def predict(model, images, list_file, csv_file, column, root, batch_size, worker
 
 @click.command()
 @click.argument("model")
-@_input_options
+@_input_options("fp32")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="emb.parquet (file_name, embedding, error) or emb.npy (+ emb.files.csv).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True,

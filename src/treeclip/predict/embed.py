@@ -30,10 +30,11 @@ class Embeddings:
 
 
 def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
-                 workers: int | None = None, device: str | None = "cpu", precision: str = "auto",
+                 workers: int | None = None, device: str | None = "cpu", precision: str = "fp32",
                  progress: bool = False, cache_dir: str | None = None) -> Embeddings:
     """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
-    (a spec or a ClipModel); `normalize=False` keeps the raw projection output."""
+    (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
+    by default (embeddings are data others build on); `precision="auto"` for speed."""
     from treeclip.predict.classifiers import _load_clip
     from treeclip.predict.fast import ImageEncoder, Item, iter_batches
     from treeclip.predict.inputs import as_items

@@ -1,25 +1,29 @@
 """The inference path for images: precision chosen for the hardware, decoding in worker
 processes that overlap with the model.
 
-`--precision auto` picks bf16 only where it is fast: on a CUDA GPU that supports it, or
-on a CPU with native bf16 matrix units (AVX-512-BF16 or AMX, which oneDNN reports). On
-other CPUs (AVX2 only) bf16 is emulated and measured 10-20x *slower* than fp32, so auto
-stays fp32 there. `int8` (opt-in, CPU) runs the image tower through ONNX Runtime with
-dynamic int8 quantization of its matrix weights: faster on CPUs without bf16 units, not
-exact (check its top-1 agreement with fp32 for your model; the benchmark reports it). The
-quantized graph is exported once per model and cached. `--compile` adds `torch.compile`
-(a one-off compile cost of tens of seconds, worth it only for large runs). The fp32 text
-tower is never touched: label embeddings are computed in fp32 and cached.
+`--precision auto` picks the fastest path the hardware has:
+- bf16 on a CUDA GPU that supports it, or on a CPU with native bf16 matrix units
+  (AVX-512-BF16 or AMX, which oneDNN reports);
+- on other CPUs (AVX2 only, where bf16 is emulated and measured 10-20x *slower* than
+  fp32) int8: the image tower in ONNX Runtime with dynamic int8 quantization of its matrix
+  weights, exported once per model and cached; if the export fails, fp32 with a note;
+- fp32 otherwise.
+bf16 and int8 are not exact: their top-1 agreement with fp32 is tested here and measured
+by benchmarks/predict_benchmark.py; `--precision fp32` is exact. `--compile` adds
+`torch.compile` (a one-off compile cost of tens of seconds, worth it only for large runs).
+The text tower is never touched: label embeddings are computed in fp32 and cached.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,7 +60,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if cpu_has_fast_bf16():
+        return "bf16"
+    import importlib.util
+
+    return "int8" if importlib.util.find_spec("onnxruntime") else "fp32"
 
 
 class ImageEncoder:
@@ -72,8 +80,18 @@ class ImageEncoder:
         self.precision = resolve_precision(precision, self.device)
         self.dtype = torch.float32
         if self.precision == "int8":
-            self.visual = OnnxInt8Visual(clip, cache_dir)
-            return
+            try:
+                self.visual = OnnxInt8Visual(clip, cache_dir)
+                return
+            except Exception as e:
+                if precision == "int8":
+                    raise
+                import sys
+
+                # auto chose int8 but this model does not export: fall back to exact fp32
+                print(f"treeclip: int8 path unavailable for {clip.name} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:100]}); using fp32", file=sys.stderr)
+                self.precision = "fp32"
         visual = clip.model.visual
         if self.precision == "bf16" or self.device != clip.device:
             visual = copy.deepcopy(visual)
@@ -111,8 +129,12 @@ class OnnxInt8Visual:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"pixels": pixels.float().contiguous().numpy()})[0]
-        return torch.from_numpy(out)
+        # One image per run: dynamic quantization scales activations over the whole input,
+        # so batching images together would make an answer depend on its batch mates (and
+        # change on resume). Measured ~15% slower than whole batches, and deterministic.
+        x = pixels.float().contiguous().numpy()
+        out = [self.session.run(None, {"pixels": x[i:i + 1]})[0] for i in range(len(x))]
+        return torch.from_numpy(np.concatenate(out))
 
 
 def export_int8(clip, path: Path) -> None:
@@ -130,11 +152,13 @@ def export_int8(clip, path: Path) -> None:
         fp32 = Path(tmp) / "visual.onnx"
         # with grad on, nn.MultiheadAttention skips its fused fast path, which ONNX lacks
         visual.requires_grad_(True)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic
             torch.onnx.export(visual, (example,), str(fp32), input_names=["pixels"], output_names=["features"],
                               dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}}, opset_version=17,
                               dynamo=False)
-        with atomic_path(path, suffix=".onnx") as out:
+        with atomic_path(path, suffix=".onnx") as out, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
 
 
