@@ -126,6 +126,8 @@ class OnnxInt8Visual:
             export_int8(clip, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # no busy-waiting between runs: the cores are shared with the decoding workers
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
