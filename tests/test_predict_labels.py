@@ -137,3 +137,13 @@ def test_label_cache_is_reused_and_keyed(tmp_path, clip):
     resumed = L.label_embeddings(model, texts[:6], ["x {}."], cache_dir=tmp_path, chunk=4)
     assert model.captions == 2
     assert np.allclose(resumed, L.label_embeddings(clip, texts[:6], ["x {}."], cache_dir=tmp_path / "fresh"), atol=1e-6)
+
+
+def test_subset_binomials_without_genus_column_and_common_names(tmp_path):
+    (tmp_path / "sp.csv").write_text("species\nPica pica\nMorus alba\n")
+    keep = L.subset_mask(TAXA, str(tmp_path / "sp.csv"))
+    assert {t.scientific_name for t, k in zip(TAXA, keep) if k} == {"Pica pica", "Morus alba"}
+    keep = L.subset_mask(TAXA, "common_name=monarch,dog rose")
+    assert {t.scientific_name for t, k in zip(TAXA, keep) if k} == {"Danaus plexippus", "Rosa canina"}
+    with pytest.raises(TreeclipError, match="no taxa table"):
+        L.load_taxa(None, None)

@@ -116,11 +116,12 @@ def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | N
             raise TreeclipError(f"{spec}: NCBI has no species with clean names under {clade}")
         return taxa
     if spec is None:
-        found = None
-        if model_spec:
-            base = Path(model_spec.removeprefix("local-dir:"))
-            found = (base if base.is_dir() else base.parent) / "taxa.parquet"
-        if found is None or not found.is_file():
+        if not model_spec:
+            raise TreeclipError("no taxa table: give taxa (a CSV/Parquet file, a dir with taxa.parquet "
+                                "or ncbi:CLADE), or load the model from a dir that has taxa.parquet")
+        base = Path(model_spec.removeprefix("local-dir:"))
+        found = (base if base.is_dir() else base.parent) / "taxa.parquet"
+        if not found.is_file():
             raise TreeclipError(f"{model_spec}: the model has no taxa.parquet; give a taxa table "
                                 "with --taxa FILE (CSV/Parquet) or --taxa ncbi:CLADE")
         return read_taxa_table(found)
@@ -133,40 +134,51 @@ def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | N
 
 
 # -- subsets -----------------------------------------------------------------------------
-def _rank_match(taxon: Taxon, rank: str, value: str) -> bool:
+def _rank_keys(taxon: Taxon, rank: str) -> set[str]:
+    """The lower-cased names a taxon answers to at `rank` (species: epithet or binomial)."""
     if rank == "species":
-        # `Pica hudsonia` or `hudsonia`
-        return value.lower() in (taxon.species, taxon.scientific_name.lower()) and bool(taxon.species)
+        return {taxon.species, f"{taxon.genus} {taxon.species}".lower()} if taxon.species else set()
     if rank in COMMON_COLUMNS:
-        return taxon.common.lower() == value.lower()
-    return taxon[rank].lower() == value.lower()
+        return {taxon.common.lower()} if taxon.common else set()
+    return {taxon[rank].lower()} if taxon[rank] else set()
 
 
-def _names_match(taxon: Taxon, name: str) -> bool:
+def _name_keys(taxon: Taxon) -> set[str]:
     """A bare name matches the scientific name, the common name or any rank's name."""
-    low = name.lower()
-    return (low == taxon.scientific_name.lower() or (taxon.common and low == taxon.common.lower())
-            or any(n and n.lower() == low for n in taxon.lineage[:-1]))
+    keys = {n.lower() for n in taxon.lineage[:-1] if n} | {taxon.scientific_name.lower()}
+    return keys | ({taxon.common.lower()} if taxon.common else set())
+
+
+def _row_key(row: dict[str, str], columns: tuple[str, ...]) -> tuple[str, ...]:
+    # a binomial in the species column names its genus too
+    values = {c: row[c].strip().lower() for c in columns}
+    if "species" in values and " " in values["species"]:
+        genus, _, epithet = values["species"].partition(" ")
+        values["species"] = epithet.strip()
+        values.setdefault("genus", genus)
+    return tuple(sorted(values.items()))
+
+
+def _taxon_key(taxon: Taxon, columns: tuple[str, ...]) -> tuple[str, ...]:
+    values = {c: (taxon.common if c in COMMON_COLUMNS else taxon[c]).lower() for c in columns}
+    return tuple(sorted(values.items()))
 
 
 def subset_mask(taxa: Sequence[Taxon], spec: str) -> np.ndarray:
-    """Which taxa a `--subset` spec keeps.
+    """Which taxa a `--subset` spec keeps (set look-ups: fast for 100k taxa and long lists).
 
     - `RANK=NAME[,NAME...]`, e.g. `class=Insecta` or `order=Lepidoptera,Coleoptera`;
     - a CSV/Parquet file whose header names ranks (pybioclip style, e.g. a `family`
       column; a row matches when all its non-empty rank cells match);
     - a text file, one name per line: scientific names (`Pica hudsonia`), common names
       or names at any rank (`Corvidae`)."""
-    keep = np.zeros(len(taxa), dtype=bool)
     rank, sep, values = spec.partition("=")
     rank = rank.strip().lower()
     if sep and (rank in RANKS or rank in COMMON_COLUMNS) and not Path(spec).exists():
         names = [v.strip() for v in next(csv.reader([values]), []) if v.strip()]
         if not names:
             raise TreeclipError(f"--subset {spec}: no names after '='")
-        for i, t in enumerate(taxa):
-            keep[i] = any(_rank_match(t, rank, v) for v in names)
-        _warn_unmatched(spec, names, [lambda t, v=v: _rank_match(t, rank, v) for v in names], taxa)
+        keep = _match_names(spec, names, [_rank_keys(t, rank) for t in taxa])
     else:
         path = Path(spec)
         if not path.is_file():
@@ -174,27 +186,33 @@ def subset_mask(taxa: Sequence[Taxon], spec: str) -> np.ndarray:
         first = read_text(path).split("\n", 1)[0].lower().replace('"', "")
         header = [h.strip() for h in first.split(",")]
         if path.suffix.lower() in (".parquet", ".pq") or any(h in RANKS for h in header):
-            rows = read_rows(path)
-            ranks = [r for r in (*RANKS, *COMMON_COLUMNS) if rows and r in rows[0]]
-            wanted = [{r: row[r] for r in ranks if row.get(r)} for row in rows]
-            wanted = [w for w in wanted if w]
-            for i, t in enumerate(taxa):
-                keep[i] = any(all(_rank_match(t, r, v) for r, v in w.items()) for w in wanted)
+            keep = np.zeros(len(taxa), dtype=bool)
+            wanted: dict[tuple[str, ...], set] = {}
+            for row in read_rows(path):
+                columns = tuple(c for c in (*RANKS, *COMMON_COLUMNS) if row.get(c, "").strip())
+                if columns:
+                    key = _row_key(row, columns)
+                    wanted.setdefault(tuple(k for k, _ in key), set()).add(key)
+            for columns, keys in wanted.items():
+                keep |= np.fromiter((_taxon_key(t, columns) in keys for t in taxa), bool, len(taxa))
         else:
             names = [ln.strip() for ln in read_text(path).splitlines() if ln.strip() and not ln.startswith("#")]
-            for i, t in enumerate(taxa):
-                keep[i] = any(_names_match(t, n) for n in names)
-            _warn_unmatched(spec, names, [lambda t, n=n: _names_match(t, n) for n in names], taxa)
+            keep = _match_names(spec, names, [_name_keys(t) for t in taxa])
     if not keep.any():
         raise TreeclipError(f"--subset {spec}: matches none of the {len(taxa)} label taxa")
     return keep
 
 
-def _warn_unmatched(spec: str, names: list[str], tests, taxa: Sequence[Taxon]) -> None:
-    missing = [n for n, test in zip(names, tests) if not any(test(t) for t in taxa)]
+def _match_names(spec: str, names: list[str], keys: list[set[str]]) -> np.ndarray:
+    """Taxa whose keys meet `names`; one stderr line lists names that matched nothing."""
+    wanted = {n.lower() for n in names}
+    keep = np.fromiter((bool(k & wanted) for k in keys), bool, len(keys))
+    seen = set().union(*keys) if keys else set()
+    missing = [n for n in names if n.lower() not in seen]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         print(f"treeclip: --subset {spec}: no label taxa for {shown}", file=sys.stderr)
+    return keep
 
 
 # -- custom labels and bins ----------------------------------------------------------------
