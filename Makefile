@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.treeclip-installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-browser test-slow install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The page of `treeclip serve` in headless Chromium (Debian's package; no browser download).
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	$(PY) -m pytest -q -m browser
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
