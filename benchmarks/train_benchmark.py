@@ -126,10 +126,13 @@ def run_open_clip(python: Path, shards: list[Path], init: Path, work: Path, a) -
     sh(cmd, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}, capture_output=True, cwd=work)
     wall = time.perf_counter() - t
     log = (logs / "run" / "out.log").read_text()
-    windows = [(float(d), float(b)) for d, b in re.findall(r"Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+)", log)]
-    steady = windows[1:] or windows
-    batch_t = sum(b for _, b in steady) / len(steady)
-    data_t = sum(d for d, _ in steady) / len(steady)
+    # one line per logging window: samples seen so far, mean data and batch time in the window
+    pat = r"\[\s*(\d+)/\d+ .*?Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+)"
+    windows = [(int(n), float(d), float(b)) for n, d, b in re.findall(pat, log)]
+    steady = [((n - n0) // a.batch_size, d, b) for (n0, _, _), (n, d, b) in zip(windows, windows[1:])]
+    steps = sum(k for k, _, _ in steady)
+    batch_t = sum(k * b for k, _, b in steady) / steps
+    data_t = sum(k * d for k, d, _ in steady) / steps
     return {"samples_per_s": a.batch_size / batch_t, "data_share": data_t / batch_t, "wall_s": wall}
 
 
@@ -141,13 +144,13 @@ def main() -> None:
     p.add_argument("--species", type=int, default=120)
     p.add_argument("--images", type=int, default=40, help="images per species")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--log-every", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--log-every", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--repeats", type=int, default=3,
                    help="alternate the two trainers this many times; the best run of each counts "
                         "(a shared machine's load varies)")
     a = p.parse_args()

@@ -45,14 +45,14 @@ def test_training_learns_and_exports_a_plain_open_clip_model(dataset, tmp_path):
     import open_clip
 
     run = tmp_path / "run"
-    cfg = make_config(data=str(dataset), out=str(run), steps=30, text_type="mixed-sample", save_every=15,
-                      val_every=15, **FAST)
+    cfg = make_config(data=str(dataset), out=str(run), steps=24, text_type="mixed-sample", save_every=12,
+                      val_every=12, **FAST)
     summary = train(cfg)
     train_rows = [r for r in _metrics(run) if r["type"] == "train"]
     val_rows = [r for r in _metrics(run) if r["type"] == "val"]
-    assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 24]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 1.0  # starts near ln(32) = 3.47
-    assert [r["step"] for r in val_rows] == [15, 30]
+    assert [r["step"] for r in val_rows] == [12, 24]
     assert summary["zeroshot_top1"] > 0.5  # chance is 1/8
     assert summary["skipped_samples"] == 0
 
@@ -75,7 +75,7 @@ def test_training_learns_and_exports_a_plain_open_clip_model(dataset, tmp_path):
     assert (img @ txt.T).argmax(dim=1).eq(torch.arange(8)).float().mean() > 0.5
     assert (run / "best" / "open_clip_model.safetensors").is_file()
     meta = json.loads((run / "model" / "treeclip.json").read_text())
-    assert meta["meta"]["architecture"] == "micro-vit-32" and meta["meta"]["summary"]["steps"] == 30
+    assert meta["meta"]["architecture"] == "micro-vit-32" and meta["meta"]["summary"]["steps"] == 24
 
 
 def test_gradient_accumulation_equals_the_whole_batch(dataset, tmp_path):
