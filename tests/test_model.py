@@ -91,6 +91,7 @@ def test_export_loads_in_plain_open_clip_with_identical_embeddings(micro, tmp_pa
     assert init.fingerprint() == micro.fingerprint()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bin_checkpoints_load_without_unpickling_code(micro, tmp_path):
     good = tmp_path / "good" / "open_clip_pytorch_model.bin"
     good.parent.mkdir()
