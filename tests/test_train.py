@@ -78,16 +78,25 @@ def test_training_learns_and_exports_a_plain_open_clip_model(dataset, tmp_path):
     assert meta["meta"]["architecture"] == "micro-vit-32" and meta["meta"]["summary"]["steps"] == 24
 
 
-def test_gradient_accumulation_equals_the_whole_batch(dataset, tmp_path):
+def test_gradient_accumulation_and_checkpointing_equal_the_plain_step(dataset, tmp_path):
     runs = {}
-    for accum in (1, 4):
-        cfg = make_config(data=str(dataset), out=str(tmp_path / f"a{accum}"), steps=2, accum_steps=accum,
-                          save_every=0, text_type="mixed", **FAST)
-        runs[accum] = train(cfg)
-    a, b = _weights(tmp_path / "a1" / "model"), _weights(tmp_path / "a4" / "model")
-    assert runs[1]["final_loss"] == pytest.approx(runs[4]["final_loss"], rel=1e-5)
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=2e-5), k
+    for name, extra in (("plain", {}), ("accum", {"accum_steps": 4}), ("ckpt", {"grad_checkpointing": True})):
+        cfg = make_config(data=str(dataset), out=str(tmp_path / name), steps=2, save_every=0, text_type="mixed",
+                          **extra, **FAST)
+        runs[name] = train(cfg)
+    plain = _weights(tmp_path / "plain" / "model")
+    for name in ("accum", "ckpt"):
+        assert runs[name]["final_loss"] == pytest.approx(runs["plain"]["final_loss"], rel=1e-5)
+        other = _weights(tmp_path / name / "model")
+        for k in plain:
+            assert torch.allclose(plain[k], other[k], atol=2e-5), (name, k)
+
+
+def test_bf16_autocast_trains(dataset, tmp_path):
+    summary = train(make_config(data=str(dataset), out=str(tmp_path / "bf16"), steps=2, save_every=0,
+                                precision="bf16", **FAST))
+    assert torch.isfinite(torch.tensor(summary["final_loss"]))
+    assert (tmp_path / "bf16" / "model" / "open_clip_model.safetensors").is_file()
 
 
 def test_plan_is_a_function_of_seed_and_step():
