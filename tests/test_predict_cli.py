@@ -131,3 +131,39 @@ def test_help_does_not_import_torch():
             "assert '--rollup' in r.output; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_more_options_text_type_min_prob_ncbi_batch_precision(setup):
+    root, images, _ = setup
+    result = run(setup, str(images[0]), str(images[1]), "--text-type", "com", "--min-prob", "0.99", "--k", "5",
+                 "--batch-size", "1", "--precision", "fp32")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 2  # min-prob 0.99 leaves each image its best answer only
+    assert "fp32 on cpu" in result.output
+    result = run(setup, str(images[0]), "--taxa", "ncbi:Corvus", "--ncbi-limit", "3", "--rank", "genus",
+                 "--format", "jsonl")
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 1 and records[0]["genus"] == "Corvus" and records[0]["score"] == pytest.approx(1.0)
+
+
+def test_embed_parquet_cli_with_a_bad_input(setup, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, images, model = setup
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "emb.parquet"
+    result = CliRunner().invoke(cli, ["embed", str(model), str(images[0]), str(tmp_path / "empty.jpg"), "-o", str(out),
+                                      "--workers", "0", "-q"])
+    assert result.exit_code == 1, result.output
+    table = pq.read_table(out).to_pydict()
+    assert table["file_name"] == [str(images[0]), str(tmp_path / "empty.jpg")]
+    assert table["embedding"][1] is None and "empty file" in table["error"][1]
+
+
+@pytest.mark.slow
+def test_compile_option_gives_the_same_answers(setup):
+    root, images, _ = setup
+    plain = run(setup, *map(str, images), "--precision", "fp32", "--k", "1").stdout
+    compiled = run(setup, *map(str, images), "--precision", "fp32", "--k", "1", "--compile").stdout
+    species = lambda text: [r["species"] for r in csv.DictReader(io.StringIO(text))]  # noqa: E731
+    assert species(plain) == species(compiled)
