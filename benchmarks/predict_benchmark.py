@@ -7,8 +7,8 @@ aggregation against a per-image Python dict, measured in one run.
       pybioclip does it: open + convert each image in the main process, the model's
       preprocess, `encode_image`, softmax over the labels, top-k;
     - treeclip: `TreeOfLifeClassifier.predict` with its defaults (decoding with JPEG draft
-      mode in worker processes overlapping with the model, batch 32, precision auto: bf16
-      on CPUs with native bf16 units, else int8 through ONNX Runtime), and also its exact
+      mode in worker processes overlapping with the model, batch 32, precision "fast":
+      bf16 on CPUs with native bf16 units, else int8 through ONNX Runtime), and also its exact
       `precision="fp32"` path; top-1 agreement with the baseline is reported for each.
     Label embeddings are computed before timing for both (treeclip caches them on disk).
     The rounds alternate (baseline, treeclip, treeclip, baseline, ...) so that load from
@@ -112,7 +112,7 @@ def bench_throughput(args, workdir: Path) -> dict:
     plain.eval()
     taxa = synthetic_taxa(args.labels, seed=1)
     start = time.perf_counter()
-    clf = TreeOfLifeClassifier(clip, taxa, templates="single", cache_dir=str(workdir / "cache"))
+    clf = TreeOfLifeClassifier(clip, taxa, templates="single", cache_dir=str(workdir / "cache"))  # precision "fast"
     setup_s = time.perf_counter() - start  # label embeddings + (int8) the one-off ONNX export
     # the same label embeddings, in the classifier's (lineage-sorted) order, for the baseline
     text_features = clf._labels.clone()

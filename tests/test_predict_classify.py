@@ -168,7 +168,8 @@ def test_fast_path_agrees_with_fp32_on_top1(clip):
     from treeclip.predict.fast import ImageEncoder, resolve_precision, top1_agreement
 
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) in ("int8", "bf16")  # onnxruntime is a dependency
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    assert resolve_precision("fast", torch.device("cpu")) in ("int8", "bf16")  # onnxruntime is a dependency
     pixels = noise_pixels(clip)
     fp32 = ImageEncoder(clip, precision="fp32")(pixels)
     bf16 = ImageEncoder(clip, precision="bf16")(pixels)

@@ -28,9 +28,10 @@ def _add_options(fn, precision: str):
         click.option("--workers", default=None, type=click.IntRange(0),
                      help="Decoding processes (0 = decode in the main process) [default: cores - 1]."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
-        click.option("--precision", default=precision, show_default=True, type=click.Choice(["auto", "fp32", "bf16", "int8"]),
-                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else int8 "
-                          "on the CPU (ONNX Runtime); fp32 is exact, bf16/int8 are faster and near-exact."),
+        click.option("--precision", default=precision, show_default=True, type=click.Choice(["auto", "fast", "fp32", "bf16", "int8"]),
+                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32; "
+                          "fast = like auto, but int8 (ONNX Runtime) on CPUs without native bf16. "
+                          "fp32 is exact; bf16/int8 are faster and near-exact."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -51,7 +52,7 @@ def _gather(images, list_file, csv_file, column, root):
 
 @click.command()
 @click.argument("model")
-@_input_options("auto")
+@_input_options("fast")
 @click.option("--rank", default="species", show_default=True, type=click.Choice(RANK_CHOICES),
               help="Rank of the answers: species probabilities summed to it.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="Answers per image.")

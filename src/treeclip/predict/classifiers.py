@@ -43,7 +43,7 @@ def _load_clip(model: Any, device: str | None):
 class BaseClassifier:
     """Shared machinery: model, image encoder, label embeddings, batched probabilities."""
 
-    def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = "auto",
+    def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = "fast",
                  batch_size: int = 32, workers: int | None = None, compile: bool = False,
                  templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
                  progress: bool = False) -> None:

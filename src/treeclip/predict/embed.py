@@ -34,7 +34,7 @@ def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size:
                  progress: bool = False, cache_dir: str | None = None) -> Embeddings:
     """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
     (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
-    by default (embeddings are data others build on); `precision="auto"` for speed."""
+    by default (embeddings are data others build on); `precision="fast"` for speed."""
     from treeclip.predict.classifiers import _load_clip
     from treeclip.predict.fast import ImageEncoder, Item, iter_batches
     from treeclip.predict.inputs import as_items

@@ -1,17 +1,19 @@
 """The inference path for images: precision chosen for the hardware, decoding in worker
 processes that overlap with the model.
 
-`--precision auto` picks the fastest path the hardware has:
-- bf16 on a CUDA GPU that supports it, or on a CPU with native bf16 matrix units
-  (AVX-512-BF16 or AMX, which oneDNN reports);
-- on other CPUs (AVX2 only, where bf16 is emulated and measured 10-20x *slower* than
-  fp32) int8: the image tower in ONNX Runtime with dynamic int8 quantization of its matrix
-  weights, exported once per model and cached; if the export fails, fp32 with a note;
-- fp32 otherwise.
+Precisions (`--precision`):
+- `auto`: bf16 on a CUDA GPU that supports it or on a CPU with native bf16 matrix units
+  (AVX-512-BF16 or AMX, which oneDNN reports), else fp32. On AVX2-only CPUs bf16 is
+  emulated and measured 10-20x *slower* than fp32, so auto stays fp32 there.
+- `fast` (`treeclip predict`'s and the classifiers' default): like auto where bf16 is
+  native; on other CPUs int8: the image tower in ONNX Runtime with dynamic int8
+  quantization of its matrix weights, exported once per model and cached (if the export
+  fails, fp32 with a note).
+- `fp32`, `bf16`, `int8`: as named.
 bf16 and int8 are not exact: their top-1 agreement with fp32 is tested here and measured
-by benchmarks/predict_benchmark.py; `--precision fp32` is exact. `--compile` adds
-`torch.compile` (a one-off compile cost of tens of seconds, worth it only for large runs).
-The text tower is never touched: label embeddings are computed in fp32 and cached.
+by benchmarks/predict_benchmark.py; fp32 is exact. `--compile` adds `torch.compile` (a
+one-off compile cost of tens of seconds, worth it only for large runs). The text tower is
+never touched: label embeddings are computed in fp32 and cached.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from treeclip.errors import InputError, TreeclipError
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fast", "fp32", "bf16", "int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -51,12 +53,12 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The concrete precision (`fp32` or `bf16`) that `auto` means on `device`."""
+    """The concrete precision (`fp32`, `bf16` or `int8`) that `auto`/`fast` mean on `device`."""
     if precision not in PRECISIONS:
         raise TreeclipError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "int8" and device.type != "cpu":
         raise TreeclipError("--precision int8 runs on the CPU only; use bf16 or fp32 on a GPU")
-    if precision != "auto":
+    if precision not in ("auto", "fast"):
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -64,7 +66,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16"
     import importlib.util
 
-    return "int8" if importlib.util.find_spec("onnxruntime") else "fp32"
+    return "int8" if precision == "fast" and importlib.util.find_spec("onnxruntime") else "fp32"
 
 
 class ImageEncoder:
