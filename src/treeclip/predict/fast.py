@@ -161,9 +161,15 @@ def export_int8(clip, path: Path) -> None:
             torch.onnx.export(visual, (example,), str(fp32), input_names=["pixels"], output_names=["features"],
                               dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}}, opset_version=17,
                               dynamo=False)
-        with atomic_path(path, suffix=".onnx") as out, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+        import logging
+
+        logging.disable(logging.WARNING)  # the quantizer logs advice on the root logger
+        try:
+            with atomic_path(path, suffix=".onnx") as out, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def top1_agreement(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> float:
