@@ -30,7 +30,7 @@ DEFAULT_TEMPLATES = "openai"
 """OpenAI's 80 ImageNet templates, as BioCLIP's and pybioclip's label embeddings use."""
 
 
-def _load_clip(model: Any, device: str | None):
+def _load_clip(model: Any):
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from treeclip.model import load_model
 
@@ -47,7 +47,7 @@ class BaseClassifier:
                  batch_size: int = 32, workers: int | None = None, compile: bool = False,
                  templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
                  progress: bool = False) -> None:
-        self.clip = _load_clip(model, device)
+        self.clip = _load_clip(model)
         self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile, cache_dir=cache_dir)
         self.templates = tuple(load_templates(templates) if isinstance(templates, str) else templates)
         self.batch_size, self.workers, self.cache_dir, self.progress = batch_size, workers, cache_dir, progress

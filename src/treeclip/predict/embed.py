@@ -39,7 +39,7 @@ def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size:
     from treeclip.predict.fast import ImageEncoder, Item, iter_batches
     from treeclip.predict.inputs import as_items
 
-    clip = _load_clip(model, device)
+    clip = _load_clip(model)
     encoder = ImageEncoder(clip, device=device, precision=precision, cache_dir=cache_dir)
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
     names, chunks, errors = [], [], {}

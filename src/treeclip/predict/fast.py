@@ -90,7 +90,7 @@ class ImageEncoder:
                     raise
                 import sys
 
-                # auto chose int8 but this model does not export: fall back to exact fp32
+                # "fast" chose int8 but this model does not export: fall back to exact fp32
                 print(f"treeclip: int8 path unavailable for {clip.name} ({type(e).__name__}: "
                       f"{str(e).splitlines()[0][:100]}); using fp32", file=sys.stderr)
                 self.precision = "fp32"
@@ -113,7 +113,7 @@ class ImageEncoder:
 
 class OnnxInt8Visual:
     """The image tower in ONNX Runtime with dynamic int8 quantization (weights int8,
-    activations quantized per batch). Exported to `CACHE/onnx/<fingerprint>-int8.onnx`."""
+    activations quantized per image). Exported to `CACHE/onnx/<fingerprint>-visual-int8.onnx`."""
 
     def __init__(self, clip, cache_dir: str | os.PathLike | None = None) -> None:
         try:
