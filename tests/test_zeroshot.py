@@ -130,3 +130,20 @@ def test_real_model_text_batches_match_one_by_one():
         per = [model.encode_texts([t.replace("{}", name)])[0].numpy() for t in templates]
         mean = np.mean(per, axis=0)
         np.testing.assert_allclose(emb[c], mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_rank_accuracy_counts_a_wrong_species_of_the_right_genus_at_genus():
+    from treeclip.evaluate.zeroshot import rank_accuracy
+    from treeclip.taxonomy.taxon import Taxon
+
+    a = Taxon.of("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Pica", "hudsonia")
+    b = Taxon.of("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Pica", "pica")
+    c = Taxon.of("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax")
+    d = Taxon.of("Plantae", "Tracheophyta", "Magnoliopsida", "Fagales", "Fagaceae", "Quercus", "alba")
+    labels = np.array([0, 0, 2, 3])
+    pred = np.array([0, 1, 0, 2])  # right; same genus; same family; other kingdom
+    acc = rank_accuracy(pred, labels, [a, b, c, d])
+    assert acc["species"] == 0.25
+    assert acc["genus"] == 0.5
+    assert acc["family"] == 0.75 and acc["kingdom"] == 0.75
+    assert rank_accuracy(pred, labels, [a, b, None, d]) == {}

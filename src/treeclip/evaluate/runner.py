@@ -72,7 +72,7 @@ def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: Eva
         for t in cfg.text_types:
             emb = text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir,
                                   progress=cfg.progress)
-            out["zero_shot"][t] = zeroshot.zero_shot_metrics(x, y, emb, scale)
+            out["zero_shot"][t] = zeroshot.zero_shot_metrics(x, y, emb, scale, [c.taxon for c in task.classes])
     for k in (k for k in cfg.shots if k > 0):
         out["few_shot"][str(k)] = fewshot.few_shot(x, y, k, cfg.seeds)
     if cfg.linear_probe:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from treeclip.taxonomy.taxon import TEXT_TYPES, Taxon
+from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 AS_GIVEN = "as-given"
 """Text type meaning: use the class names exactly as the task gives them."""
@@ -93,15 +93,35 @@ def mean_per_class_recall(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(recalls)) if recalls else float("nan")
 
 
+def rank_accuracy(pred: np.ndarray, labels: np.ndarray, class_taxa: Sequence[Taxon | None]) -> dict[str, float]:
+    """Top-1 accuracy at each rank above the class: the predicted class counts as right at
+    a rank when its lineage down to that rank equals the true class's. Ranks where some
+    class has no name are left out."""
+    out: dict[str, float] = {}
+    if not len(labels) or any(t is None for t in class_taxa):
+        return out
+    for r, rank in enumerate(RANKS):
+        if any(not t.lineage[r] for t in class_taxa):
+            continue
+        codes = {}
+        ids = np.array([codes.setdefault(t.lineage[: r + 1], len(codes)) for t in class_taxa])
+        out[rank] = float((ids[np.asarray(pred)] == ids[np.asarray(labels)]).mean())
+    return out
+
+
 def zero_shot_metrics(image_features: np.ndarray, labels: np.ndarray, class_emb: np.ndarray,
-                      logit_scale: float = 1.0) -> dict[str, float]:
-    """Top-1, top-3, top-5 accuracy and mean per-class recall over the given images."""
+                      logit_scale: float = 1.0, class_taxa: Sequence[Taxon | None] | None = None) -> dict:
+    """Top-1, top-3, top-5 accuracy and mean per-class recall over the given images; with
+    `class_taxa`, also top-1 accuracy at every rank (`rank_top1`)."""
     scores = logits(image_features, class_emb, logit_scale)
     pred = ranked_classes(scores, 1)[:, 0]
-    return {
+    metrics = {
         "top1": topk_accuracy(scores, labels, 1),
         "top3": topk_accuracy(scores, labels, 3),
         "top5": topk_accuracy(scores, labels, 5),
         "per_class_recall": mean_per_class_recall(pred, labels),
         "n": int(len(labels)),
     }
+    if class_taxa is not None:
+        metrics["rank_top1"] = rank_accuracy(pred, labels, class_taxa)
+    return metrics
