@@ -10,7 +10,7 @@ import pytest
 
 from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, summarise
 
-TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_species=4, model="micro-vit-32",
+TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_species=7, model="micro-vit-32",
                    steps=3, batch_size=32, lr=1e-3, warmup=1, variants=("com", "mixed-sample"), seeds=(0,),
                    tsne_points=60)
 
