@@ -19,7 +19,6 @@ the class names and the templates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -229,33 +228,8 @@ def _save_entry(entry: Path, model, task: Task, feats, ok, errors) -> None:
 def text_embeddings(model, names: Sequence[str], templates: Sequence[str], *,
                     cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
     """Zero-shot class embeddings (see `zeroshot.class_embeddings`), cached by model
-    fingerprint, names and templates."""
-    from treeclip.evaluate.zeroshot import class_embeddings
+    fingerprint, names and templates in the label-embedding cache that `predict` uses."""
+    from treeclip.predict.labels import label_embeddings
 
-    key = hashlib.sha256(json.dumps([model.fingerprint(), list(names), list(templates)]).encode()).hexdigest()
-    path = Path(cache_dir) / "text" / f"{key[:32]}.npy" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            emb = np.load(path, allow_pickle=False)
-            if emb.shape == (len(names), model.embed_dim):
-                return emb
-        except (OSError, ValueError):
-            pass
-    emb = class_embeddings(lambda texts: _encode_texts(model, texts, progress), list(names), list(templates))
-    if path is not None:
-        _save_npy(path, emb)
-    return emb
-
-
-def _encode_texts(model, texts: list[str], progress: bool, chunk: int = 1024) -> np.ndarray:
-    """`model.encode_texts` in chunks, with a progress bar (400 classes x 81 templates
-    is 32,400 captions: minutes on a CPU)."""
-    from tqdm import tqdm
-
-    parts = []
-    with tqdm(total=len(texts), desc=f"encode class names with {model.name}", unit="caption",
-              file=sys.stderr, disable=not progress or len(texts) <= chunk, leave=False) as bar:
-        for i in range(0, len(texts), chunk):
-            parts.append(model.encode_texts(texts[i:i + chunk]).cpu().numpy())
-            bar.update(len(parts[-1]))
-    return np.concatenate(parts)
+    return label_embeddings(model, list(names), list(templates), progress=progress,
+                            cache_dir=Path(cache_dir) / "text" if cache_dir is not None else None)
