@@ -123,30 +123,26 @@ def _evaluate(profile: DemoProfile, data_dir: Path, models: Sequence[Path], out:
 def _predict_examples(model_dir: Path, data_dir: Path, n: int = 6) -> list[dict]:
     """Top-3 species and the roll-up answer for a few unseen-species images, classified
     over every species of the synthetic tree (seen and unseen)."""
-    import csv
-
+    from treeclip.evaluate.tasks import load_task
     from treeclip.predict import TreeOfLifeClassifier
-    from treeclip.taxonomy.taxon import RANKS, Taxon
 
-    taxa, images = [], []
-    for task in TASKS:
-        with open(data_dir / "tasks" / task / "catalog.csv", encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
-            taxa.append(Taxon.from_ranks({r: row.get(r, "") for r in RANKS}, row.get("common", "")))
-        if task == "synth-unseen":
-            step = max(len(rows) // n, 1)
-            images = [(data_dir / "tasks" / task / r["path"], Taxon.from_ranks(r, r.get("common", "")))
-                      for r in rows[::step][:n]]
-    clf = TreeOfLifeClassifier(str(model_dir), taxa=list(dict.fromkeys(taxa)), cache_dir=str(model_dir.parent / "label-cache"))
-    top = clf.predict([str(p) for p, _ in images], rank="species", k=3)
-    rolled = clf.predict([str(p) for p, _ in images], rollup=0.5)
+    tasks = {name: load_task(str(data_dir / "tasks" / name)) for name in TASKS}
+    taxa = list(dict.fromkeys(t for task in tasks.values() for t in task.taxa if t is not None))
+    unseen = tasks["synth-unseen"]
+    picked = list(range(0, len(unseen), max(len(unseen) // n, 1)))[:n]
+    paths = [str(unseen.image_path(i)) for i in picked]
+    clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, cache_dir=str(model_dir.parent / "label-cache"))
+    top = clf.predict(paths, rank="species", k=3)
+    rolled = clf.predict(paths, rollup=0.5)
     examples = []
-    for (path, truth), roll in zip(images, rolled):
+    for i, roll in zip(picked, rolled):
+        truth = unseen.taxa[i]
         guesses = [r for r in top if r["file_name"] == roll["file_name"]]
-        examples.append({"image": path.name, "truth": truth.scientific_name, "truth_common": truth.common_name,
+        rank = roll.get("rank", "unknown")
+        examples.append({"image": Path(unseen.paths[i]).name, "truth": truth.scientific_name,
+                         "truth_common": truth.common_name,
                          "top3": [(g["species"], g.get("common_name", ""), g["score"]) for g in guesses],
-                         "rollup": (roll.get("rank", "unknown"), roll.get(roll.get("rank", ""), ""), roll["score"])})
+                         "rollup": (rank, roll.get(rank, ""), roll["score"])})
     return examples
 
 
