@@ -129,7 +129,11 @@ def _predict_examples(model_dir: Path, data_dir: Path, n: int = 6) -> list[dict]
     tasks = {name: load_task(str(data_dir / "tasks" / name)) for name in TASKS}
     taxa = list(dict.fromkeys(t for task in tasks.values() for t in task.taxa if t is not None))
     unseen = tasks["synth-unseen"]
-    picked = list(range(0, len(unseen), max(len(unseen) // n, 1)))[:n]
+    first_of_class = {}
+    for i, label in enumerate(unseen.labels.tolist()):
+        first_of_class.setdefault(label, i)
+    firsts = list(first_of_class.values())
+    picked = firsts[:: max(len(firsts) // n, 1)][:n]  # one image each of species spread over the set
     paths = [str(unseen.image_path(i)) for i in picked]
     clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, cache_dir=str(model_dir.parent / "label-cache"))
     top = clf.predict(paths, rank="species", k=3)
@@ -286,8 +290,8 @@ def write_report(out: Path, profile: DemoProfile, synth: dict, results: dict, ex
     for ex in examples:
         top = "; ".join(f"{s} ({100 * p:.0f}%)" for s, _, p in ex["top3"])
         rank, name, p = ex["rollup"]
-        md.append(f"| {ex['image']} | {ex['truth']} ({ex['truth_common']}) | {top} | "
-                  f"{rank}: {name or 'unknown'} ({100 * p:.0f}%) |")
+        answer = f"{rank}: {name}" if name else rank
+        md.append(f"| {ex['image']} | {ex['truth']} ({ex['truth_common']}) | {top} | {answer} ({100 * p:.0f}%) |")
     md += ["", "Full evaluation tables (every model and seed): [eval/report.md](eval/report.md).", ""]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(md))
