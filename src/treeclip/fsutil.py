@@ -39,3 +39,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (a BOM is dropped), or a one-line TreeclipError naming the file
+    and the reason (missing, unreadable, or the line of the first non-UTF-8 byte)."""
+    from treeclip.errors import TreeclipError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TreeclipError(f"{path}: file not found") from None
+    except OSError as e:
+        raise TreeclipError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise TreeclipError(f"{path}: not UTF-8 text (line {line}, byte {e.start}); save it as UTF-8") from None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from treeclip.errors import InputError, TreeclipError
+from treeclip.fsutil import read_text
 from treeclip.taxonomy.taxon import RANKS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"}
@@ -129,12 +130,7 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
             return pq.read_table(path).to_pylist()
         except Exception as e:
             raise TreeclipError(f"{path}: unreadable Parquet ({' '.join(str(e).split())[:120]})") from None
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise TreeclipError(f"{path}: not UTF-8 text (line {line}, byte {e.start}); save it as UTF-8") from None
+    text = read_text(path)
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
     except csv.Error:

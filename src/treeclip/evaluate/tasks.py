@@ -39,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from treeclip.errors import TreeclipError
+from treeclip.fsutil import read_text
 from treeclip.evaluate.zeroshot import CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
 from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_kingdom, clean_uninomial
 from treeclip.taxonomy.taxon import RANKS, Taxon
@@ -162,13 +163,7 @@ def _local_path(value: str, base: Path) -> Path:
 
 def _read_spec(spec: Path) -> dict:
     try:
-        raw = spec.read_bytes()
-    except OSError as e:
-        raise TreeclipError(f"{spec}: cannot read ({e.strerror or e})") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise TreeclipError(f"{spec}: not UTF-8 text") from None
+        data = tomllib.loads(read_text(spec))
     except tomllib.TOMLDecodeError as e:
         raise TreeclipError(f"{spec}: invalid TOML ({e})") from None
     _check_keys(data, _TOP_KEYS, "", spec)
@@ -248,14 +243,9 @@ def load_task(ref: str | Path) -> Task:
 
 # -- sources ------------------------------------------------------------------------
 def _read_csv(path: Path, spec: Path, what: str) -> list[dict[str, str]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TreeclipError(f"{spec}: cannot read {what} {path} ({e.strerror or e})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise TreeclipError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not path.is_file():
+        raise TreeclipError(f"{spec}: cannot read {what} {path} (no such file)")
+    text = read_text(path)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         rows = list(reader)

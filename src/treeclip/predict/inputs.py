@@ -50,7 +50,7 @@ def expand(spec: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[str
 def read_path_list(list_file: str | os.PathLike) -> list[str]:
     """A text file with one path per line (blank lines and `#` comments skipped); relative
     paths are relative to the list file's folder."""
-    from treeclip.predict.labels import read_text
+    from treeclip.fsutil import read_text
 
     path = Path(list_file)
     base = path.parent
@@ -64,7 +64,7 @@ def read_path_list(list_file: str | os.PathLike) -> list[str]:
 
 def read_csv_column(csv_file: str | os.PathLike, column: str, root: str | os.PathLike | None = None) -> list[str]:
     """The paths in `column` of a CSV; relative ones under `root` (default: the CSV's folder)."""
-    from treeclip.predict.labels import read_text
+    from treeclip.fsutil import read_text
 
     path = Path(csv_file)
     reader = csv.DictReader(io.StringIO(read_text(path)))

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from treeclip.errors import TreeclipError
+from treeclip.fsutil import read_text
 from treeclip.fsutil import atomic_path
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
@@ -34,21 +35,6 @@ DEFAULT_TEXT_TYPE = "taxon_com"
 
 
 # -- reading tables ------------------------------------------------------------------------
-def read_text(path: Path) -> str:
-    """A UTF-8 text file (BOM dropped), or a one-line error naming it."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TreeclipError(f"{path}: file not found") from None
-    except OSError as e:
-        raise TreeclipError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise TreeclipError(f"{path}: not UTF-8 text (bad byte at line {line})") from None
-
-
 def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
     """A CSV or Parquet table as rows of lower-cased column -> string ('' for missing)."""
     path = Path(path)
