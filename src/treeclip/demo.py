@@ -246,7 +246,8 @@ def write_report(out: Path, profile: DemoProfile, synth: dict, results: dict, ex
         "on the seen-species validation split (unseen species are never looked at during training).",
         "- zero-shot: the 81 BioCLIP templates over `taxon_com` class names, classifying among the "
         "species of each set only; 1-/5-shot: SimpleShot CL2N, 5 trials.",
-        f"- total time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores.", "",
+        f"- this invocation took {seconds / 60:.1f} min on {os.cpu_count()} CPU cores "
+        "(stages an earlier invocation completed were reused, not redone).", "",
         "Cells: mean ± standard deviation over seeds (each seed's value), top-1 accuracy in %.", "",
     ]
     for setting, title in (("0", "Zero-shot"), ("1", "1-shot"), ("5", "5-shot")):
