@@ -26,7 +26,7 @@ def _add_options(fn, precision: str):
         click.option("--root", type=click.Path(file_okay=False), help="Folder relative --csv paths start from."),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
         click.option("--workers", default=None, type=click.IntRange(0),
-                     help="Decoding processes (0 = decode in the main process) [default: cores - 1]."),
+                     help="Decoding processes (0 = decode in the main process) [default: cores - 2, so none on 2 cores]."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
         click.option("--precision", default=precision, show_default=True, type=click.Choice(["auto", "fast", "fp32", "bf16", "int8"]),
                      help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32; "

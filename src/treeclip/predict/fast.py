@@ -228,8 +228,10 @@ def _collate(batch):
 
 
 def default_workers() -> int:
-    """Decoding processes: one fewer than the cores (at least 1, at most 8)."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoding processes: the cores beyond the two the model's threads keep busy (at most
+    8). None on a 2-core machine, where one decode worker competing with the model measured
+    slower than decoding inline (fp32: 0.61x vs 0.79x the open_clip baseline)."""
+    return max(0, min(8, (os.cpu_count() or 2) - 2))
 
 
 def iter_batches(items: Sequence[Item], preprocess: Callable, *, batch_size: int = 32,
