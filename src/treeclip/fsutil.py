@@ -53,8 +53,19 @@ def read_text(path: str | os.PathLike) -> str:
         raise TreeclipError(f"{path}: file not found") from None
     except OSError as e:
         raise TreeclipError(f"{path}: cannot read ({e.strerror or e})") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # the BOM goes first, so error offsets index `data`
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise TreeclipError(f"{path}: not UTF-8 text (line {line}, byte {e.start}); save it as UTF-8") from None
+
+
+def write_npy_atomic(path: str | os.PathLike, array: Any) -> None:
+    """Save a numpy array as `.npy` atomically. Through a file handle: given a path,
+    np.save would append ".npy" to the temporary name and the rename would move an
+    empty file into place."""
+    import numpy as np
+
+    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)

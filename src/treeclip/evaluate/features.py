@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from treeclip.evaluate.tasks import Task, iter_shard_images
-from treeclip.fsutil import atomic_path, write_json_atomic
+from treeclip.fsutil import atomic_path, write_json_atomic, write_npy_atomic
 
 FORMAT_VERSION = 1
 
@@ -182,14 +182,8 @@ def _encode_shards(model, task: Task, feats, ok, errors, batch_size: int, bar) -
             errors[i] = f"{task.name}: sample {task.paths[i]} not found in its shard"
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    # through a file handle: np.save would append ".npy" to the temporary name
-    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
-
-
 def _save_part(part: Path, start: int, stop: int, feats, ok, errors) -> None:
-    _save_npy(part.with_suffix(".npy"), feats[start:stop])
+    write_npy_atomic(part.with_suffix(".npy"), feats[start:stop])
     write_json_atomic(part.with_suffix(".json"), {"start": start, "stop": stop,
                                                   "ok": ok[start:stop].tolist(), "errors": errors[start:stop]})
 
@@ -213,7 +207,7 @@ def _save_entry(entry: Path, model, task: Task, feats, ok, errors) -> None:
     import pyarrow.parquet as pq
 
     entry.mkdir(parents=True, exist_ok=True)
-    _save_npy(entry / "features.npy", feats)
+    write_npy_atomic(entry / "features.npy", feats)
     table = pa.table({"index": np.arange(len(task)), "path": task.paths, "ok": ok, "error": errors})
     with atomic_path(entry / "images.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from treeclip.errors import TreeclipError
-from treeclip.fsutil import atomic_path, write_text_atomic
+from treeclip.fsutil import atomic_path, write_npy_atomic, write_text_atomic
 
 
 @dataclass
@@ -88,9 +88,7 @@ def write_embeddings(path: str | os.PathLike, emb: Embeddings) -> list[Path]:
             pq.write_table(table, tmp)
         return [path]
     if suffix == ".npy":
-        with atomic_path(path, suffix=".npy") as tmp:
-            with open(tmp, "wb") as f:  # np.save would append ".npy" to a path
-                np.save(f, emb.vectors)
+        write_npy_atomic(path, emb.vectors)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["row", "file_name", "error"])

@@ -25,8 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from treeclip.errors import TreeclipError
-from treeclip.fsutil import read_text
-from treeclip.fsutil import atomic_path
+from treeclip.fsutil import atomic_path, read_text, write_npy_atomic
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 COMMON_COLUMNS = ("common", "common_name")
@@ -291,9 +290,7 @@ def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
         emb = _load_part(part, stop - start, clip.embed_dim)
         if emb is None:
             emb = class_embeddings(clip.encode_texts, texts[start:stop], templates)
-            with atomic_path(part, suffix=".npy") as tmp:
-                with open(tmp, "wb") as f:  # np.save would append ".npy" to a path
-                    np.save(f, emb)
+            write_npy_atomic(part, emb)
         out[start:stop] = emb
         if bar is not None:
             bar.update(stop - start)
@@ -346,9 +343,7 @@ def _save_cache(final: Path, names: Path, texts: list[str], emb: np.ndarray) -> 
 
     with atomic_path(names, suffix=".parquet") as tmp:
         pq.write_table(pa.table({"label": texts}), tmp)
-    with atomic_path(final, suffix=".npy") as tmp:
-        with open(tmp, "wb") as f:  # np.save would append ".npy" to a path
-            np.save(f, emb)
+    write_npy_atomic(final, emb)
 
 
 def taxon_texts(taxa: Iterable[Taxon], text_type: str = DEFAULT_TEXT_TYPE) -> list[str]:
