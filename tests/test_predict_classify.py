@@ -13,7 +13,6 @@ from predict_helpers import MODEL, TAXA, make_bad_inputs, make_images
 from treeclip.predict import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier, embed_images
 from treeclip.taxonomy.taxon import RANKS
 
-torch.set_num_threads(1)
 OPTS = dict(templates="single", workers=0, batch_size=4)
 
 
@@ -165,7 +164,8 @@ def noise_pixels(clip, n: int = 32):
 
 
 def test_fast_path_agrees_with_fp32_on_top1(clip):
-    from treeclip.predict.fast import ImageEncoder, resolve_precision, top1_agreement
+    from treeclip.runtime.encoder import ImageEncoder, top1_agreement
+    from treeclip.runtime.precision import resolve_precision
 
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
@@ -181,7 +181,7 @@ def test_fast_path_agrees_with_fp32_on_top1(clip):
 
 
 def _item(path):
-    from treeclip.predict.fast import Item
+    from treeclip.runtime.images import Item
 
     return Item(str(path), str(path))
 
@@ -209,12 +209,12 @@ def test_embed_images_normalised_and_raw(clip, images, tmp_path):
 
 
 def test_int8_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
-    from treeclip.predict.fast import ImageEncoder, top1_agreement
+    from treeclip.runtime.encoder import ImageEncoder, top1_agreement
 
     pixels = noise_pixels(clip)
     fp32 = ImageEncoder(clip, precision="fp32")(pixels)
     int8 = ImageEncoder(clip, precision="int8", cache_dir=str(tmp_path / "cache"))
-    assert len(list((tmp_path / "cache" / "onnx").glob("*-int8.onnx"))) == 1  # exported once, cached
+    assert len(list((tmp_path / "cache" / "onnx").glob("*-int8-v*.onnx"))) == 1  # exported once, cached
     feats = int8(pixels)
     assert feats.shape == fp32.shape and torch.allclose(feats.norm(dim=-1), torch.ones(len(feats)), atol=1e-4)
     assert (feats - fp32).abs().max() < 0.2

@@ -113,16 +113,29 @@ def test_custom_labels_bins_and_input_lists(setup, tmp_path):
     assert "no images found" in result.output
 
 
-def test_embed_cli(setup, tmp_path):
+def test_embed_cli_is_exact_fp32_by_default_on_every_cpu(setup, tmp_path, cpu_features):
+    from treeclip.model import load_model
+
     root, images, model = setup
     out = tmp_path / "emb.npy"
     result = CliRunner().invoke(cli, ["embed", str(model), str(root / "imgs"), "-o", str(out), "--normalize",
                                       "--workers", "0", "-q"])
     assert result.exit_code == 0, result.output
+    assert "[fp32]" in result.output  # the summary says which precision ran
     emb = np.load(out)
     assert emb.shape == (len(images), 64)
-    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    clip = load_model(str(model))
+    expected = clip.encode_images(_pixels(clip, images)).numpy()
+    np.testing.assert_allclose(emb, expected, atol=1e-6)
     assert (tmp_path / "emb.files.csv").read_text().count("\n") == len(images) + 1
+
+
+def _pixels(clip, images):
+    import torch
+
+    from treeclip.data.images import decode_image
+
+    return torch.stack([clip.preprocess(decode_image(p, draft_size=clip.image_size)) for p in images])
 
 
 def test_help_does_not_import_torch():

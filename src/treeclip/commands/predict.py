@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
+
 RANK_CHOICES = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 
@@ -28,10 +30,10 @@ def _add_options(fn, precision: str):
         click.option("--workers", default=None, type=click.IntRange(0),
                      help="Decoding processes (0 = decode in the main process) [default: cores - 2, so none on 2 cores]."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
-        click.option("--precision", default=precision, show_default=True, type=click.Choice(["auto", "fast", "fp32", "bf16", "int8"]),
-                     help="auto = bf16 where the hardware runs it natively (AMX/AVX-512-BF16, CUDA), else fp32; "
+        click.option("--precision", default=precision, show_default=True, type=click.Choice(PRECISIONS),
+                     help="auto = bf16 where the hardware runs it natively (AMX/AVX512_BF16, CUDA), else fp32; "
                           "fast = like auto, but int8 (ONNX Runtime) on CPUs without native bf16. "
-                          "fp32 is exact; bf16/int8 are faster and near-exact."),
+                          "fp32 is exact; bf16/int8 are faster and near-exact (docs/predict.md#precision)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -52,7 +54,7 @@ def _gather(images, list_file, csv_file, column, root):
 
 @click.command()
 @click.argument("model")
-@_input_options("fast")
+@_input_options(VERB_DEFAULTS["predict"])
 @click.option("--rank", default="species", show_default=True, type=click.Choice(RANK_CHOICES),
               help="Rank of the answers: species probabilities summed to it.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="Answers per image.")
@@ -115,7 +117,7 @@ def predict(model, images, list_file, csv_file, column, root, batch_size, worker
 
 @click.command()
 @click.argument("model")
-@_input_options("fp32")
+@_input_options(VERB_DEFAULTS["embed"])
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="emb.parquet (file_name, embedding, error) or emb.npy (+ emb.files.csv).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True,

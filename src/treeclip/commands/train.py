@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from treeclip.runtime.precision import TRAIN_PRECISIONS
+
 TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
 
 
@@ -27,7 +29,9 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--text-type", type=click.Choice(TEXT_CHOICES), help="mixed: one type per batch (BioCLIP); "
               "mixed-sample: one per sample; or a fixed type.")
 @click.option("--loss", type=click.Choice(["clip", "taxon-aware"]), help="taxon-aware: same-taxon pairs are not negatives.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Mixed precision (fp16 uses a grad scaler on GPU).")
+@click.option("--precision", type=click.Choice(TRAIN_PRECISIONS),
+              help="Mixed precision: auto = bf16 autocast where bf16 is native (CUDA, AVX512_BF16/AMX), else fp32; "
+                   "fp16 uses a grad scaler on GPU. Default fp32.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Recompute activations to save memory.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--augment/--no-augment", default=None, help="Random resized crop during training.")

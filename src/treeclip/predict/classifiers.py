@@ -19,7 +19,9 @@ import torch
 
 from treeclip.errors import TreeclipError
 from treeclip.predict import aggregate as agg
-from treeclip.predict.fast import ImageEncoder, Item, iter_batches
+from treeclip.runtime.encoder import ImageEncoder
+from treeclip.runtime.precision import VERB_DEFAULTS
+from treeclip.runtime.images import Item, iter_batches
 from treeclip.predict.inputs import as_items
 from treeclip.predict.labels import (DEFAULT_TEXT_TYPE, label_embeddings, load_taxa, subset_mask,
                                      taxon_texts)
@@ -43,7 +45,7 @@ def _load_clip(model: Any):
 class BaseClassifier:
     """Shared machinery: model, image encoder, label embeddings, batched probabilities."""
 
-    def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = "fast",
+    def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = VERB_DEFAULTS["predict"],
                  batch_size: int = 32, workers: int | None = None, compile: bool = False,
                  templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
                  progress: bool = False) -> None:

@@ -18,25 +18,29 @@ import numpy as np
 
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_npy_atomic, write_text_atomic
+from treeclip.runtime.precision import VERB_DEFAULTS
 
 
 @dataclass
 class Embeddings:
-    """`vectors[i]` embeds `names[i]`; `errors` maps each failed input to its reason."""
+    """`vectors[i]` embeds `names[i]`; `errors` maps each failed input to its reason;
+    `precision` is the one that ran (`fp32` unless a faster one was asked for)."""
 
     names: list[str]
     vectors: np.ndarray
     errors: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"
 
 
 def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
-                 workers: int | None = None, device: str | None = "cpu", precision: str = "fp32",
+                 workers: int | None = None, device: str | None = "cpu", precision: str = VERB_DEFAULTS["embed"],
                  progress: bool = False, cache_dir: str | None = None) -> Embeddings:
     """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
     (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
     by default (embeddings are data others build on); `precision="fast"` for speed."""
     from treeclip.predict.classifiers import _load_clip
-    from treeclip.predict.fast import ImageEncoder, Item, iter_batches
+    from treeclip.runtime.encoder import ImageEncoder
+    from treeclip.runtime.images import Item, iter_batches
     from treeclip.predict.inputs import as_items
 
     clip = _load_clip(model)
@@ -62,7 +66,7 @@ def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size:
         bar.close()
     dim = clip.embed_dim
     vectors = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
-    return Embeddings(names, vectors, errors)
+    return Embeddings(names, vectors, errors, encoder.precision)
 
 
 def write_embeddings(path: str | os.PathLike, emb: Embeddings) -> list[Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from treeclip.errors import TreeclipError
-from treeclip.predict.fast import Item
+from treeclip.runtime.images import Item
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
                               ".jfif", ".ppm", ".pgm", ".pbm", ".heic", ".heif", ".avif"})

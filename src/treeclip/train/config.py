@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from treeclip.errors import TreeclipError
+from treeclip.runtime.precision import TRAIN_PRECISIONS
 from treeclip.taxonomy.taxon import MIXED_TEXT_TYPES
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -43,7 +44,7 @@ class TrainConfig:
     text_type: str = "mixed"           # mixed (per batch) | mixed-sample | a fixed text type
     text_types: tuple[str, ...] = MIXED_TEXT_TYPES
     loss: str = "clip"                 # clip | taxon-aware
-    precision: str = "fp32"            # fp32 | bf16 | fp16 (autocast; fp16 with a scaler on GPU)
+    precision: str = "fp32"            # fp32 | bf16 | fp16 | auto (autocast; fp16 with a scaler on GPU)
     grad_checkpointing: bool = False
     compile: bool = False
     augment: bool = False              # open_clip's random resized crop (0.9-1.0)
@@ -66,8 +67,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.loss not in LOSSES:
             raise TreeclipError(f"unknown loss {self.loss!r}; expected {', '.join(LOSSES)}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise TreeclipError(f"unknown precision {self.precision!r}; expected fp32, bf16 or fp16")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise TreeclipError(f"unknown precision {self.precision!r}; expected one of {', '.join(TRAIN_PRECISIONS)}")
         if (self.steps is None) == (self.epochs is None):
             raise TreeclipError("give the run length as exactly one of steps or epochs")
         if self.batch_size < 2 or self.accum_steps < 1:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from treeclip import fsutil
 from treeclip.errors import TreeclipError
+from treeclip.runtime.precision import autocast as precision_autocast
+from treeclip.runtime.precision import resolve_train_precision
 from treeclip.train.config import TrainConfig
 from treeclip.train.data import Batch, BatchSampler, Plan, ShardIndex, ShardSamples, make_loader, split_shards
 from treeclip.train.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -48,13 +50,6 @@ class Towers(torch.nn.Module):
         return images, texts, self.clip.logit_scale
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _to(batch: Batch, device: torch.device) -> Batch:
     nb = device.type == "cuda"
     batch.pixels = batch.pixels.to(device, non_blocking=nb)
@@ -74,7 +69,7 @@ def train_step(towers: torch.nn.Module, batches: list[Batch], optimizer: torch.o
     each micro-batch is recomputed with gradients against the others' cached features
     (exact for models without dropout). The log temperature gets its gradient once."""
     optimizer.zero_grad(set_to_none=True)
-    autocast = _autocast(precision, device)
+    autocast = precision_autocast(precision, device)
     labels = torch.cat([b.labels for b in batches])
 
     def backward(loss: torch.Tensor) -> None:
@@ -201,7 +196,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> dict[str, An
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
+    precision = resolve_train_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
 
     index = ShardIndex.build(split_shards(cfg.data, "train"))
     plan = Plan(len(index), cfg.batch_size, cfg.seed, world_size=info.world_size, rank=info.rank,
@@ -257,7 +253,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> dict[str, An
         lr = lr_at(step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=total_steps, min_lr=cfg.min_lr)
         set_lr(optimizer, lr)
         loss = train_step(towers, micro, optimizer, scaler=scaler, taxon_aware=cfg.loss == "taxon-aware",
-                          precision=cfg.precision, device=device)
+                          precision=precision, device=device)
         clamp_logit_scale(model)
         t2 = time.perf_counter()
         failures += sum(b.failures for b in micro)
@@ -288,6 +284,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> dict[str, An
     _save(out, total_steps, model, optimizer, scaler, cfg, best, info)
     final_loss = _mean_across_ranks(float(loss))  # every rank's local loss -> the global batch's
     summary = {"steps": total_steps, "samples": total_steps * cfg.batch_size, "final_loss": final_loss,
+               "precision": precision,
                "skipped_samples": failures, "model_dir": str(out / "model"), **(last_val or {})}
     if info.is_main:
         clip.name = out.resolve().name

@@ -1,0 +1,89 @@
+"""The image pipeline of inference: inputs (paths, bytes, PIL images) decoded safely,
+preprocessed and batched in input order, decoding in worker processes that overlap with
+the model where there are cores to spare. A bad input becomes one error line for its
+index; the batch goes on without it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from treeclip.errors import InputError
+
+
+@dataclass
+class Item:
+    """One input image: `name` (what output rows call it) and `source` (a path, encoded
+    bytes, or a PIL image)."""
+
+    name: str
+    source: Any
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Item], preprocess: Callable, draft_size: int | None) -> None:
+        self.items, self.preprocess, self.draft = list(items), preprocess, draft_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return i, *decode_item(self.items[i], self.preprocess, self.draft)
+
+
+def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None) -> tuple[Any, str]:
+    """(pixels, "") or (None, "<name>: <reason>") for one input."""
+    from PIL import Image
+
+    from treeclip.data.images import decode_image
+
+    try:
+        if isinstance(item.source, Image.Image):
+            img = item.source if item.source.mode == "RGB" else item.source.convert("RGB")
+        else:
+            img = decode_image(item.source, name=item.name, draft_size=draft_size)
+        return preprocess(img), ""
+    except InputError as e:
+        return None, str(e)
+    except Exception as e:  # a transform failing on an odd image must not stop the run
+        return None, f"{item.name}: cannot preprocess ({type(e).__name__}: {str(e)[:100]})"
+
+
+def _collate(batch):
+    idx = [b[0] for b in batch]
+    good = [b for b in batch if b[1] is not None]
+    pixels = torch.stack([b[1] for b in good]) if good else None
+    errors = {b[0]: b[2] for b in batch if b[1] is None}
+    return idx, [b[0] for b in good], pixels, errors
+
+
+def default_workers() -> int:
+    """Decoding processes: the cores beyond the two the model's threads keep busy (at most
+    8). None on a 2-core machine, where one decode worker competing with the model measured
+    slower than decoding inline (fp32: 0.61x vs 0.79x the open_clip baseline)."""
+    return max(0, min(8, (os.cpu_count() or 2) - 2))
+
+
+def iter_batches(items: Sequence[Item], preprocess: Callable, *, batch_size: int = 32,
+                 workers: int | None = None, draft_size: int | None = None
+                 ) -> Iterator[tuple[list[int], list[int], torch.Tensor | None, dict[int, str]]]:
+    """Batches of decoded inputs in input order: (all indices, decoded indices, pixels,
+    {index: error line}). With `workers` > 0 decoding runs in DataLoader worker processes
+    while the model works on the previous batch; PIL images in the input are decoded in
+    this process (they may not pickle cheaply)."""
+    from PIL import Image
+
+    workers = default_workers() if workers is None else workers
+    if workers and any(isinstance(it.source, Image.Image) for it in items):
+        workers = 0
+    dataset = _Decoded(items, preprocess, draft_size)
+    if not workers:
+        for s in range(0, len(items), batch_size):
+            yield _collate([dataset[i] for i in range(s, min(s + batch_size, len(items)))])
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=_collate, prefetch_factor=2, persistent_workers=False)
+    yield from loader
