@@ -3,6 +3,7 @@ standard library, images made on the fly, and `treeclip serve` in a subprocess."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -97,20 +98,18 @@ def pixel_bomb() -> bytes:
 
 
 def make_model_dir(root: Path) -> Path:
-    import torch
-
     from treeclip.model import create_model, save_model
 
-    torch.set_num_threads(1)
     save_model(create_model("micro-vit-32", seed=0), root / "model")
     (root / "taxa.csv").write_text(TAXA_CSV)
     return root
 
 
-def start_cli_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`treeclip serve` as a user runs it, on a free port; returns the process and its URL."""
+def start_cli_server(model_dir: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`treeclip serve` as a user runs it, on a free port; returns the process and its URL.
+    `env` adds environment variables (e.g. TREECLIP_CPU_FEATURES to force a CPU class)."""
     env = {**os.environ, "TREECLIP_CACHE": str(model_dir / "cache"), "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "treeclip", "serve", str(model_dir / "model"),
                              "--taxa", str(model_dir / "taxa.csv"), "--port", "0", "--log-level", "warning",
                              "--templates", "single", *extra], stderr=subprocess.PIPE, text=True, env=env)
@@ -127,3 +126,29 @@ def start_cli_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, st
     # keep reading its log, so a chatty server never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     return proc, url
+
+
+@contextlib.contextmanager
+def app_server(app):
+    """Serve a FastAPI app in this process (a uvicorn thread on a free loopback port), so a
+    test can reach its objects, e.g. hold the micro-batcher. Yields the base URL."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "the in-process server did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

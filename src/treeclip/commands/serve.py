@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
+
 
 @click.command("serve")
 @click.argument("model")
@@ -18,8 +20,11 @@ import click
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port (0 picks a free one and prints it).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu, cuda, cuda:1, mps.")
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
-              help="Image tower precision; auto picks bf16 only where the hardware runs it fast.")
+@click.option("--precision", default=VERB_DEFAULTS["serve"], show_default=True, type=click.Choice(PRECISIONS),
+              help="Image tower precision of /predict: fast = bf16 where the CPU has bf16 units, else int8; "
+                   "fp32 is exact (docs/predict.md#precision).")
+@click.option("--embed-precision", default=VERB_DEFAULTS["serve-embed"], show_default=True,
+              type=click.Choice(PRECISIONS), help="Precision of the embeddings /embed returns (exact fp32 by default).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Most images per model call; requests arriving together share calls.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 1000),
@@ -35,7 +40,8 @@ import click
               help="Label-embedding cache (default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(model: str, taxa: str | None, templates: str, host: str, port: int, device: str, precision: str, max_batch: int,
+def serve(model: str, taxa: str | None, templates: str, host: str, port: int, device: str, precision: str,
+          embed_precision: str, max_batch: int,
           max_wait_ms: float, max_files: int, max_file_mb: float, max_pixels: int, max_request_mb: float, cache_dir: str | None,
           log_level: str) -> None:
     """Serve a web page and HTTP API that classify photos with MODEL.
@@ -68,10 +74,12 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
         raise TreeclipError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
-    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision,
+    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision, embed_precision=embed_precision,
                      max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates)
     bound = sock.getsockname()[1]
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    click.echo(f"treeclip: serving {model} at http://{shown}:{bound}/  (Ctrl-C stops)", err=True)
+    used = app.state.engine.precisions
+    click.echo(f"treeclip: serving {model} at http://{shown}:{bound}/  (/predict {used['predict']}, "
+               f"/embed {used['embed']}; Ctrl-C stops)", err=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
     uvicorn.Server(config).run(sockets=[sock])

@@ -30,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from treeclip.errors import InputError, TreeclipError
+from treeclip.runtime.precision import VERB_DEFAULTS, cpu_features
 from treeclip.serve.batcher import MicroBatcher
 from treeclip.serve.engine import Embedded, ServeEngine, check_labels, upload_id
 from treeclip.serve.limits import UploadError, UploadLimits, check_file_size, status_for
@@ -91,7 +92,8 @@ _EMBED_DOC = _multipart_doc({"files": _FILES})
 
 
 def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limits: UploadLimits | None = None,
-               device: str = "cpu", precision: str = "auto", max_batch: int = 32, max_wait_ms: float = 5.0,
+               device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
+               embed_precision: str = VERB_DEFAULTS["serve-embed"], max_batch: int = 32, max_wait_ms: float = 5.0,
                cache_size: int = 4096, label_cache_dir: str | Path | None = None,
                templates: str | Sequence[str] = "openai") -> FastAPI:
     """The FastAPI app for `model` (a model dir or spec `load_model` accepts, a `ClipModel`,
@@ -100,7 +102,8 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
     if isinstance(model, ServeEngine):
         engine = model
     else:
-        engine = ServeEngine(model, taxa=taxa, device=device, precision=precision, limits=limits,
+        engine = ServeEngine(model, taxa=taxa, device=device, precision=precision, embed_precision=embed_precision,
+                             limits=limits,
                              cache_size=cache_size, label_cache_dir=label_cache_dir, templates=templates)
     limits = engine.limits
     batcher = MicroBatcher(engine.encode_batch, max_batch=max_batch, max_wait_s=max_wait_ms / 1000)
@@ -139,9 +142,10 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
         except Exception as err:  # malformed bodies surface as parser errors
             raise UploadError(400, f"bad multipart form: {err}") from None
 
-    async def embed_uploads(files: list[UploadFile]) -> list[Embedded | Failed]:
-        """Each upload's embedding (from the cache when the same bytes came before) or
-        why it cannot be used. Uploads decode in parallel threads, then encode in one batch."""
+    async def embed_uploads(files: list[UploadFile], use: str) -> list[Embedded | Failed]:
+        """Each upload's embedding for `use` ("predict" or "embed"; from the cache when the
+        same bytes came before) or why it cannot be used. Uploads decode in parallel
+        threads, then encode in one batch."""
         out: list[Embedded | Failed | None] = [None] * len(files)
         todo: list[tuple[int, str, str, bytes]] = []
         for i, f in enumerate(files):
@@ -153,9 +157,9 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
                 out[i] = Failed(name, str(err))
                 continue
             key = upload_id(data)
-            cached = engine.embeddings.get(key)
+            cached = engine.cached(key, use)
             if cached is not None:
-                out[i] = Embedded(key, name, cached.embedding)
+                out[i] = Embedded(key, name, cached.embedding, cached.precision)
             else:
                 todo.append((i, key, name, data))
         decoded = await asyncio.gather(*(run_in_threadpool(engine.preprocess, data, name) for _, _, name, data in todo),
@@ -169,9 +173,10 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
             else:
                 ready.append((i, key, name, pixels))
         if ready:
-            vectors = await batcher.submit([t[3] for t in ready])
+            vectors = await batcher.submit([(use, t[3]) for t in ready])
+            precision = engine.encoders[use].precision
             for (i, key, name, _), vec in zip(ready, vectors):
-                item = Embedded(key, name, vec)
+                item = Embedded(key, name, vec, precision)
                 engine.embeddings.put(item)
                 out[i] = item
         return out  # type: ignore[return-value]
@@ -189,6 +194,7 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
     async def health() -> dict:
         return {"status": "ok", "model": engine.model_spec, "fingerprint": engine.clip.fingerprint()[:16],
                 "embed_dim": engine.clip.embed_dim, "image_size": engine.clip.image_size,
+                "precision": engine.precisions, "cpu_features": cpu_features().describe(),
                 "taxa": len(engine.tree.taxa), "cached_images": len(engine.embeddings),
                 "limits": limits.describe(), "batching": batcher.stats.as_dict()}
 
@@ -215,12 +221,12 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
         if len(files) + len(ids) > limits.max_files:
             raise UploadError(413, f"too many images: {len(files) + len(ids)} > {limits.max_files} per request")
         options = _predict_options(form, limits)
-        missing = [i for i in ids if engine.embeddings.get(i) is None]
+        known = [engine.cached(i, "predict") for i in ids]
+        missing = [i for i, k in zip(ids, known) if k is None]
         if missing:
             raise UploadError(404, f"unknown image id {missing[0]}: upload the file again"
                               + (f" ({len(missing)} ids unknown)" if len(missing) > 1 else ""))
-        known = [engine.embeddings.get(i) for i in ids]
-        uploaded = await embed_uploads(files)
+        uploaded = await embed_uploads(files, "predict")
         if not ids:
             refuse_if_all_failed(uploaded)
         items: list[Embedded | Failed] = [*known, *uploaded]
@@ -232,7 +238,8 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
         rows = iter(shaped)
         images = [next(rows) if isinstance(it, Embedded) else _error_entry(it) for it in items]
         failed = sum(1 for it in items if isinstance(it, Failed))
-        return JSONResponse({"model": engine.model_spec, "mode": "custom" if options["labels"] else "tree-of-life",
+        return JSONResponse({"model": engine.model_spec, "precision": engine.encoders["predict"].precision,
+                             "mode": "custom" if options["labels"] else "tree-of-life",
                              "rank": options["rank"], "k": options["k"], "threshold": options["threshold"],
                              "subset": options["subset"], "images": images, "failed": failed})
 
@@ -248,12 +255,13 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
         files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not files:
             raise UploadError(400, "no images: send one or more 'files'")
-        uploaded = await embed_uploads(files)
+        uploaded = await embed_uploads(files, "embed")
         refuse_if_all_failed(uploaded)
         images = [{"id": it.id, "file": it.file, "embedding": [round(float(x), 7) for x in it.embedding],
                    "error": None} if isinstance(it, Embedded) else {**_error_entry(it), "embedding": None}
                   for it in uploaded]
-        return JSONResponse({"model": engine.model_spec, "dim": engine.clip.embed_dim, "images": images,
+        return JSONResponse({"model": engine.model_spec, "dim": engine.clip.embed_dim,
+                             "precision": engine.encoders["embed"].precision, "images": images,
                              "failed": sum(1 for it in uploaded if isinstance(it, Failed))})
 
     return app

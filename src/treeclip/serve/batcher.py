@@ -5,6 +5,10 @@ what is queued, waits up to `max_wait_s` for more (or until `max_batch` items), 
 batch function once in a worker thread, and hands each request its slice of the output.
 One worker thread means the model is never called concurrently, and the event loop stays
 free to accept uploads while a batch runs.
+
+`hold()` keeps the consumer from taking anything until `release()`; what was queued
+meanwhile then forms batches by size alone. Tests use it to make batching deterministic,
+without relying on requests arriving within a wall-clock window.
 """
 
 from __future__ import annotations
@@ -50,8 +54,30 @@ class MicroBatcher:
     _task: asyncio.Task | None = field(default=None, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _carry: _Job | None = field(default=None, repr=False)
+    _open: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._open.set()
+
+    def hold(self) -> None:
+        """Take nothing from the queue until `release()` (call before `start` or on its loop)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let the consumer run again; safe to call from any thread."""
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._open.set)
+        else:
+            self._open.set()
+
+    @property
+    def queued(self) -> int:
+        """Chunks waiting for a model call (not counting the one running)."""
+        return (self._queue.qsize() if self._queue is not None else 0) + (self._carry is not None)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treeclip-model")
         self._task = asyncio.create_task(self._run(), name="treeclip-batcher")
@@ -87,8 +113,15 @@ class MicroBatcher:
         return out
 
     async def _collect(self) -> list[_Job]:
-        first, self._carry = self._carry, None
-        jobs = [first if first is not None else await self._queue.get()]
+        while True:
+            await self._open.wait()
+            first, self._carry = self._carry, None
+            if first is None:
+                first = await self._queue.get()
+            if self._open.is_set():
+                break
+            self._carry = first  # held while waiting for it: it waits for release()
+        jobs = [first]
         size = len(jobs[0].items)
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while size < self.max_batch:

@@ -5,6 +5,11 @@ The model and the tree-of-life label embeddings load once, when the engine is ma
 Each upload gets an id (the sha256 of its bytes, shortened); its embedding is kept in a
 bounded LRU, so switching rank, k, subset or labels classifies the same embeddings again
 without re-uploading or re-encoding anything.
+
+Two precisions, as the policy says (`treeclip.runtime.precision`): /predict encodes at
+`precision` (default `fast`), /embed always returns exact fp32 embeddings (default
+`embed_precision`), from an fp32 encoder that shares the model's weights. Embeddings are
+kept per (upload id, precision).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from treeclip.errors import InputError, TreeclipError
+from treeclip.runtime.precision import VERB_DEFAULTS
 from treeclip.serve.limits import UploadLimits
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
@@ -30,32 +36,38 @@ def upload_id(data: bytes) -> str:
 
 @dataclass
 class Embedded:
-    """One upload the server has seen: its id, file name and L2-normalised embedding."""
+    """One upload the server has seen: its id, file name, L2-normalised embedding and the
+    precision it was encoded at."""
 
     id: str
     file: str
     embedding: np.ndarray
+    precision: str = "fp32"
 
 
 class EmbeddingCache:
-    """A thread-safe LRU of upload id -> `Embedded`, at most `max_items` entries."""
+    """A thread-safe LRU of (upload id, precision) -> `Embedded`, at most `max_items`."""
 
     def __init__(self, max_items: int = 4096) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[str, Embedded] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], Embedded] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Embedded | None:
+    def get(self, key: str, precisions: Sequence[str] = ("fp32",)) -> Embedded | None:
+        """The upload's embedding at the first of `precisions` that is cached."""
         with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+            for precision in precisions:
+                item = self._items.get((key, precision))
+                if item is not None:
+                    self._items.move_to_end((key, precision))
+                    return item
+            return None
 
     def put(self, item: Embedded) -> None:
+        key = (item.id, item.precision)
         with self._lock:
-            self._items[item.id] = item
-            self._items.move_to_end(item.id)
+            self._items[key] = item
+            self._items.move_to_end(key)
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
 
@@ -94,13 +106,15 @@ class ServeEngine:
     classifiers for subsets and label lists kept ready for the next request."""
 
     def __init__(self, model: str | Path | Any, *, taxa: str | Path | Sequence[Taxon] | None = None,
-                 device: str = "cpu", precision: str = "auto", limits: UploadLimits | None = None,
+                 device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
+                 embed_precision: str = VERB_DEFAULTS["serve-embed"], limits: UploadLimits | None = None,
                  cache_size: int = 4096, label_cache_dir: str | Path | None = None,
                  templates: str | Sequence[str] = "openai") -> None:
         from treeclip.model import load_model
         from treeclip.predict.classifiers import TreeOfLifeClassifier
-        from treeclip.predict.fast import resolve_device
         from treeclip.predict.labels import load_taxa
+        from treeclip.runtime.encoder import ImageEncoder
+        from treeclip.runtime.precision import resolve_device
 
         self.limits = limits or UploadLimits()
         device = str(resolve_device(device))
@@ -123,6 +137,12 @@ class ServeEngine:
         self._options = {"device": device, "precision": precision, "templates": tuple(templates),
                          "cache_dir": str(label_cache_dir) if label_cache_dir else None}
         self.tree = TreeOfLifeClassifier(self.clip, list(taxa), **self._options)
+        self.encoders = {"predict": self.tree.encoder}
+        if embed_precision == precision:
+            self.encoders["embed"] = self.tree.encoder
+        else:  # fp32 on the serving device shares the model's weights: no copy
+            self.encoders["embed"] = ImageEncoder(self.clip, device=device, precision=embed_precision,
+                                                  cache_dir=self._options["cache_dir"])
         # classifiers for subsets and custom labels never encode images (the tree's encoder
         # does), so they need no image-tower copy of their own: fp32 shares the model
         self._label_options = {**self._options, "precision": "fp32"}
@@ -143,12 +163,32 @@ class ServeEngine:
         img = decode_image(data, name=name, max_pixels=self.limits.max_pixels, draft_size=self.clip.image_size)
         return self.clip.preprocess(img)
 
-    def encode_batch(self, pixels: list) -> list[np.ndarray]:
-        """Embeddings of preprocessed images, one model call for the whole list (the
-        micro-batcher's batch function), at the classifier's device and precision."""
+    @property
+    def precisions(self) -> dict[str, str]:
+        """The precision each endpoint runs at: `{"predict": ..., "embed": ...}`."""
+        return {use: enc.precision for use, enc in self.encoders.items()}
+
+    def cached(self, key: str, use: str) -> Embedded | None:
+        """A kept embedding of upload `key` fit for `use`: /predict takes its own precision
+        or an exact one, /embed only the exact one."""
+        wanted = [self.encoders[use].precision]
+        if use == "predict":
+            wanted.append(self.encoders["embed"].precision)
+        return self.embeddings.get(key, wanted)
+
+    def encode_batch(self, jobs: list[tuple[str, Any]]) -> list[np.ndarray]:
+        """Embeddings of (use, preprocessed image) pairs, `use` "predict" or "embed" (the
+        micro-batcher's batch function): one model call per encoder in the batch."""
         import torch
 
-        return list(self.tree.encoder(torch.stack(pixels)).numpy().astype(np.float32, copy=False))
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        for use, encoder in self.encoders.items():
+            picked = [i for i, (u, _) in enumerate(jobs) if u == use]
+            if picked:
+                vectors = encoder(torch.stack([jobs[i][1] for i in picked])).numpy().astype(np.float32, copy=False)
+                for i, vec in zip(picked, vectors):
+                    out[i] = vec
+        return out  # type: ignore[return-value]
 
     # -- classification ----------------------------------------------------------------
     def subset_spec(self, subset: str) -> str:
