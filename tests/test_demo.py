@@ -17,9 +17,6 @@ TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_spe
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo")
     return out, run_demo(out, TINY)
 

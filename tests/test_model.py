@@ -21,7 +21,6 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def micro():
-    torch.set_num_threads(1)
     return create_model("micro-vit-32", seed=0)
 
 

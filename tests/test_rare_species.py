@@ -97,7 +97,8 @@ def test_build_writes_a_runnable_task(tmp_path):
 
 
 def test_the_task_folder_is_an_exclude_set_for_the_data_builder(tmp_path):
-    dedup = pytest.importorskip("treeclip.data.dedup")
+    from treeclip.data import dedup
+
     write_csv(tmp_path / "status.csv", STATUS, ["scientific_name", "genus", "species", "category"])
     write_csv(tmp_path / "images.csv", IMAGES, ["path", *RANK_COLS, "common"])
     build_rare_species(tmp_path / "status.csv", tmp_path / "images.csv", None, tmp_path / "rare", min_images=4)

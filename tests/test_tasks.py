@@ -153,7 +153,7 @@ def test_names_resolved_with_the_ncbi_resolver(tmp_path):
 
 
 def test_dataset_source(tmp_path):
-    dataset = pytest.importorskip("treeclip.data.dataset")
+    from treeclip.data import dataset
     from treeclip.data.images import encode_jpeg
     from treeclip.taxonomy.taxon import Taxon
 

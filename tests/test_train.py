@@ -26,7 +26,6 @@ FAST = dict(model="micro-vit-32", batch_size=32, lr=2e-3, warmup=5, workers=0, t
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
     return make_dataset(tmp_path_factory.mktemp("train") / "ds")
 
 

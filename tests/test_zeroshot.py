@@ -117,11 +117,8 @@ def test_agrees_with_reference_implementation():
 
 
 def test_real_model_text_batches_match_one_by_one():
-    import torch
-
     from treeclip.model import load_model
 
-    torch.set_num_threads(1)
     model = load_model("micro-vit-32")
     names = ["Pica hudsonia", "Corvus corax", "Apis mellifera"]
     templates = ["a photo of {}.", "a bad photo of a {}."]
