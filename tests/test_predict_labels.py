@@ -10,6 +10,7 @@ import pytest
 from predict_helpers import MODEL, TAXA, save_model_dir, write_taxa_csv
 from treeclip.errors import TreeclipError
 from treeclip.predict import labels as L
+from treeclip.runtime import labels as E
 from treeclip.taxonomy.taxon import RANKS
 
 
@@ -117,26 +118,38 @@ def clip():
 def test_label_cache_is_reused_and_keyed(tmp_path, clip):
     model = CountingModel(clip)
     texts = L.taxon_texts(TAXA)
-    first = L.label_embeddings(model, texts, ["a photo of {}."], cache_dir=tmp_path, chunk=4)
+    first = E.label_embeddings(model, texts, ["a photo of {}."], cache_dir=tmp_path, chunk=4)
     assert model.captions == len(TAXA)
     assert first.shape == (len(TAXA), clip.embed_dim)
     assert np.allclose(np.linalg.norm(first, axis=1), 1, atol=1e-5)
-    again = L.label_embeddings(model, texts, ["a photo of {}."], cache_dir=tmp_path, chunk=4)
+    again = E.label_embeddings(model, texts, ["a photo of {}."], cache_dir=tmp_path, chunk=4)
     assert model.captions == len(TAXA)  # nothing encoded the second time
     assert np.array_equal(first, again)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npy", ".parquet"]  # names + embeddings
-    two = L.label_embeddings(model, texts, ["a photo of {}.", "a {}."], cache_dir=tmp_path)
+    two = E.label_embeddings(model, texts, ["a photo of {}.", "a {}."], cache_dir=tmp_path)
     assert model.captions == 3 * len(TAXA)  # other templates: another entry
     assert not np.allclose(two, first)
     # a killed run resumes from its finished chunks
-    key = L.cache_key(clip.fingerprint(), texts[:6], ["x {}."])
+    key = E.cache_key(clip.fingerprint(), texts[:6], ["x {}."])
     parts = tmp_path / f"{key[:40]}.parts"
     parts.mkdir()
-    np.save(parts / f"{0:09d}.npy", L.label_embeddings(clip, texts[:4], ["x {}."], cache_dir=tmp_path / "other"))
+    np.save(parts / f"part-{0:09d}.npy", E.label_embeddings(clip, texts[:4], ["x {}."], cache_dir=tmp_path / "other"))
     model.captions = 0
-    resumed = L.label_embeddings(model, texts[:6], ["x {}."], cache_dir=tmp_path, chunk=4)
+    resumed = E.label_embeddings(model, texts[:6], ["x {}."], cache_dir=tmp_path, chunk=4)
     assert model.captions == 2
-    assert np.allclose(resumed, L.label_embeddings(clip, texts[:6], ["x {}."], cache_dir=tmp_path / "fresh"), atol=1e-6)
+    assert np.allclose(resumed, E.label_embeddings(clip, texts[:6], ["x {}."], cache_dir=tmp_path / "fresh"), atol=1e-6)
+    assert not parts.exists()  # the parts go once the whole entry is saved
+    # persist=False: the same embeddings, and not a file read or written
+    model.captions = 0
+    memory = E.label_embeddings(model, texts[:6], ["x {}."], cache_dir=tmp_path / "never", persist=False)
+    assert model.captions == 6 and not (tmp_path / "never").exists()
+    assert np.allclose(memory, resumed, atol=1e-6)
+
+
+def test_default_label_cache_is_under_treeclip_cache(tmp_path, monkeypatch, clip):
+    monkeypatch.setenv("TREECLIP_CACHE", str(tmp_path / "root"))
+    E.label_embeddings(clip, ["Pica pica"], ["a photo of {}."])
+    assert len(list((tmp_path / "root" / "labels").glob("*.npy"))) == 1
 
 
 def test_subset_binomials_without_genus_column_and_common_names(tmp_path):

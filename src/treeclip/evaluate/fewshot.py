@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from treeclip.evaluate.zeroshot import l2_normalise
+from treeclip.runtime.labels import l2_normalise
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from treeclip.evaluate.zeroshot import l2_normalise
+from treeclip.runtime.labels import l2_normalise
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
 
 

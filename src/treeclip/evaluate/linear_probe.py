@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from treeclip.evaluate.zeroshot import l2_normalise
+from treeclip.runtime.labels import l2_normalise
 
 DEFAULT_CS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 

@@ -10,10 +10,11 @@ prediction is `argmax` and top-k is the first k of a stable descending sort.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from treeclip.runtime.labels import class_embeddings, fill_templates, l2_normalise  # noqa: F401 (the API)
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 AS_GIVEN = "as-given"
@@ -21,14 +22,6 @@ AS_GIVEN = "as-given"
 
 CLASS_TEXT_TYPES: tuple[str, ...] = TEXT_TYPES + (AS_GIVEN,)
 DEFAULT_TEXT_TYPE = "taxon_com"
-
-TextEncoder = Callable[[list[str]], "np.ndarray"]
-
-
-def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Rows scaled to unit length; zero rows stay zero (no NaNs)."""
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.where(norm == 0, 1, norm)
 
 
 def class_text(taxon: Taxon | None, given: str, text_type: str) -> str:
@@ -39,29 +32,6 @@ def class_text(taxon: Taxon | None, given: str, text_type: str) -> str:
     if text_type == AS_GIVEN or taxon is None or taxon.is_empty:
         return given
     return taxon.name(text_type)
-
-
-def fill_templates(names: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every (class, template) caption, class-major: names[0] x all templates, then names[1] ..."""
-    return [t.replace("{}", n) for n in names for t in templates]
-
-
-def class_embeddings(encode_texts: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """(n_classes, dim) float32: per class the mean over templates of the L2-normalised
-    text embeddings, renormalised. `encode_texts` maps captions to embeddings (e.g.
-    `ClipModel.encode_texts`); they are normalised here again, so any encoder works."""
-    if not names or not templates:
-        raise ValueError("class_embeddings needs at least one class name and one template")
-    texts = fill_templates(names, templates)
-    emb = np.asarray(_to_numpy(encode_texts(texts)), dtype=np.float32)
-    emb = l2_normalise(emb).reshape(len(names), len(templates), -1)
-    return l2_normalise(emb.mean(axis=1)).astype(np.float32)
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x)
 
 
 def logits(image_features: np.ndarray, class_emb: np.ndarray, logit_scale: float = 1.0) -> np.ndarray:

@@ -20,11 +20,11 @@ import torch
 from treeclip.errors import TreeclipError
 from treeclip.predict import aggregate as agg
 from treeclip.runtime.encoder import ImageEncoder
+from treeclip.runtime.labels import label_embeddings
 from treeclip.runtime.precision import VERB_DEFAULTS
 from treeclip.runtime.images import Item, iter_batches
 from treeclip.predict.inputs import as_items
-from treeclip.predict.labels import (DEFAULT_TEXT_TYPE, label_embeddings, load_taxa, subset_mask,
-                                     taxon_texts)
+from treeclip.predict.labels import DEFAULT_TEXT_TYPE, load_taxa, subset_mask, taxon_texts
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
 from treeclip.taxonomy.templates import load_templates
 

@@ -1,22 +1,18 @@
-"""Label sets and their text embeddings.
+"""Label sets: which taxa or labels a classifier chooses among.
 
 - Taxa tables for tree-of-life mode: the `taxa.parquet` shipped in a model or dataset dir,
   a user's CSV/Parquet (columns kingdom..species, common or common_name; the species
   column may hold the epithet or the binomial), or `ncbi:CLADE` (species of a clade from
   the offline NCBI taxonomy).
 - Subsets (`class=Insecta`, a species list file) and custom labels (`--cls`, bins).
-- The label-embedding cache: `CACHE/<key>.names.parquet` + `CACHE/<key>.npy`, where key
-  is a sha256 of the model fingerprint, the label texts and the templates, so a second
-  run with the same model and labels encodes nothing. Large label sets are encoded in
-  chunks saved as they finish, so a killed run resumes where it stopped.
+
+Their text embeddings and the cache are `treeclip.runtime.labels`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from treeclip.errors import TreeclipError
-from treeclip.fsutil import atomic_path, read_text, write_npy_atomic
+from treeclip.fsutil import read_text
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 COMMON_COLUMNS = ("common", "common_name")
@@ -242,108 +238,6 @@ def parse_bins(path: str | os.PathLike) -> dict[str, str]:
             raise TreeclipError(f"{path}: line {line}: {label!r} is in two bins ({mapping[label]!r}, {b!r})")
         mapping[label] = b
     return mapping
-
-
-# -- the embedding cache ---------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """`$TREECLIP_CACHE/labels`, else `~/.cache/treeclip/labels`."""
-    base = os.environ.get("TREECLIP_CACHE")
-    if base:
-        return Path(base) / "labels"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "treeclip" / "labels"
-
-
-def cache_key(model_fingerprint: str, texts: Sequence[str], templates: Sequence[str]) -> str:
-    """sha256 hex over the model, the label texts (in order) and the templates."""
-    h = hashlib.sha256()
-    h.update(json.dumps([model_fingerprint, list(templates)]).encode())
-    for t in texts:
-        h.update(t.encode("utf-8") + b"\0")
-    return h.hexdigest()
-
-
-def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
-                     cache_dir: str | os.PathLike | None = None, chunk: int = 512,
-                     progress: bool = True) -> np.ndarray:
-    """(n_labels, dim) float32 class embeddings (mean over templates, renormalised) of
-    `texts`, read from the cache when this model, these texts and templates were encoded
-    before (`cache_dir` None: `default_cache_dir()`)."""
-    from treeclip.evaluate.zeroshot import class_embeddings
-
-    texts, templates = list(texts), list(templates)
-    if not texts:
-        raise TreeclipError("no labels to embed")
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(clip.fingerprint(), texts, templates)
-    final, names = root / f"{key[:40]}.npy", root / f"{key[:40]}.names.parquet"
-    cached = _load_cached(final, names, texts, clip.embed_dim)
-    if cached is not None:
-        return cached
-    parts = root / f"{key[:40]}.parts"
-    out = np.zeros((len(texts), clip.embed_dim), dtype=np.float32)
-    starts = range(0, len(texts), chunk)
-    bar = _bar(len(texts), progress)
-    for start in starts:
-        stop = min(start + chunk, len(texts))
-        part = parts / f"{start:09d}.npy"
-        emb = _load_part(part, stop - start, clip.embed_dim)
-        if emb is None:
-            emb = class_embeddings(clip.encode_texts, texts[start:stop], templates)
-            write_npy_atomic(part, emb)
-        out[start:stop] = emb
-        if bar is not None:
-            bar.update(stop - start)
-    if bar is not None:
-        bar.close()
-    _save_cache(final, names, texts, out)
-    for p in parts.glob("*.npy"):
-        p.unlink(missing_ok=True)
-    try:
-        parts.rmdir()
-    except OSError:
-        pass
-    return out
-
-
-def _bar(total: int, progress: bool):
-    if not progress or total < 1000:  # small label sets take a moment; no bar
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="label", desc="embedding labels", file=sys.stderr, leave=False)
-
-
-def _load_part(path: Path, n: int, dim: int) -> np.ndarray | None:
-    try:
-        emb = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    return emb if emb.shape == (n, dim) else None
-
-
-def _load_cached(final: Path, names: Path, texts: list[str], dim: int) -> np.ndarray | None:
-    if not (final.is_file() and names.is_file()):
-        return None
-    try:
-        import pyarrow.parquet as pq
-
-        stored = pq.read_table(names).column("label").to_pylist()
-        emb = np.load(final, allow_pickle=False)
-    except Exception:
-        return None  # a damaged cache entry is recomputed, never trusted
-    if stored != texts or emb.shape != (len(texts), dim):
-        return None
-    return emb.astype(np.float32, copy=False)
-
-
-def _save_cache(final: Path, names: Path, texts: list[str], emb: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with atomic_path(names, suffix=".parquet") as tmp:
-        pq.write_table(pa.table({"label": texts}), tmp)
-    write_npy_atomic(final, emb)
 
 
 def taxon_texts(taxa: Iterable[Taxon], text_type: str = DEFAULT_TEXT_TYPE) -> list[str]:

@@ -1,0 +1,133 @@
+"""Text embeddings of labels and their one cache, used by predict, evaluate and serve.
+
+A label's embedding is BioCLIP's zero-shot class embedding: the mean of the L2-normalised
+text embeddings of the label put through every template, renormalised.
+
+The cache (`cache_dir('labels')`, i.e. `$TREECLIP_CACHE/labels`): `<key>.npy` (embeddings)
++ `<key>.names.parquet` (the labels, checked on read), where the key is a sha256 of the
+cache format version, the model fingerprint, the templates and the label texts, so a
+second run with the same model and labels encodes nothing. Large label sets are encoded in
+chunks saved as they finish (`<key>.parts/`), so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from treeclip.cache import cache_dir as cache_folder
+from treeclip.errors import TreeclipError
+from treeclip.fsutil import atomic_path, write_npy_atomic
+from treeclip.runtime.parts import PartStore, fill_by_parts
+
+LABELS_FORMAT = 2
+"""Format version of the label-embedding cache; part of every key."""
+
+TextEncoder = Callable[[list[str]], "np.ndarray"]
+
+
+def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero (no NaNs)."""
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.where(norm == 0, 1, norm)
+
+
+def fill_templates(names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every (class, template) caption, class-major: names[0] x all templates, then names[1] ..."""
+    return [t.replace("{}", n) for n in names for t in templates]
+
+
+def class_embeddings(encode_texts: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """(n_classes, dim) float32: per class the mean over templates of the L2-normalised
+    text embeddings, renormalised. `encode_texts` maps captions to embeddings (e.g.
+    `ClipModel.encode_texts`); they are normalised here again, so any encoder works."""
+    if not names or not templates:
+        raise ValueError("class_embeddings needs at least one class name and one template")
+    texts = fill_templates(names, templates)
+    emb = np.asarray(_to_numpy(encode_texts(texts)), dtype=np.float32)
+    emb = l2_normalise(emb).reshape(len(names), len(templates), -1)
+    return l2_normalise(emb.mean(axis=1)).astype(np.float32)
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def cache_key(model_fingerprint: str, texts: Sequence[str], templates: Sequence[str]) -> str:
+    """sha256 hex over the cache format, the model, the templates and the label texts (in order)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([LABELS_FORMAT, model_fingerprint, list(templates)]).encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
+                     cache_dir: str | os.PathLike | None = None, persist: bool = True, chunk: int = 512,
+                     progress: bool = True) -> np.ndarray:
+    """(n_labels, dim) float32 class embeddings of `texts` under `clip`, read from the cache
+    when this model, these texts and templates were encoded before (`cache_dir` None: the
+    default cache). `persist=False` computes them without reading or writing any file
+    (labels sent by a web client must not fill the shared cache)."""
+    texts, templates = list(texts), list(templates)
+    if not texts:
+        raise TreeclipError("no labels to embed")
+    out = np.zeros((len(texts), clip.embed_dim), dtype=np.float32)
+    compute = lambda start, stop: (class_embeddings(clip.encode_texts, texts[start:stop], templates), None)  # noqa: E731
+    if not persist:
+        fill_by_parts(out, chunk, compute, None)
+        return out
+    root = cache_folder("labels", cache_dir)
+    stem = cache_key(clip.fingerprint(), texts, templates)[:40]
+    final, names = root / f"{stem}.npy", root / f"{stem}.names.parquet"
+    cached = _load_cached(final, names, texts, clip.embed_dim)
+    if cached is not None:
+        return cached
+    parts = PartStore(root / f"{stem}.parts")
+    bar = _bar(len(texts), progress)
+    fill_by_parts(out, chunk, compute, parts, done=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    _save_cache(final, names, texts, out)
+    parts.clear()
+    return out
+
+
+def _bar(total: int, progress: bool):
+    if not progress or total < 1000:  # small label sets take a moment; no bar
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="label", desc="embedding labels", file=sys.stderr, leave=False)
+
+
+def _load_cached(final: Path, names: Path, texts: list[str], dim: int) -> np.ndarray | None:
+    if not (final.is_file() and names.is_file()):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        stored = pq.read_table(names).column("label").to_pylist()
+        emb = np.load(final, allow_pickle=False)
+    except Exception:
+        return None  # a damaged cache entry is recomputed, never trusted
+    if stored != texts or emb.shape != (len(texts), dim):
+        return None
+    return emb.astype(np.float32, copy=False)
+
+
+def _save_cache(final: Path, names: Path, texts: list[str], emb: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_path(names, suffix=".parquet") as tmp:
+        pq.write_table(pa.table({"label": texts}), tmp)
+    write_npy_atomic(final, emb)
