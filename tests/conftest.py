@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite.
 
+- `TREECLIP_CACHE` points at a temporary folder for the whole run.
 - Thread counts are set per test (one torch thread unless a test asks for more) and put
   back afterwards, so no test depends on what an earlier one left behind.
 - `cpu_features`: forces the precision policy's view of the CPU (`TREECLIP_CPU_FEATURES`),
@@ -14,6 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config) -> None:
+    """Every cache a test (or a process it starts) writes goes to a temporary root, never
+    to the user's ~/.cache/treeclip."""
+    import os
+    import tempfile
+
+    os.environ["TREECLIP_CACHE"] = tempfile.mkdtemp(prefix="treeclip-test-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    import os
+    import shutil
+
+    shutil.rmtree(os.environ.get("TREECLIP_CACHE", ""), ignore_errors=True)
 
 FEATURE_SETS = {
     "avx2": "avx2",                                        # AMD EPYC, AVX2 only

@@ -56,7 +56,7 @@ def test_eval_end_to_end(tiny_task, tmp_path):
     out = tmp_path / "out"
     args = ["eval", "micro-vit-32", "tiny-vit-64", "--task", str(tiny_task), "--shots", "0,1,2",
             "--text-type", "taxon_com,com", "--templates", "single", "--linear-probe", "--out", str(out),
-            "--tsne-points", "40", "-q"]
+            "--tsne-points", "40", "--cache", str(out / "cache"), "-q"]
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     # one broken image: the run finishes, reports it, exits 1
     assert res.exit_code == 1, res.output
@@ -81,7 +81,7 @@ def test_eval_end_to_end(tiny_task, tmp_path):
     # the table in the paper's layout on stdout: rows models, columns tasks, mean
     assert "model" in res.output and "Mean" in res.output and "tiny-vit-64" in res.output
     # features are cached: a second run encodes nothing and gives the same numbers
-    cache = list((out / "cache").glob("*/features.npy"))
+    cache = list((out / "cache" / "features").glob("*/features.npy"))
     assert len(cache) == 2 and sorted(np.load(p).shape for p in cache) == [(31, 64), (31, 128)]
     res2 = CliRunner().invoke(cli, args[:-1] + ["--no-intrinsic", "-q"], catch_exceptions=False)
     assert res2.exit_code == 1
@@ -146,22 +146,22 @@ def test_features_order_cache_and_resume(tiny_task, tmp_path, monkeypatch):
     # encode in chunks of 8; the second chunk crashes once (a killed run)
     real, calls = F._encode_files, []
 
-    def flaky(model_, task_, indices, *a):
-        calls.append(indices.start)
-        if indices.start == 8 and calls.count(8) == 1:
+    def flaky(run, start, stop):
+        calls.append(start)
+        if start == 8 and calls.count(8) == 1:
             raise KeyboardInterrupt
-        return real(model_, task_, indices, *a)
+        return real(run, start, stop)
 
     monkeypatch.setattr(F, "_encode_files", flaky)
     with pytest.raises(KeyboardInterrupt):
         F.image_features(model, task, cache_dir=tmp_path, chunk=8, batch_size=3, progress=False)
-    assert len(list(tmp_path.glob("*/part-*.npy"))) == 1
+    assert len(list(tmp_path.glob("features/*/parts/part-*.npy"))) == 1
     got = F.image_features(model, task, cache_dir=tmp_path, chunk=8, batch_size=3, progress=False)
     assert calls == [0, 8, 8, 16, 24]  # the finished chunk was not encoded again
     np.testing.assert_allclose(got.features[[0, 7, 29]], direct, atol=1e-5)
     assert got.ok.sum() == 30 and got.n_failed == 1 and "broken0.jpg" in got.errors[0]
     assert not got.features[~got.ok].any()
-    assert not list(tmp_path.glob("*/part-*"))  # parts replaced by the final files
+    assert not list(tmp_path.glob("features/*/parts"))  # parts replaced by the final files
     again = F.image_features(model, task, cache_dir=tmp_path, progress=False)
     assert again.cached and np.array_equal(again.features, got.features) and again.errors == got.errors
 

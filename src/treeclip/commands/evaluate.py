@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
+
 SUBCOMMANDS = ("run", "tasks", "rare-species")
 
 
@@ -70,12 +72,14 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--out", "out_dir", default="eval-results", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.md, results.json and the PNGs.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
-              help="Feature cache folder [default: OUT/cache].")
+              help="Cache root for image features and class text embeddings [default: $TREECLIP_CACHE, "
+                   "else ~/.cache/treeclip].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="DataLoader processes decoding images.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]))
+@click.option("--precision", default=VERB_DEFAULTS["eval"], show_default=True, type=click.Choice(PRECISIONS),
+              help="Image tower precision of the features (docs/predict.md#precision); fp32 is exact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def run(models, tasks, shots, text_types, templates, trials, linear_probe, intrinsic, tsne_points,
         out_dir, cache_dir, batch_size, workers, device, precision, quiet) -> None:

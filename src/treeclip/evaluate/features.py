@@ -1,20 +1,25 @@
 """Image features of a task, encoded in batches and cached on disk.
 
-The cache key is (model fingerprint, task images fingerprint), so every evaluation of one
-model on one image set (zero-shot with any text type or templates, few-shot, linear
-probe, intrinsic) encodes each image once. A cache entry is a folder:
+Images go through the shared inference pipeline (`treeclip.runtime.images`: safe decode,
+the model's preprocessing, batches in order) and the shared encoder at the precision the
+policy gives `eval` (exact fp32 by default; `treeclip.runtime.precision`).
 
-    CACHE/<model fp[:16]>-<images fp[:16]>/features.npy   (n, dim) float32, L2-normalised
-                                          /images.parquet  index, path, ok, error
-                                          /meta.json       full fingerprints, model name, n, dim
+The cache key is (model fingerprint, task images fingerprint, precision), so every
+evaluation of one model on one image set (zero-shot with any text type or templates,
+few-shot, linear probe, intrinsic) encodes each image once. A cache entry is a folder
+under `cache_dir('features')` (`$TREECLIP_CACHE/features`, or `--cache DIR/features`):
 
-Encoding is written in parts of `chunk` images (`part-000123.npy` + `.json`) and is
-resumed from them after a kill; the final files replace the parts atomically. An image
-that cannot be decoded is one line in `errors`, a zero row in the features and
-`ok = False`; evaluations leave such rows out.
+    <model fp[:16]>-<images fp[:16]>[-<precision>]/features.npy   (n, dim) float32, L2-normalised
+                                                  /images.parquet  index, path, ok, error
+                                                  /meta.json       format, fingerprints, precision, n, dim
 
-Class text embeddings are cached the same way (`text-<hash>.npy`), keyed by the model,
-the class names and the templates.
+Folder tasks are encoded in parts of `chunk` images (`treeclip.runtime.parts`), resumed
+from them after a kill; the final files replace the parts. An image that cannot be
+decoded is one line in `errors`, a zero row in the features and `ok = False`;
+evaluations leave such rows out.
+
+Class text embeddings come from the label-embedding cache that `predict` uses
+(`treeclip.runtime.labels`).
 """
 
 from __future__ import annotations
@@ -23,14 +28,20 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from treeclip.cache import cache_dir as cache_folder
 from treeclip.evaluate.tasks import Task, iter_shard_images
 from treeclip.fsutil import atomic_path, write_json_atomic, write_npy_atomic
+from treeclip.runtime.encoder import ImageEncoder
+from treeclip.runtime.images import Item, iter_batches
+from treeclip.runtime.parts import PartStore, fill_by_parts
+from treeclip.runtime.precision import VERB_DEFAULTS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Format version of a feature cache entry; checked on read."""
 
 
 @dataclass
@@ -47,14 +58,124 @@ class Features:
         return int((~self.ok).sum())
 
 
-def cache_entry(cache_dir: str | Path, model_fp: str, images_fp: str) -> Path:
-    return Path(cache_dir) / f"{model_fp[:16]}-{images_fp[:16]}"
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """Where feature entries live: `CACHE_DIR/features`, else `$TREECLIP_CACHE/features`."""
+    return Path(cache_dir) / "features" if cache_dir is not None else cache_folder("features")
 
 
-def _load_entry(entry: Path, model_fp: str, images_fp: str, n: int) -> Features | None:
+def cache_entry(root: Path, model_fp: str, images_fp: str, precision: str = "fp32") -> Path:
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return root / f"{model_fp[:16]}-{images_fp[:16]}{suffix}"
+
+
+@dataclass
+class _Encoding:
+    """What one task's encode fills in: features, which rows are good, and why not."""
+
+    encoder: ImageEncoder
+    task: Task
+    batch_size: int
+    workers: int
+    feats: np.ndarray
+    ok: np.ndarray
+    errors: list[str]
+    bar: object
+
+    def add(self, idx: list[int], pixels) -> None:
+        if pixels is not None:
+            self.feats[idx] = self.encoder(pixels).numpy()
+            self.ok[idx] = True
+
+
+def image_features(model, task: Task, *, cache_dir: str | Path | None = None, batch_size: int = 64,
+                   workers: int = 0, chunk: int = 8192, progress: bool = True,
+                   precision: str = VERB_DEFAULTS["eval"], device: str | None = None) -> Features:
+    """Features of every image of `task` under `model` (a `treeclip.model.ClipModel`),
+    from the cache when there; see the module docstring. `cache_dir` is the cache root
+    (None: `$TREECLIP_CACHE`); `precision` as `--precision` (exact fp32 by default)."""
+    encoder = ImageEncoder(model, device=device or str(model.device), precision=precision)
+    model_fp, images_fp, n = model.fingerprint(), task.images_fingerprint(), len(task)
+    entry = cache_entry(cache_root(cache_dir), model_fp, images_fp, encoder.precision)
+    hit = _load_entry(entry, model_fp, images_fp, n, encoder.precision)
+    if hit is not None:
+        return hit
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc=f"encode {task.name} with {model.name}", unit="img", file=sys.stderr,
+               disable=not progress, leave=False)
+    run = _Encoding(encoder, task, batch_size, workers, np.zeros((n, model.embed_dim), np.float32),
+                    np.zeros(n, bool), [""] * n, bar)
+    if task.shards is not None:
+        _encode_shards(run)
+    else:
+        parts = PartStore(entry / "parts")
+        fill_by_parts(run.feats, chunk, lambda start, stop: _encode_files(run, start, stop), parts,
+                      restore=lambda start, stop, extra: _restore(run, start, stop, extra))
+    bar.close()
+    _save_entry(entry, model, task, run, encoder.precision)
+    return Features(run.feats, run.ok, [e for e in run.errors if e])
+
+
+def _encode_files(run: _Encoding, start: int, stop: int) -> tuple[np.ndarray, dict]:
+    """Encode images `start..stop` of a folder task; their rows and the part's facts."""
+    items = [Item(str(run.task.image_path(i)), run.task.image_path(i)) for i in range(start, stop)]
+    size = run.encoder.clip.image_size
+    for all_idx, good_idx, pixels, problems in iter_batches(items, run.encoder.clip.preprocess,
+                                                           batch_size=run.batch_size, workers=run.workers,
+                                                           draft_size=size):
+        run.add([start + i for i in good_idx], pixels)
+        for i, problem in problems.items():
+            run.errors[start + i] = problem
+        run.bar.update(len(all_idx))
+    return run.feats[start:stop], {"ok": run.ok[start:stop].tolist(), "errors": run.errors[start:stop]}
+
+
+def _restore(run: _Encoding, start: int, stop: int, extra: dict) -> None:
+    run.ok[start:stop] = extra["ok"]
+    run.errors[start:stop] = extra["errors"]
+    run.bar.update(stop - start)
+
+
+def _shard_items(task: Task, errors: list[str]) -> Iterator[tuple[int, Item]]:
+    """(index, item) of each readable shard member, in shard order; problems to `errors`."""
+    for i, data, problem in iter_shard_images(task):
+        if data is None:
+            errors[i] = problem
+        else:
+            yield i, Item(f"{task.name}:{task.paths[i]}", data)
+
+
+def _encode_shards(run: _Encoding) -> None:
+    """Encode a dataset task's images as the shards deliver them, a batch at a time."""
+    batch: list[tuple[int, Item]] = []
+    for pair in _shard_items(run.task, run.errors):
+        batch.append(pair)
+        if len(batch) == run.batch_size:
+            _encode_items(run, batch)
+            batch = []
+    if batch:
+        _encode_items(run, batch)
+    for i in np.flatnonzero(~run.ok):
+        if not run.errors[i]:
+            run.errors[i] = f"{run.task.name}: sample {run.task.paths[i]} not found in its shard"
+
+
+def _encode_items(run: _Encoding, batch: list[tuple[int, Item]]) -> None:
+    index = [i for i, _ in batch]
+    size = run.encoder.clip.image_size
+    for all_idx, good_idx, pixels, problems in iter_batches([it for _, it in batch], run.encoder.clip.preprocess,
+                                                           batch_size=len(batch), workers=0, draft_size=size):
+        run.add([index[j] for j in good_idx], pixels)
+        for j, problem in problems.items():
+            run.errors[index[j]] = problem
+        run.bar.update(len(all_idx))
+
+
+def _load_entry(entry: Path, model_fp: str, images_fp: str, n: int, precision: str) -> Features | None:
     try:
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-        if (meta.get("version"), meta.get("model"), meta.get("images"), meta.get("n")) != (FORMAT_VERSION, model_fp, images_fp, n):
+        wanted = (FORMAT_VERSION, model_fp, images_fp, n, precision)
+        if (meta.get("version"), meta.get("model"), meta.get("images"), meta.get("n"), meta.get("precision")) != wanted:
             return None
         feats = np.load(entry / "features.npy", allow_pickle=False)
         import pyarrow.parquet as pq
@@ -66,164 +187,29 @@ def _load_entry(entry: Path, model_fp: str, images_fp: str, n: int) -> Features 
     return Features(feats, np.asarray(table["ok"], dtype=bool), errors, cached=True)
 
 
-class _ImageFiles:
-    """A map-style dataset: image i -> (index, pixels or None, problem). Decoding runs in
-    DataLoader workers when asked for."""
-
-    def __init__(self, task: Task, preprocess, image_size: int, indices: Sequence[int]):
-        self.task, self.preprocess, self.size, self.indices = task, preprocess, image_size, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int):
-        from treeclip.data.images import decode_image
-        from treeclip.errors import InputError
-
-        i = self.indices[j]
-        try:
-            img = decode_image(self.task.image_path(i), name=str(self.task.image_path(i)), draft_size=self.size)
-            return i, self.preprocess(img), ""
-        except InputError as e:
-            return i, None, str(e)
-
-
-def _collate(batch):
-    import torch
-
-    idx = [b[0] for b in batch]
-    good = [b for b in batch if b[1] is not None]
-    pixels = torch.stack([b[1] for b in good]) if good else None
-    return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
-
-
-def image_features(model, task: Task, *, cache_dir: str | Path | None = None, batch_size: int = 64,
-                   workers: int = 0, chunk: int = 8192, progress: bool = True) -> Features:
-    """Features of every image of `task` under `model` (a `treeclip.model.ClipModel`),
-    from the cache when there; see the module docstring."""
-    model_fp, images_fp, n = model.fingerprint(), task.images_fingerprint(), len(task)
-    entry = cache_entry(cache_dir, model_fp, images_fp) if cache_dir is not None else None
-    if entry is not None:
-        hit = _load_entry(entry, model_fp, images_fp, n)
-        if hit is not None:
-            return hit
-    dim = model.embed_dim
-    feats = np.zeros((n, dim), np.float32)
-    ok = np.zeros(n, bool)
-    errors = [""] * n
-    from tqdm import tqdm
-
-    bar = tqdm(total=n, desc=f"encode {task.name} with {model.name}", unit="img", file=sys.stderr,
-               disable=not progress, leave=False)
-    if task.shards is not None:
-        _encode_shards(model, task, feats, ok, errors, batch_size, bar)
-    else:
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            part = entry / f"part-{start // chunk:06d}" if entry is not None else None
-            if part is not None and _load_part(part, start, stop, feats, ok, errors):
-                bar.update(stop - start)
-                continue
-            _encode_files(model, task, range(start, stop), feats, ok, errors, batch_size, workers, bar)
-            if part is not None:
-                _save_part(part, start, stop, feats, ok, errors)
-    bar.close()
-    if entry is not None:
-        _save_entry(entry, model, task, feats, ok, errors)
-    return Features(feats, ok, [e for e in errors if e])
-
-
-def _encode_batch(model, idx: list[int], pixels, feats: np.ndarray, ok: np.ndarray) -> None:
-    if pixels is None:
-        return
-    out = model.encode_images(pixels).cpu().numpy()
-    feats[idx] = out
-    ok[idx] = True
-
-
-def _encode_files(model, task: Task, indices: range, feats, ok, errors, batch_size: int, workers: int, bar) -> None:
-    from torch.utils.data import DataLoader
-
-    data = _ImageFiles(task, model.preprocess, model.image_size, indices)
-    loader = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    for all_idx, good_idx, pixels, problems in loader:
-        _encode_batch(model, good_idx, pixels, feats, ok)
-        for i, problem in problems:
-            errors[i] = problem
-        bar.update(len(all_idx))
-
-
-def _encode_shards(model, task: Task, feats, ok, errors, batch_size: int, bar) -> None:
-    import torch
-
-    from treeclip.data.images import decode_image
-    from treeclip.errors import InputError
-
-    idx: list[int] = []
-    pixels: list = []
-    for i, data, problem in iter_shard_images(task):
-        if data is not None:
-            try:
-                pixels.append(model.preprocess(decode_image(data, name=f"{task.name}:{task.paths[i]}",
-                                                            draft_size=model.image_size)))
-                idx.append(i)
-            except InputError as e:
-                problem = str(e)
-        if problem:
-            errors[i] = problem
-        bar.update(1)
-        if len(idx) == batch_size:
-            _encode_batch(model, idx, torch.stack(pixels), feats, ok)
-            idx, pixels = [], []
-    if idx:
-        _encode_batch(model, idx, torch.stack(pixels), feats, ok)
-    for i in np.flatnonzero(~ok):
-        if not errors[i]:
-            errors[i] = f"{task.name}: sample {task.paths[i]} not found in its shard"
-
-
-def _save_part(part: Path, start: int, stop: int, feats, ok, errors) -> None:
-    write_npy_atomic(part.with_suffix(".npy"), feats[start:stop])
-    write_json_atomic(part.with_suffix(".json"), {"start": start, "stop": stop,
-                                                  "ok": ok[start:stop].tolist(), "errors": errors[start:stop]})
-
-
-def _load_part(part: Path, start: int, stop: int, feats, ok, errors) -> bool:
-    try:
-        info = json.loads(part.with_suffix(".json").read_text(encoding="utf-8"))
-        block = np.load(part.with_suffix(".npy"), allow_pickle=False)
-    except (OSError, ValueError):
-        return False
-    if (info.get("start"), info.get("stop")) != (start, stop) or block.shape != feats[start:stop].shape:
-        return False
-    feats[start:stop] = block
-    ok[start:stop] = info["ok"]
-    errors[start:stop] = info["errors"]
-    return True
-
-
-def _save_entry(entry: Path, model, task: Task, feats, ok, errors) -> None:
+def _save_entry(entry: Path, model, task: Task, run: _Encoding, precision: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     entry.mkdir(parents=True, exist_ok=True)
-    write_npy_atomic(entry / "features.npy", feats)
-    table = pa.table({"index": np.arange(len(task)), "path": task.paths, "ok": ok, "error": errors})
+    write_npy_atomic(entry / "features.npy", run.feats)
+    table = pa.table({"index": np.arange(len(task)), "path": task.paths, "ok": run.ok, "error": run.errors})
     with atomic_path(entry / "images.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     # meta.json last: its presence with matching fingerprints marks a complete entry.
     write_json_atomic(entry / "meta.json", {"version": FORMAT_VERSION, "model": model.fingerprint(),
                                             "model_name": model.name, "images": task.images_fingerprint(),
-                                            "task": task.name, "n": len(task), "dim": int(feats.shape[1])})
-    for p in entry.glob("part-*"):
-        p.unlink(missing_ok=True)
+                                            "precision": precision, "task": task.name, "n": len(task),
+                                            "dim": int(run.feats.shape[1])})
+    PartStore(entry / "parts").clear()
 
 
 def text_embeddings(model, names: Sequence[str], templates: Sequence[str], *,
                     cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
-    """Zero-shot class embeddings (see `zeroshot.class_embeddings`), cached by model
-    fingerprint, names and templates in the label-embedding cache that `predict` uses."""
-    from treeclip.predict.labels import label_embeddings
+    """Zero-shot class embeddings (`runtime.labels.class_embeddings`), cached by model
+    fingerprint, names and templates in the label-embedding cache that `predict` uses
+    (`cache_dir` is the cache root; None: `$TREECLIP_CACHE`)."""
+    from treeclip.runtime.labels import label_embeddings
 
     return label_embeddings(model, list(names), list(templates), progress=progress,
-                            cache_dir=Path(cache_dir) / "text" if cache_dir is not None else None)
+                            cache_dir=Path(cache_dir) / "labels" if cache_dir is not None else None)

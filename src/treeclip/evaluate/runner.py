@@ -15,6 +15,7 @@ import numpy as np
 from treeclip.evaluate import fewshot, intrinsic, linear_probe, report, zeroshot
 from treeclip.evaluate.features import image_features, text_embeddings
 from treeclip.evaluate.tasks import Task, describe, load_task
+from treeclip.runtime.precision import VERB_DEFAULTS
 
 DEFAULT_TEXT = "default"
 """Text-type key meaning: each task's own default (taxon_com for taxonomic classes)."""
@@ -35,8 +36,8 @@ class EvalConfig:
     batch_size: int = 64
     workers: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
-    cache_dir: str | None = None
+    precision: str = VERB_DEFAULTS["eval"]
+    cache_dir: str | None = None       # cache root (features/, labels/); None: $TREECLIP_CACHE
     progress: bool = True
 
 
@@ -95,7 +96,6 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.cache_dir = cfg.cache_dir or str(out / "cache")
     try:
         templates = load_templates(cfg.templates)
     except ValueError as e:
@@ -114,13 +114,13 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
     kept_features: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in tasks}
     kept_ok: dict[str, np.ndarray] = {}
     for spec, label in zip(model_specs, labels):
-        model = load_model(spec, device=cfg.device, precision=cfg.precision)
+        model = load_model(spec, device=cfg.device)
         results["models"].append({"spec": spec, "label": label, "name": model.name,
                                   "fingerprint": model.fingerprint()})
         for task in tasks:
             _log(f"{label}: {task.name} ({len(task)} images, {task.n_classes} classes)", cfg)
             f = image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
-                               workers=cfg.workers, progress=cfg.progress)
+                               workers=cfg.workers, progress=cfg.progress, precision=cfg.precision)
             if label == labels[0]:
                 failures += f.errors  # the same images fail for every model: count once
                 kept_ok[task.name] = f.ok
