@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 from treeclip.model.registry import get_config, list_models
 
 if TYPE_CHECKING:  # pragma: no cover
-    from treeclip.model.checkpoint import load_model, read_state_dict, save_model
+    from treeclip.model.checkpoint import load_model, save_model
+    from treeclip.model.weights import read_state_dict
     from treeclip.model.factory import ClipModel, create_model, encode_tokens
 
 _LAZY = {
     "ClipModel": "factory", "create_model": "factory", "encode_tokens": "factory",
     "count_parameters": "factory", "trim_padding": "factory", "build_clip": "factory",
-    "load_model": "checkpoint", "save_model": "checkpoint", "read_state_dict": "checkpoint",
-    "load_weights_into": "checkpoint", "read_config": "checkpoint",
+    "load_model": "checkpoint", "save_model": "checkpoint", "read_config": "checkpoint",
+    "read_state_dict": "weights",
 }
 
 __all__ = ["list_models", "get_config", *_LAZY]

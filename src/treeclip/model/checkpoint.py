@@ -1,4 +1,4 @@
-"""Model directories: save, load, and read weights without unpickling untrusted data.
+"""Model directories: save and load (weights read without unpickling untrusted data).
 
 A model dir is what open_clip's `local-dir:` schema reads:
 `open_clip_config.json` (`model_cfg` + `preprocess_cfg`) and `open_clip_model.safetensors`,
@@ -17,79 +17,10 @@ from treeclip import fsutil
 from treeclip.errors import TreeclipError
 from treeclip.model.factory import ClipModel, build_clip, create_model
 from treeclip.model.registry import get_config, is_registered
+from treeclip.model.weights import LOCAL_DIR, WEIGHTS_FILE, strip_local_dir, weights_path
 
 CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 META_FILE = "treeclip.json"
-LOCAL_DIR = "local-dir:"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-# open_clip's own search order inside a dir, safetensors first
-_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
-                "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "pytorch_model.bin",
-                "pytorch_model.pth", "model.pth")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a weights file: safetensors, or a torch file loaded with
-    `weights_only=True` (so a malicious pickle cannot run code). A `state_dict` key and a
-    `module.` prefix (DistributedDataParallel) are unwrapped."""
-    path = Path(path)
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise TreeclipError(f"{path}: not a weights file (expected {', '.join(WEIGHT_SUFFIXES)})")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TreeclipError(f"{path}: no such file") from None
-    except Exception as err:  # corrupt file, or a pickle that needs code to load
-        raise TreeclipError(f"{path}: cannot read weights ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state:
-        raise TreeclipError(f"{path}: no tensors found")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_weights_into(clip: ClipModel, source: str | Path) -> None:
-    """Load weights from a file, a model dir or `local-dir:DIR` into `clip` (strict: every
-    weight must fit). open_clip's converters handle older checkpoint layouts."""
-    from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
-
-    path = _weights_path(source)
-    state = read_state_dict(path)
-    model = clip.model
-    try:
-        state = convert_state_dict(model, state)
-        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
-            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-        resize_pos_embed(state, model)
-        resize_text_pos_embed(state, model)
-        model.load_state_dict(state, strict=True)
-    except Exception as err:
-        raise TreeclipError(f"{path}: weights do not fit model {clip.name!r} "
-                            f"({str(err).splitlines()[0][:300]})") from None
-    clip._fingerprint = None
-
-
-def _weights_path(source: str | Path) -> Path:
-    source = str(source)
-    path = Path(source[len(LOCAL_DIR):] if source.startswith(LOCAL_DIR) else source)
-    if path.is_dir():
-        for name in _DIR_WEIGHTS:
-            if (path / name).is_file():
-                return path / name
-        raise TreeclipError(f"{path}: no weights file in this model dir (expected {WEIGHTS_FILE})")
-    if not path.exists():
-        raise TreeclipError(f"{path}: no such file or directory")
-    return path
-
-
 def save_model(clip: ClipModel, out_dir: str | Path, meta: dict | None = None) -> Path:
     """Write `clip` as a model dir that plain `open_clip.create_model_and_transforms(
     'local-dir:OUT_DIR')` loads with no treeclip code. Each file is written atomically,
@@ -143,9 +74,9 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str 
     """A model from `spec`: a model dir, `local-dir:DIR`, a weights file with
     `open_clip_config.json` beside it, or a registered name (random weights, seed 0)."""
     spec = str(spec)
-    path = Path(spec[len(LOCAL_DIR):] if spec.startswith(LOCAL_DIR) else spec)
+    path = strip_local_dir(spec)
     if path.is_dir():
-        model_dir, weights = path, _weights_path(path)
+        model_dir, weights = path, weights_path(path)
     elif path.is_file():
         model_dir, weights = path.parent, path
     elif spec.startswith(LOCAL_DIR) or not _is_architecture(spec):
@@ -156,7 +87,7 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str 
     config = read_config(model_dir)
     name = _model_name(model_dir)
     clip = ClipModel(model=build_clip(config, precision=precision), name=name, config=config)
-    load_weights_into(clip, weights)
+    clip.load_weights(weights)
     clip.model.to(device)
     clip.model.eval()
     return clip

@@ -143,6 +143,14 @@ class ClipModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def load_weights(self, source) -> None:
+        """Load weights from a file, a model dir or `local-dir:DIR` (strict: every weight
+        must fit); the fingerprint is recomputed on next use."""
+        from treeclip.model.weights import load_state_into
+
+        load_state_into(self.model, source, name=self.name)
+        self._fingerprint = None
+
     def train_transform(self, aug: dict | None = None) -> Callable:
         """The training transform (random resized crop; see `make_transform`)."""
         return make_transform(self.config, train=True, aug=aug)
@@ -206,8 +214,6 @@ def create_model(name: str, *, pretrained: str | None = None, seed: int = 0,
         model = build_clip(config, precision=precision)
     clip = ClipModel(model=model, name=name, config=config)
     if pretrained:
-        from treeclip.model.checkpoint import load_weights_into
-
-        load_weights_into(clip, pretrained)
+        clip.load_weights(pretrained)
     clip.model.to(device)
     return clip
