@@ -78,6 +78,13 @@ def test_subset_files(tmp_path, capsys):
     assert [t.scientific_name for t, k in zip(TAXA, keep) if k] == ["Morus alba"]
 
 
+def test_subset_parquet_file_is_read_as_a_table(tmp_path):
+    """A Parquet subset is binary: it must be read as a table, never as UTF-8 text first."""
+    pq.write_table(pa.table({"family": ["Corvidae", "Rosaceae"]}), tmp_path / "fam.parquet")
+    keep = L.subset_mask(TAXA, str(tmp_path / "fam.parquet"))
+    assert {t.family for t, k in zip(TAXA, keep) if k} == {"Corvidae", "Rosaceae"}
+
+
 def test_custom_labels_handle_commas_files_and_duplicates(tmp_path):
     assert L.parse_labels('crow, "magpie, black-billed",raven,crow') == ["crow", "magpie, black-billed", "raven"]
     (tmp_path / "cls.txt").write_text("Pica pica, Eurasian magpie\ncrow\n\n")

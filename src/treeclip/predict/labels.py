@@ -164,9 +164,7 @@ def subset_mask(taxa: Sequence[Taxon], spec: str) -> np.ndarray:
         path = Path(spec)
         if not path.is_file():
             raise TreeclipError(f"--subset {spec}: neither RANK=NAME (rank one of {', '.join(RANKS)}) nor a file")
-        first = read_text(path).split("\n", 1)[0].lower().replace('"', "")
-        header = [h.strip() for h in first.split(",")]
-        if path.suffix.lower() in (".parquet", ".pq") or any(h in RANKS for h in header):
+        if path.suffix.lower() in (".parquet", ".pq") or _has_rank_header(path):
             keep = np.zeros(len(taxa), dtype=bool)
             wanted: dict[tuple[str, ...], set] = {}
             for row in read_rows(path):
@@ -182,6 +180,12 @@ def subset_mask(taxa: Sequence[Taxon], spec: str) -> np.ndarray:
     if not keep.any():
         raise TreeclipError(f"--subset {spec}: matches none of the {len(taxa)} label taxa")
     return keep
+
+
+def _has_rank_header(path: Path) -> bool:
+    """Whether a text file's first line is a CSV header naming a rank."""
+    first = read_text(path).split("\n", 1)[0].lower().replace('"', "")
+    return any(h.strip() in RANKS for h in first.split(","))
 
 
 def _match_names(spec: str, names: list[str], keys: list[set[str]]) -> np.ndarray:
