@@ -81,8 +81,9 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--precision", default=VERB_DEFAULTS["eval"], show_default=True, type=click.Choice(PRECISIONS),
               help="Image tower precision of the features (docs/predict.md#precision); fp32 is exact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run(models, tasks, shots, text_types, templates, trials, linear_probe, intrinsic, tsne_points,
-        out_dir, cache_dir, batch_size, workers, device, precision, quiet) -> None:
+def run(models: tuple[str, ...], tasks: tuple[str, ...], shots: str, text_types: tuple[str, ...], templates: str,
+        trials: int, linear_probe: bool, intrinsic: bool, tsne_points: int, out_dir: str, cache_dir: str | None,
+        batch_size: int, workers: int, device: str, precision: str, quiet: bool) -> None:
     """Evaluate MODELS on the tasks; print the paper-layout tables; write report.md,
     results.json and the intrinsic PNGs to --out. Exit 1 if some images failed."""
     from treeclip.errors import EXIT_SOME_FAILED
@@ -137,7 +138,8 @@ def tasks_cmd() -> None:
 @click.option("--species", "max_species", default=None, type=click.IntRange(1),
               help="Keep at most this many species (seeded sample; the paper kept 400).")
 @click.option("--seed", default=0, show_default=True)
-def rare_species(status, images, root, training, out_dir, categories, min_images, per_species, max_species, seed) -> None:
+def rare_species(status: str, images: str, root: str | None, training: str | None, out_dir: str, categories: str,
+                 min_images: int, per_species: int | None, max_species: int | None, seed: int) -> None:
     """Build the Rare Species task: species of the chosen IUCN categories absent from
     training, with at least --min-images images each, --per-species sampled per species.
     Pass the written folder to `treeclip data build --exclude` too."""

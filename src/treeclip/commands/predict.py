@@ -4,6 +4,7 @@ imported here; the work happens in `treeclip.predict`."""
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import click
 
@@ -12,12 +13,12 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
 RANK_CHOICES = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 
-def _input_options(precision: str):
+def _input_options(precision: str) -> Callable[[Callable], Callable]:
     """Options shared by predict and embed: where the images come from and how they run."""
     return lambda fn: _add_options(fn, precision)
 
 
-def _add_options(fn, precision: str):
+def _add_options(fn: Callable, precision: str) -> Callable:
     options = [
         click.argument("images", nargs=-1),
         click.option("--files-from", "list_file", type=click.Path(dir_okay=False),
@@ -41,7 +42,8 @@ def _add_options(fn, precision: str):
     return fn
 
 
-def _gather(images, list_file, csv_file, column, root):
+def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
+            root: str | None) -> list:
     from treeclip.errors import TreeclipError
     from treeclip.predict.inputs import gather
 
@@ -82,9 +84,11 @@ def _gather(images, list_file, csv_file, column, root):
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Label-embedding cache [default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
-def predict(model, images, list_file, csv_file, column, root, batch_size, workers, device, precision, quiet,
-            rank, k, min_prob, taxa, ncbi_limit, subset, cls_spec, bins, rollup, templates, text_type, fmt,
-            output, overwrite, cache_dir, compile_):
+def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
+            root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
+            rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...],
+            cls_spec: str | None, bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str,
+            output: str | None, overwrite: bool, cache_dir: str | None, compile_: bool) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
     \b
@@ -122,8 +126,9 @@ def predict(model, images, list_file, csv_file, column, root, batch_size, worker
               help="emb.parquet (file_name, embedding, error) or emb.npy (+ emb.files.csv).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True,
               help="L2-normalise the embeddings (raw projection output otherwise, as pybioclip).")
-def embed(model, images, list_file, csv_file, column, root, batch_size, workers, device, precision, quiet,
-          output, normalize):
+def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
+          root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
+          output: str, normalize: bool) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
     \b

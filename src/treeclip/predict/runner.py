@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED
 from treeclip.runtime.images import Item
 
+if TYPE_CHECKING:  # pragma: no cover
+    from treeclip.predict.classifiers import BaseClassifier
 
-def make_classifier(model: str, *, taxa=None, ncbi_limit=None, subset=(), cls_spec=None, bins=None,
-                    text_type="taxon_com", **common):
+
+def make_classifier(model: str, *, taxa: str | None = None, ncbi_limit: int | None = None,
+                    subset: Sequence[str] = (), cls_spec: str | None = None, bins: str | None = None,
+                    text_type: str = "taxon_com", **common: Any) -> "BaseClassifier":
     """The classifier the options ask for."""
     from treeclip.predict.classifiers import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier
     from treeclip.predict.labels import parse_bins, parse_labels
@@ -27,8 +31,9 @@ def make_classifier(model: str, *, taxa=None, ncbi_limit=None, subset=(), cls_sp
 
 def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: int = 5, min_prob: float = 0.0,
                 rollup: float | None = None, fmt: str = "csv", output: str | None = None, overwrite: bool = False,
-                progress: bool = True, taxa=None, ncbi_limit=None, subset=(), cls_spec=None, bins=None,
-                text_type: str = "taxon_com", **common) -> int:
+                progress: bool = True, taxa: str | None = None, ncbi_limit: int | None = None,
+                subset: Sequence[str] = (), cls_spec: str | None = None, bins: str | None = None,
+                text_type: str = "taxon_com", **common: Any) -> int:
     """Classify `items` and write their rows; see `treeclip predict --help`."""
     from treeclip.predict import output as out
     from treeclip.predict.inputs import unique_names
@@ -71,7 +76,7 @@ def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: 
 
 
 def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool = False, progress: bool = True,
-              **common) -> int:
+              **common: Any) -> int:
     """Embed `items` and write them; see `treeclip embed --help`."""
     from treeclip.predict.embed import embed_images, write_embeddings
     from treeclip.predict.inputs import unique_names
