@@ -59,8 +59,53 @@ def test_csv_output_resume_and_partial_lines(setup, tmp_path):
     assert "nothing to do" in result.output and len(rows_of(out)) == len(rows)
     run(setup, str(root / "imgs"), "-o", str(out), "--k", "1", "--overwrite")
     assert len(rows_of(out)) == len(images)
-    result = run(setup, str(root / "imgs"), "-o", str(out), "--rank", "family", code=2)
-    assert "other columns" in result.output
+    result = run(setup, str(root / "imgs"), "-o", str(out), "--k", "1", "--rank", "family", code=2)
+    assert "other settings (rank differ)" in result.output
+
+
+def test_resume_refuses_outputs_of_other_runs(setup, tmp_path):
+    """A partial output is resumed only by a run with the same model and settings."""
+    root, images, model = setup
+    out = tmp_path / "out.jsonl"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("crow\nmagpie\n")
+    run(setup, str(images[0]), "-o", str(out), "--format", "jsonl", "--cls", str(labels), "--k", "1")
+    assert json.loads((tmp_path / "out.jsonl.run.json").read_text())["labels"].startswith(str(labels))
+    labels.write_text("crow\nmagpie\nrobin\n")  # same file name, other labels
+    result = run(setup, *map(str, images), "-o", str(out), "--format", "jsonl", "--cls", str(labels), "--k", "1",
+                 code=2)
+    assert "other settings (labels differ)" in result.output and "Traceback" not in result.output
+    from treeclip.model import create_model, save_model
+
+    other = save_model(create_model("micro-vit-32", seed=1), tmp_path / "other-model")  # other weights
+    labels.write_text("crow\nmagpie\n")
+    result = CliRunner().invoke(cli, ["predict", str(other), str(images[1]), "-o", str(out), "--format", "jsonl",
+                                      "--cls", str(labels), "--k", "1", "--templates", "single", "-q"])
+    assert result.exit_code == 2 and "other settings (model differ)" in result.output
+    assert len(out.read_text().splitlines()) == 1  # nothing was mixed in
+    # an output that no run recorded cannot be checked: refused, unless --overwrite
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("file_name,classification,score,error\nx.jpg,crow,0.5,\n")
+    result = run(setup, str(images[0]), "-o", str(foreign), "--cls", str(labels), code=2)
+    assert "cannot be checked" in result.output
+    run(setup, str(images[0]), "-o", str(foreign), "--cls", str(labels), "--overwrite")
+    assert [r["file_name"] for r in rows_of(foreign)] == [str(images[0])] * 2
+
+
+def test_retry_errors_tries_failed_images_again(setup, tmp_path):
+    root, images, _ = setup
+    out = tmp_path / "out.csv"
+    late = tmp_path / "late.jpg"
+    late.write_bytes(b"")  # still being copied when the first run saw it
+    run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1", code=1)
+    assert [bool(r["error"]) for r in rows_of(out)] == [False, True]
+    late.write_bytes(images[1].read_bytes())
+    result = run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1")
+    assert "nothing to do" in result.output  # an error row counts as done ...
+    result = run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1", "--retry-errors")
+    assert "1 classified, 0 failed, 1 skipped" in result.output  # ... unless asked to retry it
+    rows = rows_of(out)
+    assert [r["file_name"] for r in rows] == [str(images[0]), str(late)] and not any(r["error"] for r in rows)
 
 
 def test_bad_inputs_exit_1_with_error_rows(setup, tmp_path):
@@ -180,3 +225,95 @@ def test_compile_option_gives_the_same_answers(setup):
     compiled = run(setup, *map(str, images), "--precision", "fp32", "--k", "1", "--compile").stdout
     species = lambda text: [r["species"] for r in csv.DictReader(io.StringIO(text))]  # noqa: E731
     assert species(plain) == species(compiled)
+
+
+def _torchrun(port: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(port), "-m", "treeclip"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", ["predict", "embed"])
+def test_torchrun_two_ranks_give_the_single_process_output(setup, tmp_path, verb):
+    """2 gloo ranks split the inputs, write parts, and rank 0 merges them: the merged
+    output is the single-process output byte for byte, and a rerun after a kill resumes."""
+    import os
+
+    root, _, model = setup
+    images = make_images(tmp_path / "many", n=9)
+    (tmp_path / "many" / "broken.jpg").write_bytes(b"not a jpeg")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    suffix = ".csv" if verb == "predict" else ".parquet"
+    args = [verb, str(model), str(tmp_path / "many"), "--precision", "fp32", "--workers", "0", "-q"]
+    if verb == "predict":
+        args += ["--templates", "single", "--cache", str(root / "cache"), "--k", "2"]
+    one, two = tmp_path / f"one{suffix}", tmp_path / f"two{suffix}"
+    single = subprocess.run([sys.executable, "-m", "treeclip", *args, "-o", str(one)], env=env,
+                            capture_output=True, text=True)
+    assert single.returncode == 1, single.stderr[-2000:]  # the broken image: exit 1 from every run
+    ranks = subprocess.run([*_torchrun(_free_port()), *args, "-o", str(two)], env=env, capture_output=True, text=True)
+    assert "2 ranks" in ranks.stderr, ranks.stderr[-3000:]
+    assert _same_output(one, two, verb)
+    assert not list(tmp_path.glob(f"two{suffix}.part-*"))
+    _fake_interrupted_run(one, two, verb)  # what a run killed part way leaves behind
+    again = subprocess.run([*_torchrun(_free_port()), *args, "-o", str(two)], env=env, capture_output=True, text=True)
+    assert "2 ranks" in again.stderr and "4 skipped" in again.stderr, again.stderr[-3000:]  # 3 + 1 in the part
+    assert _same_output(one, two, verb)
+    assert len(images) == 9
+
+
+def _same_output(one, two, verb) -> bool:
+    if verb == "predict":
+        return one.read_bytes() == two.read_bytes()
+    from treeclip.predict.embed import read_embeddings
+
+    a, b = read_embeddings(one), read_embeddings(two)
+    return a.names == b.names and a.errors == b.errors and np.allclose(a.vectors, b.vectors, atol=1e-6)
+
+
+def _fake_interrupted_run(one, two, verb) -> None:
+    """The output holds the first 3 images; a rank's part holds one more and half a line."""
+    if verb == "predict":
+        lines = one.read_text().splitlines(keepends=True)
+        names = list(dict.fromkeys(line.split(",")[0] for line in lines[1:]))
+        two.write_text("".join(ln for ln in lines if ln == lines[0] or ln.split(",")[0] in names[:3]))
+        part = two.with_name(two.name + ".part-1")
+        part.write_text(lines[0] + "".join(ln for ln in lines[1:] if ln.split(",")[0] == names[5]) + lines[-1][:9])
+        return
+    from treeclip.predict.embed import Embeddings, read_embeddings, write_embeddings
+
+    full = read_embeddings(one)
+    two.unlink()  # the output is written last: a killed run has only chunks
+    write_embeddings(two.with_name(two.name + ".parts") / "00000000000000000001-r0.parquet",
+                     Embeddings(full.names[:3], full.vectors[:3], {}))
+
+
+def test_embed_resumes_from_its_chunks(setup, tmp_path):
+    root, images, model = setup
+    out = tmp_path / "emb.parquet"
+    args = ["embed", str(model), str(root / "imgs"), "-o", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    from treeclip.predict.embed import Embeddings, read_embeddings, write_embeddings
+
+    full = read_embeddings(out)
+    assert full.names == [str(p) for p in images]
+    out.unlink()  # killed before the output was written: two chunks survived
+    parts = tmp_path / "emb.parquet.parts"
+    write_embeddings(parts / "00000000000000000001-r0.parquet", Embeddings(full.names[:2], full.vectors[:2], {}))
+    write_embeddings(parts / "00000000000000000002-r0.parquet", Embeddings(full.names[2:3], full.vectors[2:3], {}))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "2 embedded, 0 failed, 3 skipped" in result.output, result.output
+    again = read_embeddings(out)
+    assert again.names == full.names and not again.errors
+    np.testing.assert_allclose(again.vectors, full.vectors, atol=1e-6)  # fp32 rounding of other batch sizes
+    assert not parts.exists()
+    result = CliRunner().invoke(cli, args[:-1] + ["--normalize", "-q"])  # other settings: refused
+    assert result.exit_code == 2 and "other settings (normalize differ)" in result.output

@@ -81,6 +81,7 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here [default: stdout]. An existing "
                                                                        "CSV/JSONL output is resumed.")
 @click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
+@click.option("--retry-errors", is_flag=True, help="When resuming, try the images whose rows are errors again.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Label-embedding cache [default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
@@ -88,7 +89,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
             rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...],
             cls_spec: str | None, bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str,
-            output: str | None, overwrite: bool, cache_dir: str | None, compile_: bool) -> None:
+            output: str | None, overwrite: bool, retry_errors: bool, cache_dir: str | None, compile_: bool) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
     \b
@@ -114,7 +115,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     code = run_predict(model, _gather(images, list_file, csv_file, column, root), rank=rank, k=k,
                        min_prob=min_prob, taxa=taxa, ncbi_limit=ncbi_limit, subset=list(subset), cls_spec=cls_spec,
                        bins=bins, rollup=rollup, templates=templates, text_type=text_type, fmt=fmt, output=output,
-                       overwrite=overwrite, cache_dir=cache_dir, compile=compile_, batch_size=batch_size,
+                       overwrite=overwrite, retry_errors=retry_errors, cache_dir=cache_dir, compile=compile_, batch_size=batch_size,
                        workers=workers, device=device, precision=precision, progress=not quiet)
     sys.exit(code)
 
@@ -126,16 +127,22 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
               help="emb.parquet (file_name, embedding, error) or emb.npy (+ emb.files.csv).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True,
               help="L2-normalise the embeddings (raw projection output otherwise, as pybioclip).")
+@click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
+@click.option("--retry-errors", is_flag=True, help="When resuming, try the images that failed before again.")
 def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
           root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
-          output: str, normalize: bool) -> None:
+          output: str, normalize: bool, overwrite: bool, retry_errors: bool) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
     \b
     treeclip embed runs/demo/model photos/ -o emb.parquet --normalize
+    torchrun --nproc_per_node 4 -m treeclip embed MODEL photos/ -o emb.parquet
+
+    Exact fp32 by default. A rerun with the same -o resumes (results are kept in chunks
+    beside it as they come); under torchrun the inputs are split over the ranks.
     """
     from treeclip.predict.runner import run_embed
 
     sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root), output=output,
-                       normalize=normalize, batch_size=batch_size, workers=workers, device=device,
-                       precision=precision, progress=not quiet))
+                       normalize=normalize, overwrite=overwrite, retry_errors=retry_errors, batch_size=batch_size,
+                       workers=workers, device=device, precision=precision, progress=not quiet))

@@ -3,6 +3,10 @@
 Parquet: one row per input, columns `file_name`, `embedding` (list of float32, null for a
 failed input) and `error`. `.npy`: an (n_ok, dim) float32 array, with its row names in
 `<name>.files.csv` beside it (`row`, `file_name`, `error`; failed inputs have no row).
+
+Resumable: `treeclip embed` writes its results in chunks (`<output>.parts/`, Parquet) as
+it goes, and the output once everything is embedded; a rerun skips what the output and
+the chunks hold (`merge_embeddings` joins them in input order, newer chunks winning).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,21 +36,18 @@ class Embeddings:
     precision: str = "fp32"
 
 
-def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
-                 workers: int | None = None, device: str | None = "cpu", precision: str = VERB_DEFAULTS["embed"],
-                 progress: bool = False, cache_dir: str | None = None) -> Embeddings:
-    """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
-    (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
-    by default (embeddings are data others build on); `precision="fast"` for speed."""
+def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
+                  workers: int | None = None, device: str | None = "cpu", precision: str = VERB_DEFAULTS["embed"],
+                  progress: bool = False, cache_dir: str | None = None) -> Iterator[Embeddings]:
+    """`Embeddings` of `images` batch by batch, in input order (see `embed_images`)."""
     from treeclip.predict.classifiers import _load_clip
+    from treeclip.predict.inputs import as_items
     from treeclip.runtime.encoder import ImageEncoder
     from treeclip.runtime.images import Item, iter_batches
-    from treeclip.predict.inputs import as_items
 
     clip = _load_clip(model)
     encoder = ImageEncoder(clip, device=device, precision=precision, cache_dir=cache_dir)
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
-    names, chunks, errors = [], [], {}
     bar = None
     if progress:
         import sys
@@ -56,17 +57,71 @@ def embed_images(model: Any, images: Any, *, normalize: bool = True, batch_size:
         bar = tqdm(total=len(items), unit="img", desc="embedding", file=sys.stderr)
     for idx, ok, pixels, errs in iter_batches(items, clip.preprocess, batch_size=batch_size,
                                               workers=workers, draft_size=clip.image_size):
-        if pixels is not None:
-            chunks.append(encoder(pixels, normalize=normalize).numpy())
-            names.extend(items[i].name for i in ok)
-        errors.update({items[i].name: e for i, e in errs.items()})
+        vectors = (encoder(pixels, normalize=normalize).numpy().astype(np.float32) if pixels is not None
+                   else np.zeros((0, clip.embed_dim), np.float32))
+        yield Embeddings([items[i].name for i in ok], vectors, {items[i].name: e for i, e in errs.items()},
+                         encoder.precision)
         if bar is not None:
             bar.update(len(idx))
     if bar is not None:
         bar.close()
-    dim = clip.embed_dim
-    vectors = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
-    return Embeddings(names, vectors, errors, encoder.precision)
+
+
+def embed_images(model: Any, images: Any, *, normalize: bool = True, **options: Any) -> Embeddings:
+    """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
+    (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
+    by default (embeddings are data others build on); `precision="fast"` for speed.
+    Options: `batch_size`, `workers`, `device`, `precision`, `progress`, `cache_dir`."""
+    return concat_embeddings(list(embed_batches(model, images, normalize=normalize, **options)))
+
+
+def concat_embeddings(parts: Sequence[Embeddings], dim: int = 0) -> Embeddings:
+    """One `Embeddings` of several, in order (`dim` for an empty result)."""
+    names = [n for p in parts for n in p.names]
+    errors = {k: v for p in parts for k, v in p.errors.items()}
+    dims = [p.vectors.shape[1] for p in parts] or [dim]
+    vectors = np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, dims[0]), np.float32)
+    return Embeddings(names, vectors.astype(np.float32, copy=False), errors,
+                      parts[0].precision if parts else "fp32")
+
+
+def read_embeddings(path: str | os.PathLike) -> Embeddings:
+    """An output `write_embeddings` wrote (Parquet, or `.npy` with its `.files.csv`)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path).to_pydict()
+            good = [i for i, e in enumerate(table["error"]) if not e]
+            vectors = np.asarray([table["embedding"][i] for i in good], np.float32)
+            errors = {table["file_name"][i]: e for i, e in enumerate(table["error"]) if e}
+            return Embeddings([table["file_name"][i] for i in good], vectors.reshape(len(good), -1), errors)
+        vectors = np.load(path, allow_pickle=False)
+        rows = list(csv.DictReader(io.StringIO(path.with_suffix(".files.csv").read_text(encoding="utf-8"))))
+    except (OSError, ValueError, KeyError) as err:
+        raise TreeclipError(f"{path}: cannot read the existing embeddings ({str(err)[:120]}); "
+                            "give another --output or --overwrite") from None
+    names = [r["file_name"] for r in rows if not r["error"]]
+    return Embeddings(names, vectors, {r["file_name"]: r["error"] for r in rows if r["error"]})
+
+
+def merge_embeddings(parts: Sequence[Embeddings], order: Sequence[str]) -> Embeddings:
+    """One `Embeddings` from several that may repeat an input (a later part wins): inputs
+    in `order` first, then the others in the order the parts hold them."""
+    latest: dict[str, tuple[np.ndarray | None, str]] = {}
+    for part in parts:
+        for name, vector in zip(part.names, part.vectors):
+            latest[name] = (vector, "")
+        for name, error in part.errors.items():
+            latest[name] = (None, error)
+    ranked = [n for n in dict.fromkeys(order) if n in latest]
+    names = ranked + [n for n in latest if n not in set(ranked)]
+    good = [n for n in names if latest[n][0] is not None]
+    dim = next((p.vectors.shape[1] for p in parts if p.vectors.ndim == 2), 0)
+    vectors = np.stack([latest[n][0] for n in good]) if good else np.zeros((0, dim), np.float32)
+    return Embeddings(good, vectors.astype(np.float32, copy=False),
+                      {n: latest[n][1] for n in names if latest[n][0] is None})
 
 
 def write_embeddings(path: str | os.PathLike, emb: Embeddings) -> list[Path]:

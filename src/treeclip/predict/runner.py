@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED
@@ -31,32 +32,63 @@ def make_classifier(model: str, *, taxa: str | None = None, ncbi_limit: int | No
 
 def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: int = 5, min_prob: float = 0.0,
                 rollup: float | None = None, fmt: str = "csv", output: str | None = None, overwrite: bool = False,
-                progress: bool = True, taxa: str | None = None, ncbi_limit: int | None = None,
-                subset: Sequence[str] = (), cls_spec: str | None = None, bins: str | None = None,
-                text_type: str = "taxon_com", **common: Any) -> int:
-    """Classify `items` and write their rows; see `treeclip predict --help`."""
+                retry_errors: bool = False, progress: bool = True, taxa: str | None = None,
+                ncbi_limit: int | None = None, subset: Sequence[str] = (), cls_spec: str | None = None,
+                bins: str | None = None, text_type: str = "taxon_com", **common: Any) -> int:
+    """Classify `items` and write their rows; see `treeclip predict --help`. Under torchrun
+    the inputs are split over the ranks and the parts merged (`predict.runs`)."""
     from treeclip.predict import output as out
     from treeclip.predict.inputs import unique_names
+    from treeclip.predict.runs import file_identity, model_identity
 
-    custom = bool(cls_spec or bins)
-    if custom:
+    if cls_spec or bins:
         columns, options = out.label_columns(), {"k": k, "min_prob": min_prob}
     else:
         columns = out.rollup_columns() if rollup is not None else out.tree_columns(rank)
         options = {"rank": rank, "k": k, "min_prob": min_prob, "rollup": rollup}
-    writer = out.PredictionWriter(output, fmt, columns, resume=not overwrite)
+    identity = {"verb": "predict", "model": model_identity(model), "taxa": file_identity(taxa),
+                "ncbi_limit": ncbi_limit, "subset": [file_identity(s) for s in subset],
+                "labels": file_identity(cls_spec), "bins": file_identity(bins), "text_type": text_type,
+                "templates": file_identity(common.get("templates")), "precision": _precision(common, "predict"),
+                "format": fmt, **options}
+    ranks = _Ranks.join(common.get("device"), output)
     items = unique_names(items)
-    todo = [it for it in items if it.name not in writer.done]
+    writer, done = ranks.open_output(output, fmt, columns, identity, overwrite=overwrite, retry_errors=retry_errors)
+    todo = [it for it in items if it.name not in done]
     skipped = len(items) - len(todo)
-    if not todo:  # all done by an earlier run: no need to load the model
-        writer.close()
+    mine = ranks.block(todo)
+    if not todo:  # all done by an earlier run (every rank sees the same): no need to load the model
+        ranks.finish(writer, output, fmt, columns, [it.name for it in items])
         print(f"treeclip predict: nothing to do, all {skipped} images are in {output}", file=sys.stderr)
         return EXIT_OK
     clf = make_classifier(model, taxa=taxa, ncbi_limit=ncbi_limit, subset=subset, cls_spec=cls_spec,
-                          bins=bins, text_type=text_type, progress=progress, **common)
-    bar = _bar(len(todo), progress)
-    failed, start = 0, time.perf_counter()
-    for rows in clf.predict_batches(todo, **options):
+                          bins=bins, text_type=text_type, progress=progress and ranks.is_main, **common)
+    start = time.perf_counter()
+    failed = _classify(clf, mine, writer, options, progress and ranks.is_main)
+    seconds = time.perf_counter() - start
+    failed, done_now = ranks.total(failed), ranks.total(len(mine))
+    ranks.finish(writer, output, fmt, columns, [it.name for it in items])
+    if ranks.is_main:
+        rate = f", {done_now / seconds:.1f} img/s" if seconds > 0 else ""
+        where = f" -> {output}" if output else ""
+        print(f"treeclip predict: {done_now - failed} classified, {failed} failed, {skipped} skipped "
+              f"(already in the output){where} [{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]",
+              file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _precision(common: dict, verb: str) -> str:
+    """The concrete precision a run's options mean on this machine (part of its identity)."""
+    from treeclip.runtime.precision import VERB_DEFAULTS, resolve_device, resolve_precision
+
+    return resolve_precision(common.get("precision", VERB_DEFAULTS[verb]), resolve_device(common.get("device")))
+
+
+def _classify(clf, items: Sequence[Item], writer, options: dict, progress: bool) -> int:
+    """Stream `items` through `clf` into `writer`; each failure one line; returns failures."""
+    bar = _bar(len(items), progress)
+    failed = 0
+    for rows in clf.predict_batches(list(items), **options):
         writer.write(rows)
         for row in rows:
             if row.get("error"):
@@ -66,28 +98,211 @@ def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: 
             bar.update(len({r["file_name"] for r in rows}))
     if bar is not None:
         bar.close()
-    writer.close()
-    seconds = time.perf_counter() - start
-    rate = f", {len(todo) / seconds:.1f} img/s" if todo and seconds > 0 else ""
-    where = f" -> {output}" if output else ""
-    print(f"treeclip predict: {len(todo) - failed} classified, {failed} failed, {skipped} skipped "
-          f"(already in the output){where} [{clf.precision} on {clf.encoder.device}{rate}]", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return failed
+
+
+class _Ranks:
+    """This process's place in a torchrun/srun run (one process: rank 0 of 1): the output
+    set-up that rank 0 does first, the block of inputs of each rank, sums over ranks and
+    the final merge of the rank parts (see `predict.runs`)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    @classmethod
+    def join(cls, device: str | None, output: str | None) -> "_Ranks":
+        """Join the process group when launched by torchrun/srun; else rank 0 of 1."""
+        from treeclip.errors import TreeclipError
+        from treeclip.runtime.distributed import init_distributed, world_size
+
+        if world_size() == 1:
+            return cls(0, 1)
+        if not output:
+            raise TreeclipError("under torchrun, give --output: the ranks write parts that are merged into it")
+        kind = "cuda" if str(device or "cpu").startswith("cuda") else "cpu"
+        info = init_distributed(kind)
+        return cls(info.rank, info.world_size)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        return f", {self.world} ranks" if self.world > 1 else ""
+
+    def block(self, todo: Sequence[Item]) -> list[Item]:
+        from treeclip.predict.runs import rank_block
+
+        return rank_block(todo, self.rank, self.world)
+
+    def barrier(self) -> None:
+        from treeclip.runtime.distributed import barrier
+
+        barrier()
+
+    def end(self) -> None:
+        """Leave the process group once every rank got here (rank 0 may still be writing)."""
+        from treeclip.runtime.distributed import cleanup
+
+        if self.world > 1:
+            self.barrier()
+            cleanup()
+
+    def total(self, value: int) -> int:
+        """`value` summed over the ranks."""
+        if self.world == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t)
+        return int(t.item())
+
+    def open_output(self, output: str | None, fmt: str, columns: Sequence[str], identity: dict, *,
+                    overwrite: bool, retry_errors: bool):
+        """(writer for this rank's rows, names already done). Rank 0 first checks the
+        output's identity, folds parts an interrupted run left into it and drops error
+        rows to retry; then every rank reads the same done set."""
+        from treeclip.predict import output as out
+
+        if not output or fmt == "table":
+            return out.PredictionWriter(output, fmt, columns, resume=False), set()
+        if self.is_main:
+            _settle_output(Path(output), fmt, columns, identity, overwrite=overwrite, retry_errors=retry_errors)
+        self.barrier()
+        if self.world == 1:
+            writer = out.PredictionWriter(output, fmt, columns, resume=True)
+            return writer, writer.done
+        done = set(out.read_stored(Path(output), fmt, columns).names)
+        from treeclip.predict.runs import part_path
+
+        return out.PredictionWriter(part_path(output, self.rank), fmt, columns, resume=False), done
+
+    def finish(self, writer, output: str | None, fmt: str, columns: Sequence[str], order: list[str]) -> None:
+        """Close this rank's writer; when every rank is done, rank 0 merges the parts."""
+        from treeclip.predict import output as out
+        from treeclip.predict.runs import existing_parts
+
+        writer.close()
+        if self.world > 1:
+            self.barrier()
+            if self.is_main:
+                out.merge_outputs(Path(output), existing_parts(output), fmt, columns, order)
+            self.end()  # nobody exits (and ends the run) while rank 0 still merges
+
+
+def _settle_output(output: Path, fmt: str, columns: Sequence[str], identity: dict, *, overwrite: bool,
+                   retry_errors: bool) -> None:
+    """Rank 0's set-up of a resumable output: start afresh (`overwrite`) or check the
+    identity of what is there, fold in parts an interrupted run left, drop error rows to retry."""
+    from treeclip.predict import output as out
+    from treeclip.predict.runs import check_identity, existing_parts
+
+    parts = existing_parts(output)
+    if overwrite:
+        for path in [output, *parts]:
+            path.unlink(missing_ok=True)
+        parts = []
+    fresh = not output.exists() and not parts
+    check_identity(output, identity, fresh=overwrite or fresh)
+    if parts:
+        out.merge_outputs(output, parts, fmt, columns, [])
+    out.PredictionWriter(output, fmt, columns, resume=True, retry_errors=retry_errors).close()
 
 
 def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool = False, progress: bool = True,
-              **common: Any) -> int:
-    """Embed `items` and write them; see `treeclip embed --help`."""
-    from treeclip.predict.embed import embed_images, write_embeddings
+              overwrite: bool = False, retry_errors: bool = False, chunk: int = 1024, **common: Any) -> int:
+    """Embed `items` and write them; see `treeclip embed --help`. Resumable: results are
+    kept in chunks beside the output as they come (`predict.embed`); under torchrun the
+    inputs are split over the ranks and rank 0 writes the output."""
+    from treeclip.predict.embed import embed_batches
     from treeclip.predict.inputs import unique_names
+    from treeclip.predict.runs import model_identity
 
-    emb = embed_images(model, unique_names(items), normalize=normalize, progress=progress, **common)
-    for line in emb.errors.values():
-        print(f"treeclip: {line}", file=sys.stderr)
-    files = write_embeddings(output, emb)
-    print(f"treeclip embed: {len(emb.names)} embedded, {len(emb.errors)} failed -> "
-          f"{', '.join(map(str, files))} [{emb.precision}]", file=sys.stderr)
-    return EXIT_SOME_FAILED if emb.errors else EXIT_OK
+    identity = {"verb": "embed", "model": model_identity(model), "normalize": normalize,
+                "precision": _precision(common, "embed")}
+    ranks = _Ranks.join(common.get("device"), output)
+    items = unique_names(items)
+    store = _EmbeddingStore(Path(output))
+    if ranks.is_main:
+        store.settle(identity, overwrite=overwrite)
+    ranks.barrier()
+    done = store.done(retry_errors=retry_errors)
+    todo = [it for it in items if it.name not in done]
+    mine = ranks.block(todo)
+    failed = 0
+    if todo:
+        pending = []
+        for emb in embed_batches(model, mine, normalize=normalize, progress=progress and ranks.is_main, **common):
+            for line in emb.errors.values():
+                print(f"treeclip: {line}", file=sys.stderr)
+            failed += len(emb.errors)
+            pending.append(emb)
+            if sum(len(p.names) + len(p.errors) for p in pending) >= chunk:
+                store.save_chunk(pending, ranks.rank)
+                pending = []
+        if pending:
+            store.save_chunk(pending, ranks.rank)
+    ranks.barrier()
+    embedded, failed = ranks.total(len(mine) - failed), ranks.total(failed)
+    if ranks.is_main:
+        files = store.finish([it.name for it in items])
+        print(f"treeclip embed: {embedded} embedded, {failed} failed, {len(items) - len(todo)} skipped "
+              f"(already in the output) -> {', '.join(map(str, files))} [{identity['precision']}{ranks.describe()}]",
+              file=sys.stderr)
+    ranks.end()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+class _EmbeddingStore:
+    """An embedding output and the chunks of the run that fills it (`<output>.parts/`)."""
+
+    def __init__(self, output: Path) -> None:
+        self.output, self.parts = output, Path(f"{output}.parts")
+
+    def settle(self, identity: dict, *, overwrite: bool) -> None:
+        """Start afresh, or check that what is there was made by a run like this one."""
+        import shutil
+
+        from treeclip.predict.runs import check_identity
+
+        if overwrite:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            self.output.unlink(missing_ok=True)
+            self.output.with_suffix(".files.csv").unlink(missing_ok=True)
+        fresh = not self.output.exists() and not self.parts.exists()
+        check_identity(self.output, identity, fresh=overwrite or fresh)
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.parts.glob("*.parquet")) if self.parts.is_dir() else []
+
+    def stored(self) -> list:
+        from treeclip.predict.embed import read_embeddings
+
+        return ([read_embeddings(self.output)] if self.output.exists() else []) + [read_embeddings(p) for p in self.chunks()]
+
+    def done(self, *, retry_errors: bool) -> set[str]:
+        from treeclip.predict.embed import merge_embeddings
+
+        merged = merge_embeddings(self.stored(), [])
+        return set(merged.names) | (set() if retry_errors else set(merged.errors))
+
+    def save_chunk(self, parts: list, rank: int) -> None:
+        """One chunk, named so that chunks sort in the order they were written."""
+        from treeclip.predict.embed import concat_embeddings, write_embeddings
+
+        write_embeddings(self.parts / f"{time.time_ns():020d}-r{rank}.parquet", concat_embeddings(parts))
+
+    def finish(self, order: list[str]):
+        """Write the output from everything stored, in input order; drop the chunks."""
+        import shutil
+
+        from treeclip.predict.embed import merge_embeddings, write_embeddings
+
+        files = write_embeddings(self.output, merge_embeddings(self.stored(), order))
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return files
 
 
 def _bar(total: int, progress: bool):
