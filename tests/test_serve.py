@@ -288,8 +288,8 @@ def test_serve_precisions_on_every_cpu_class(model_dir, monkeypatch, cpu):
                          label_cache_dir=str(model_dir / "cache"))
     fast = "bf16" if cpu in ("avx512_bf16", "amx") else "int8"
     assert engine.precisions == {"predict": fast, "embed": "fp32"}
-    pixels = engine.preprocess(png((120, 30, 220, 255)), "e.png")
-    predicted, embedded = engine.encode_batch([("predict", pixels), ("embed", pixels)])
+    pixels = engine.pipeline.preprocess(png((120, 30, 220, 255)), "e.png")
+    predicted, embedded = engine.pipeline.encode_batch([("predict", pixels), ("embed", pixels)])
     exact = engine.clip.encode_images(pixels.unsqueeze(0))[0].numpy()
     np.testing.assert_allclose(embedded, exact, atol=1e-6)
     # the fast path ran (not the exact one); its agreement is measured in test_precision.py
