@@ -11,7 +11,9 @@ Endpoints (OpenAPI schema at /openapi.json):
 
 Bad uploads get a 4xx whose `detail` is one line naming the file and the reason; when some
 images of a request are good, the request succeeds and the bad ones carry an `error`
-(like the CLI's error rows). The server keeps serving either way.
+(like the CLI's error rows). The server keeps serving either way. Before any route runs,
+`treeclip.serve.guards` refuses foreign `Host`s and web page `Origin`s (403), requests over
+the concurrency limit or the timeout (503) and bodies over the size cap (413).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from treeclip.runtime.precision import VERB_DEFAULTS, cpu_features
 from treeclip.serve.engine import ServeEngine
 from treeclip.serve.forms import MAX_K, embed_images, predict_images, predict_options, read_form
-from treeclip.serve.guards import BodyLimit
+from treeclip.serve.access import Access
+from treeclip.serve.guards import BodyLimit, HostOriginGuard, RequestLimiter, RequestSlots
 from treeclip.serve.limits import UploadError, UploadLimits
 from treeclip.taxonomy.taxon import RANKS
 
@@ -58,10 +61,16 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
                device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
                embed_precision: str = VERB_DEFAULTS["serve-embed"], max_batch: int = 32, max_wait_ms: float = 5.0,
                cache_size: int = 4096, label_cache_dir: str | Path | None = None,
-               templates: str | Sequence[str] = "openai") -> FastAPI:
+               templates: str | Sequence[str] = "openai", access: Access | None = None,
+               max_concurrent: int = 32, request_timeout: float | None = 60.0) -> FastAPI:
     """The FastAPI app for `model` (a model dir or spec `load_model` accepts, a `ClipModel`,
     or a ready `ServeEngine`, which brings its own caps and batching settings). The model
-    and label embeddings load here, once; serve the app with uvicorn (`treeclip serve` does)."""
+    and label embeddings load here, once; serve the app with uvicorn (`treeclip serve` does).
+
+    `access`: the `Host` names and web page origins answered (default: loopback only,
+    `Access.for_server()`). At most `max_concurrent` /predict, /embed and /taxa requests
+    are in flight (more get a 503 at once); one not answered within `request_timeout`
+    seconds (None: no limit) gets a 503 and its work is cancelled."""
     if isinstance(model, ServeEngine):
         engine = model
     else:
@@ -82,9 +91,13 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
                   description="Classify and embed organism photos with a treeclip (BioCLIP) model.")
     app.state.engine = engine
     app.state.batcher = engine.batcher
+    app.state.slots = slots = RequestSlots(max_concurrent=max_concurrent, timeout_s=request_timeout)
+    # the last added runs first: who may ask, then how many at once, then how large
     app.add_middleware(BodyLimit, max_bytes=engine.limits.max_request_bytes)
+    app.add_middleware(RequestLimiter, slots=slots)
+    app.add_middleware(HostOriginGuard, access=access or Access.for_server())
     app.add_exception_handler(UploadError, _upload_error)
-    _add_routes(app, engine)
+    _add_routes(app, engine, slots)
     return app
 
 
@@ -92,7 +105,7 @@ async def _upload_error(_request: Request, err: UploadError) -> JSONResponse:
     return JSONResponse({"detail": err.reason}, status_code=err.status)
 
 
-def _add_routes(app: FastAPI, engine: ServeEngine) -> None:
+def _add_routes(app: FastAPI, engine: ServeEngine, slots: RequestSlots) -> None:
     """The endpoints: each reads its input, asks the engine, and answers in JSON."""
     page = resources.files("treeclip.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     limits = engine.limits
@@ -101,13 +114,15 @@ def _add_routes(app: FastAPI, engine: ServeEngine) -> None:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health", summary="Model, label set, caps and batching counters")
+    @app.get("/health", summary="Model, label set, caps, request and batching counters")
     async def health() -> dict:
-        return {"status": "ok", "model": engine.model_spec, "fingerprint": engine.clip.fingerprint()[:16],
+        # no local paths: the model by its name (the operator saw the path at start-up)
+        return {"status": "ok", "model": engine.model_name, "fingerprint": engine.clip.fingerprint()[:16],
                 "embed_dim": engine.clip.embed_dim, "image_size": engine.clip.image_size,
                 "precision": engine.precisions, "cpu_features": cpu_features().describe(),
                 "taxa": len(engine.tree.taxa), "cached_images": len(engine.embeddings),
-                "limits": limits.describe(), "batching": engine.batcher.stats.as_dict()}
+                "label_sets": len(engine.classifiers), "limits": limits.describe(),
+                "requests": slots.as_dict(), "batching": engine.batcher.stats.as_dict()}
 
     @app.get("/taxa", summary="Search the label set by scientific, rank or common name")
     def taxa_search(q: str = "", limit: int = 20) -> dict:  # sync: FastAPI runs it in a thread

@@ -14,6 +14,9 @@ kept per (upload id, precision).
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +25,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from treeclip.errors import TreeclipError
 from treeclip.runtime.precision import VERB_DEFAULTS
-from treeclip.serve.caches import LabelSetCache
+from treeclip.serve.batcher import MicroBatcher
+from treeclip.serve.caches import EmbeddingCache, LabelSetCache
 from treeclip.serve.limits import UploadError, UploadLimits, status_for
 from treeclip.serve.pipeline import Embedded, Failed, ImagePipeline, Upload
 from treeclip.taxonomy.taxon import RANKS, Taxon
@@ -35,20 +39,23 @@ class ServeEngine:
     (sums to any rank, roll-up), `CustomLabelsClassifier` for the user's own labels. The
     engine adds what a server needs: one image pipeline (`ImagePipeline`: uploads to
     embeddings, micro-batched) whose embeddings outlive a request, and classifiers for
-    subsets and label lists kept ready for the next request. `start()`/`stop()` run the
-    pipeline's batcher on the serving event loop (the app's lifespan calls them)."""
+    subsets and label lists kept ready for the next request, built by one label worker
+    thread. `start()`/`stop()` run the pipeline (batcher, decode threads) and the label
+    worker on the serving event loop (the app's lifespan calls them)."""
 
     def __init__(self, model: str | Path | Any, *, taxa: str | Path | Sequence[Taxon] | None = None,
                  device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
                  embed_precision: str = VERB_DEFAULTS["serve-embed"], limits: UploadLimits | None = None,
                  cache_size: int = 4096, label_cache_dir: str | Path | None = None,
-                 templates: str | Sequence[str] = "openai", max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
+                 templates: str | Sequence[str] = "openai", max_batch: int = 32, max_wait_ms: float = 5.0,
+                 label_sets: int = 16, decode_threads: int | None = None) -> None:
         from treeclip.predict.classifiers import TreeOfLifeClassifier
         from treeclip.runtime.precision import resolve_device
 
         self.limits = limits or UploadLimits()
         device = str(resolve_device(device))
         self.model_spec, self.clip = _load(model, device)
+        self.model_name = _public_name(self.clip)
         if taxa is None or isinstance(taxa, (str, Path)):
             from treeclip.predict.labels import load_taxa
 
@@ -57,11 +64,13 @@ class ServeEngine:
                          "cache_dir": str(label_cache_dir) if label_cache_dir else None}
         self.tree = TreeOfLifeClassifier(self.clip, list(taxa), **self._options)
         self.pipeline = ImagePipeline(self.clip, self._encoders(embed_precision), self.limits, cache_size=cache_size,
-                                      max_batch=max_batch, max_wait_s=max_wait_ms / 1000)
+                                      max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                                      decode_threads=decode_threads)
         # classifiers for subsets and custom labels never encode images (the tree's encoder
         # does), so they need no image-tower copy of their own: fp32 shares the model
         self._label_options = {**self._options, "precision": "fp32"}
-        self.classifiers = LabelSetCache()
+        self.classifiers = LabelSetCache(label_sets)
+        self._label_worker: ThreadPoolExecutor | None = None
         self._search_names: list[str] | None = None
 
     def _encoders(self, embed_precision: str) -> dict[str, Any]:
@@ -76,10 +85,16 @@ class ServeEngine:
         return {"predict": self.tree.encoder, "embed": embed}
 
     async def start(self) -> None:
+        # one thread builds classifiers for subsets and label lists: one text-encoder job
+        # at a time, however many requests bring new labels
+        self._label_worker = ThreadPoolExecutor(1, thread_name_prefix="treeclip-labels")
         await self.pipeline.start()
 
     async def stop(self) -> None:
         await self.pipeline.stop()
+        if self._label_worker is not None:
+            self._label_worker.shutdown(wait=False, cancel_futures=True)
+            self._label_worker = None
 
     @property
     def taxa(self) -> list[Taxon]:
@@ -91,12 +106,12 @@ class ServeEngine:
         return self.pipeline.encoders
 
     @property
-    def embeddings(self):
+    def embeddings(self) -> EmbeddingCache:
         """The kept upload embeddings (an LRU per upload id and precision)."""
         return self.pipeline.embeddings
 
     @property
-    def batcher(self):
+    def batcher(self) -> MicroBatcher:
         """The micro-batcher every image encoder call goes through."""
         return self.pipeline.batcher
 
@@ -125,12 +140,13 @@ class ServeEngine:
         items: list[Embedded | Failed] = [*known, *uploaded]
         good = [it for it in items if isinstance(it, Embedded)]
         try:
-            shaped = await run_in_threadpool(self.classify, good, **options)
+            clf = await self.classifier(options["subset"], options["labels"]) if good else None
+            shaped = await run_in_threadpool(self.classify, good, classifier=clf, **options)
         except TreeclipError as err:
             raise UploadError(400, str(err)) from None
         rows = iter(shaped)
         images = [next(rows) if isinstance(it, Embedded) else _error_entry(it) for it in items]
-        return {"model": self.model_spec, "precision": self.encoders["predict"].precision,
+        return {"model": self.model_name, "precision": self.encoders["predict"].precision,
                 "mode": "custom" if options["labels"] else "tree-of-life",
                 "rank": options["rank"], "k": options["k"], "threshold": options["threshold"],
                 "subset": options["subset"], "images": images, "failed": _failures(items)}
@@ -142,7 +158,7 @@ class ServeEngine:
         images = [{"id": it.id, "file": it.file, "embedding": [round(float(x), 7) for x in it.embedding],
                    "error": None} if isinstance(it, Embedded) else {**_error_entry(it), "embedding": None}
                   for it in uploaded]
-        return {"model": self.model_spec, "dim": self.clip.embed_dim, "precision": self.encoders["embed"].precision,
+        return {"model": self.model_name, "dim": self.clip.embed_dim, "precision": self.encoders["embed"].precision,
                 "images": images, "failed": _failures(uploaded)}
 
     # -- classification ----------------------------------------------------------------
@@ -163,31 +179,50 @@ class ServeEngine:
             return f"species={subset.strip()}"
         raise TreeclipError(f"subset {subset!r}: no taxon of that name in the label set")
 
-    def _classifier(self, subset: str | None, labels: Sequence[str] | None):
+    async def classifier(self, subset: str | None, labels: Sequence[str] | None):
+        """The classifier for a request: the tree, one kept ready, or one built now on the
+        label worker (one build at a time; a build whose request was cancelled before it
+        started is dropped)."""
+        if not labels and not subset:
+            return self.tree
+        ready = self.classifiers.get(_classifier_key(subset, labels))
+        if ready is not None:
+            return ready
+        if self._label_worker is None:
+            raise RuntimeError("ServeEngine.classifier before start()")
+        return await asyncio.get_running_loop().run_in_executor(self._label_worker, self.classifier_for,
+                                                                subset, labels)
+
+    def classifier_for(self, subset: str | None, labels: Sequence[str] | None):
+        """The classifier for custom `labels`, else for `subset`, else the tree; subset and
+        label classifiers are kept in a small LRU (built here when missing: slow)."""
+        if not labels and not subset:
+            return self.tree
+        return self.classifiers.get_or_make(_classifier_key(subset, labels), lambda: self._make(subset, labels))
+
+    def _make(self, subset: str | None, labels: Sequence[str] | None):
         from treeclip.predict.classifiers import CustomLabelsClassifier, TreeOfLifeClassifier
 
         if labels:
-            key = ("labels", *labels)
-            return self.classifiers.get_or_make(
-                key, lambda: CustomLabelsClassifier(self.clip, list(labels), **self._label_options))
-        if subset:
-            spec = self.subset_spec(subset)
-            return self.classifiers.get_or_make(
-                ("subset", spec), lambda: TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec,
-                                                     **self._label_options))
-        return self.tree
+            # a client's labels never reach the shared label cache: they are encoded into a
+            # private folder removed at once, and their embeddings live on in the LRU only
+            with tempfile.TemporaryDirectory(prefix="treeclip-serve-labels-") as tmp:
+                return CustomLabelsClassifier(self.clip, list(labels), **{**self._label_options, "cache_dir": tmp})
+        spec = self.subset_spec(subset or "")
+        return TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec, **self._label_options)
 
     def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
                  subset: str | None = None, labels: Sequence[str] | None = None,
-                 threshold: float | None = None) -> list[dict]:
+                 threshold: float | None = None, classifier: Any = None) -> list[dict]:
         """Per item: `{"id", "file", "predictions": [rows], "rollup": row | None, "error": None}`;
         rows are `treeclip predict`'s JSON Lines rows (`file_name`, ranks or
-        `classification`, `score`), the roll-up row adds `rank`."""
+        `classification`, `score`), the roll-up row adds `rank`. `classifier`: the one
+        `classifier_for(subset, labels)` gives, when the caller has it already."""
         if not items:
             return []
         import torch
 
-        clf = self._classifier(subset, labels)
+        clf = classifier if classifier is not None else self.classifier_for(subset, labels)
         probs = clf.probabilities(torch.from_numpy(np.stack([it.embedding for it in items])))
         top = clf.rows_for(probs, rank=rank, k=k)
         rolled = clf.rows_for(probs, rollup=threshold) if threshold is not None and not labels else None
@@ -236,6 +271,18 @@ def _load(model: str | Path | Any, device: str) -> tuple[str, Any]:
 
         return str(model), load_model(str(model), device=device)
     return getattr(model, "name", "model"), model
+
+
+def _public_name(clip: Any) -> str:
+    """The model's name in answers: its registered or saved name, never a local path."""
+    name = str(getattr(clip, "name", "") or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return name or "model"
+
+
+def _classifier_key(subset: str | None, labels: Sequence[str] | None) -> tuple:
+    if labels:
+        return ("labels", *labels)
+    return ("subset", " ".join((subset or "").split()).lower())
 
 
 def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:

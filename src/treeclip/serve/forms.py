@@ -75,7 +75,7 @@ def predict_options(form: FormData, limits: UploadLimits) -> dict:
 
 def check_labels(labels: Sequence[str], limits: UploadLimits) -> list[str]:
     """Clean custom labels (stripped, blank and repeated ones dropped); raises
-    `TreeclipError` when there are more than the cap."""
+    `TreeclipError` when there are more than the cap, or more text than the cap."""
     seen: dict[str, None] = {}
     for label in labels:
         label = " ".join(label.split())
@@ -83,6 +83,9 @@ def check_labels(labels: Sequence[str], limits: UploadLimits) -> list[str]:
             seen.setdefault(label, None)
     if len(seen) > limits.max_labels:
         raise TreeclipError(f"too many custom labels: {len(seen)} > {limits.max_labels}")
+    chars = sum(len(label) for label in seen)
+    if chars > limits.max_label_chars:
+        raise TreeclipError(f"custom labels too long: {chars:,} characters > {limits.max_label_chars:,}")
     return list(seen)
 
 

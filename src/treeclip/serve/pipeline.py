@@ -6,6 +6,11 @@ parallel threads (safely, pixel-capped) and encoded together through the micro-b
 which joins the images of requests that arrive together into one model call. New
 embeddings are kept in a bounded LRU per (upload id, precision).
 
+Whatever goes wrong with one upload (over the byte cap, not an image, broken, or any
+other exception while decoding it) is that upload's `Failed` entry; the others go on.
+Decoding runs on a pool of its own: when a request is cancelled (its timeout), the
+decodes it queued and nobody started are dropped, like its queued batcher items.
+
 Two uses, two precisions (`treeclip.runtime.precision`): "predict" encodes at the
 policy's `fast` default, "embed" at exact fp32; the batcher's items are `(use, pixels)`.
 """
@@ -14,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
-from fastapi.concurrency import run_in_threadpool
 
 from treeclip.errors import InputError
 from treeclip.serve.batcher import MicroBatcher
@@ -69,19 +76,27 @@ def safe_name(filename: str | None, index: int) -> str:
 class ImagePipeline:
     """Uploads to embeddings for the `encoders` ({"predict": ..., "embed": ...}) of `clip`.
 
-    `start()` and `stop()` run the micro-batcher (on the serving event loop)."""
+    `start()` and `stop()` run the micro-batcher and the decode threads (on the serving
+    event loop)."""
 
     def __init__(self, clip: Any, encoders: Mapping[str, Any], limits: UploadLimits, *,
-                 cache_size: int = 4096, max_batch: int = 32, max_wait_s: float = 0.005) -> None:
+                 cache_size: int = 4096, max_batch: int = 32, max_wait_s: float = 0.005,
+                 decode_threads: int | None = None) -> None:
         self.clip, self.encoders, self.limits = clip, dict(encoders), limits
         self.embeddings = EmbeddingCache(cache_size)
         self.batcher = MicroBatcher(self.encode_batch, max_batch=max_batch, max_wait_s=max_wait_s)
+        self.decode_threads = decode_threads or min(8, os.cpu_count() or 1)
+        self._decoder: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="treeclip-decode")
         await self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True, cancel_futures=True)
+            self._decoder = None
 
     def preprocess(self, data: bytes, name: str):
         """Decode one upload (safely, pixel-capped) into the model's input tensor; raises
@@ -155,14 +170,30 @@ class ImagePipeline:
                       out: list[Embedded | Failed | None]) -> list[tuple[int, str, str, Any]]:
         """Decode `todo` in parallel threads; the ones that fail go into `out` as `Failed`,
         the others come back as (position, id, name, pixels)."""
-        decoded = await asyncio.gather(*(run_in_threadpool(self.preprocess, data, name) for _, _, name, data in todo),
-                                       return_exceptions=True)
+        if todo and self._decoder is None:
+            raise RuntimeError("ImagePipeline.embed before start()")
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(*(loop.run_in_executor(self._decoder, self.preprocess, data, name)
+                                         for _, _, name, data in todo), return_exceptions=True)
         ready = []
         for (i, key, name, _), pixels in zip(todo, decoded):
-            if isinstance(pixels, InputError):
-                out[i] = Failed(name, str(pixels))
+            if isinstance(pixels, Exception):
+                out[i] = Failed(name, _failure_line(name, pixels))
             elif isinstance(pixels, BaseException):
                 raise pixels
             else:
                 ready.append((i, key, name, pixels))
         return ready
+
+
+def _failure_line(name: str, err: Exception) -> str:
+    """One line for an upload that failed to decode: the decoder's own reason, or for an
+    exception it did not expect (logged with its traceback) the kind and message."""
+    if isinstance(err, InputError):
+        return str(err)
+    _log.error("decoding upload %s failed", name, exc_info=err)
+    detail = " ".join(str(err).split())[:160]
+    return f"{name}: cannot be decoded ({type(err).__name__}{': ' + detail if detail else ''})"
+
+
+_log = logging.getLogger("treeclip.serve")
