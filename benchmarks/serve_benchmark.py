@@ -128,9 +128,11 @@ def main() -> None:
         tmp = Path(tmp)
         model = make_model(args.model, tmp / "model")
         results = {}
+        # every client in flight at once is admitted: the burst measures batching, not refusals
+        admit = ["--max-concurrent", str(max(32, args.clients))]
         for label, extra in (("batched", ["--max-batch", "32", "--max-wait-ms", "5"]),
                              ("unbatched (baseline)", ["--max-batch", "1", "--max-wait-ms", "0"])):
-            proc, url = start(model, tmp / "cache", extra)
+            proc, url = start(model, tmp / "cache", extra + admit)
             try:
                 warm = [body_for(photo(10_000 + i), f"warm{i}.jpg") for i in range(args.warmup)]
                 burst(url, warm, min(args.clients, len(warm)) or 1)

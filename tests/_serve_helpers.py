@@ -57,21 +57,33 @@ def multipart(fields: dict | None = None, files: list[tuple[str, bytes]] | None 
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
-def request(url: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, dict | str]:
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+def request(url: str, body: bytes | None = None, content_type: str | None = None,
+            headers: dict | None = None) -> tuple[int, dict | str]:
+    status, _, answer = exchange(url, body, content_type, headers)
+    return status, answer
+
+
+def exchange(url: str, body: bytes | None = None, content_type: str | None = None, headers: dict | None = None,
+             method: str | None = None) -> tuple[int, dict, dict | str]:
+    """(status, response headers with lower-cased names, JSON or text body); `headers` are
+    sent as given (a `Host` among them replaces the one urllib would send)."""
+    req = urllib.request.Request(url, data=body, method=method or ("POST" if body is not None else "GET"))
     if content_type:
         req.add_header("Content-Type", content_type)
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            status, raw, ctype = resp.status, resp.read(), resp.headers.get("content-type", "")
+            status, raw, got = resp.status, resp.read(), resp.headers
     except urllib.error.HTTPError as err:
-        status, raw, ctype = err.code, err.read(), err.headers.get("content-type", "")
-    return status, json.loads(raw) if "json" in ctype else raw.decode()
+        status, raw, got = err.code, err.read(), err.headers
+    got = {k.lower(): v for k, v in got.items()}
+    return status, got, json.loads(raw) if "json" in got.get("content-type", "") else raw.decode()
 
 
-def post(base: str, path: str = "/predict", **kw) -> tuple[int, dict]:
+def post(base: str, path: str = "/predict", headers: dict | None = None, **kw) -> tuple[int, dict]:
     body, ctype = multipart(**kw)
-    return request(base + path, body, ctype)
+    return request(base + path, body, ctype, headers)
 
 
 def jpeg(color: tuple[int, int, int], size=(48, 40)) -> bytes:

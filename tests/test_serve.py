@@ -218,6 +218,73 @@ def test_custom_labels_subset_and_rollup(server):
     assert body["images"][0]["rollup"]["rank"] in ("kingdom", "unknown")
 
 
+def test_custom_labels_stay_in_memory_and_are_bounded(server, model_dir):
+    base = server["base"]
+    cache = model_dir / "cache"
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    assert any(p.suffix == ".npy" for p in before)  # the tree's label embeddings, cached at start-up
+    labels = "sea slug never sent before\nrock dove in a hat"
+    status, body = post(base, files=[("a.jpg", jpeg((8, 88, 188)))], fields={"labels": labels})
+    assert status == 200 and {r["classification"] for r in body["images"][0]["predictions"]} == set(labels.split("\n"))
+    _, health = request(base + "/health")
+    assert health["label_sets"] >= 1
+    # a client's labels never reach the shared on-disk label cache
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before
+    # the same labels again: the classifier kept in memory answers, the same scores
+    status, again = post(base, files=[("a.jpg", jpeg((8, 88, 188)))], fields={"labels": labels})
+    assert again["images"][0]["predictions"] == body["images"][0]["predictions"]
+    _, after = request(base + "/health")
+    assert after["label_sets"] == health["label_sets"]
+    # too many labels, or too much text: refused before anything is encoded
+    status, body = post(base, files=[("a.jpg", jpeg((8, 88, 188)))],
+                        fields={"labels": "\n".join(f"label {i}" for i in range(1001))})
+    assert status == 413 and "too many custom labels: 1001 > 1000" in body["detail"]
+    status, body = post(base, files=[("a.jpg", jpeg((8, 88, 188)))],
+                        fields={"labels": "\n".join(f"{i} " + "x" * 600 for i in range(200))})
+    assert status == 413 and "custom labels too long" in body["detail"]
+
+
+def test_label_set_classifiers_are_a_bounded_lru(model_dir):
+    from treeclip.serve import ServeEngine
+
+    engine = ServeEngine(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
+                         label_cache_dir=str(model_dir / "cache"), label_sets=2)
+    first = engine.classifier_for(None, ["owl", "crow"])
+    engine.classifier_for("Aves", None)
+    assert engine.classifier_for(None, ["owl", "crow"]) is first  # kept
+    engine.classifier_for(None, ["moth", "rose"])  # a third set: the least recently used one goes
+    assert len(engine.classifiers) == 2
+    assert engine.classifiers.get(("subset", "aves")) is None
+    assert engine.classifier_for(None, ["owl", "crow"]) is first
+
+
+def test_any_decode_failure_is_that_files_error(model_dir, monkeypatch):
+    """An exception the decoder did not expect (not an `InputError`) fails that upload
+    only; the request is answered, the server goes on."""
+    from treeclip.serve import create_app
+
+    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
+                     label_cache_dir=str(model_dir / "cache"), max_wait_ms=0)
+    pipeline = app.state.engine.pipeline
+    decode = pipeline.preprocess
+
+    def fragile(data: bytes, name: str):
+        if name.startswith("odd"):
+            raise RuntimeError("resize ran out of\nroom")
+        return decode(data, name)
+
+    monkeypatch.setattr(pipeline, "preprocess", fragile)
+    with app_server(app) as base:
+        status, body = post(base, files=[("good.jpg", jpeg((10, 20, 30))), ("odd.png", png((1, 2, 3, 4)))])
+        assert status == 200 and body["failed"] == 1
+        good, odd = body["images"]
+        assert good["error"] is None and good["predictions"]
+        assert odd["error"] == "odd.png: cannot be decoded (RuntimeError: resize ran out of room)"
+        status, body = post(base, "/embed", files=[("odd.png", png((1, 2, 3, 4)))])
+        assert status == 422 and body["detail"].startswith("odd.png: cannot be decoded")
+        assert_serving(base)
+
+
 def test_taxa_search(server):
     status, body = request(server["base"] + "/taxa?q=magpie")
     assert status == 200 and body["total"] == 2
@@ -288,8 +355,8 @@ def test_serve_precisions_on_every_cpu_class(model_dir, monkeypatch, cpu):
                          label_cache_dir=str(model_dir / "cache"))
     fast = "bf16" if cpu in ("avx512_bf16", "amx") else "int8"
     assert engine.precisions == {"predict": fast, "embed": "fp32"}
-    pixels = engine.preprocess(png((120, 30, 220, 255)), "e.png")
-    predicted, embedded = engine.encode_batch([("predict", pixels), ("embed", pixels)])
+    pixels = engine.pipeline.preprocess(png((120, 30, 220, 255)), "e.png")
+    predicted, embedded = engine.pipeline.encode_batch([("predict", pixels), ("embed", pixels)])
     exact = engine.clip.encode_images(pixels.unsqueeze(0))[0].numpy()
     np.testing.assert_allclose(embedded, exact, atol=1e-6)
     # the fast path ran (not the exact one); its agreement is measured in test_precision.py

@@ -38,32 +38,67 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
               help="Megabytes per request, all images together.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Label-embedding cache (default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests for this host name (repeatable), e.g. lab-pc.local when clients "
+                   "use that name; loopback names, and with a network --host any IP address, are answered anyway.")
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+              help="Also accept requests from web pages of this origin (repeatable), e.g. "
+                   "http://lab-pc.local:8000; its host is answered too and its pages may read the answers (CORS). "
+                   "Default: only pages of this computer (loopback) and the server's own.")
+@click.option("--max-concurrent", default=32, show_default=True, type=click.IntRange(1),
+              help="/predict, /embed and /taxa requests in flight at once; one more gets 503 with Retry-After.")
+@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a request may take; later it gets 503 and its work not yet started is dropped.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(model: str, taxa: str | None, templates: str, host: str, port: int, device: str, precision: str,
-          embed_precision: str, max_batch: int,
-          max_wait_ms: float, max_files: int, max_file_mb: float, max_pixels: int, max_request_mb: float, cache_dir: str | None,
-          log_level: str) -> None:
+          embed_precision: str, max_batch: int, max_wait_ms: float, max_files: int, max_file_mb: float,
+          max_pixels: int, max_request_mb: float, cache_dir: str | None, allow_hosts: tuple[str, ...],
+          allow_origins: tuple[str, ...], max_concurrent: int, request_timeout: float, log_level: str) -> None:
     """Serve a web page and HTTP API that classify photos with MODEL.
 
     MODEL is a model dir (as `treeclip train` writes), `local-dir:DIR`, a checkpoint or a
     registered name. The model and the label embeddings load once, before the server
     starts. Open http://HOST:PORT/ in a browser; the API schema is at /openapi.json.
+    Requests for other host names and from other web pages are refused (403) unless
+    allowed with --allow-host / --allow-origin (docs/serve.md#reliability-and-security).
 
     \b
     Example:
       treeclip serve runs/demo/model --taxa runs/demo/data
     """
-    import socket
-
     import uvicorn
 
-    from treeclip.serve import UploadLimits, create_app
+    from treeclip.serve import Access, UploadLimits, create_app
 
+    try:
+        access = Access.for_server(host, allow_hosts, allow_origins)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     limits = UploadLimits(max_files=max_files, max_file_bytes=int(max_file_mb * 1024 * 1024),
                           max_request_bytes=int(max_request_mb * 1024 * 1024),
                           max_pixels=max_pixels)
-    # bind before loading, so a taken port fails at once; the printed address is the real one (--port 0 too)
+    sock = _listen(host, port)
+    click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
+    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision, embed_precision=embed_precision,
+                     max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates,
+                     access=access, max_concurrent=max_concurrent, request_timeout=request_timeout)
+    bound = sock.getsockname()[1]
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    used = app.state.engine.precisions
+    if access.warning():
+        click.echo(access.warning(), err=True)
+    click.echo(f"treeclip: serving {model} at http://{shown}:{bound}/  (/predict {used['predict']}, "
+               f"/embed {used['embed']}; Ctrl-C stops)", err=True)
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int):
+    """A listening socket, bound before the model loads, so a taken port fails at once and
+    the printed address is the real one (--port 0 too)."""
+    import socket
+
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -73,13 +108,4 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
 
         raise TreeclipError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
-    click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
-    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision, embed_precision=embed_precision,
-                     max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates)
-    bound = sock.getsockname()[1]
-    shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    used = app.state.engine.precisions
-    click.echo(f"treeclip: serving {model} at http://{shown}:{bound}/  (/predict {used['predict']}, "
-               f"/embed {used['embed']}; Ctrl-C stops)", err=True)
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug")
-    uvicorn.Server(config).run(sockets=[sock])
+    return sock

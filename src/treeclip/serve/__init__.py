@@ -8,9 +8,10 @@ FastAPI is imported on first use of `create_app`, not on import of this package.
 
 from __future__ import annotations
 
+from treeclip.serve.access import Access
 from treeclip.serve.limits import UploadLimits
 
-__all__ = ["create_app", "UploadLimits", "ServeEngine", "MicroBatcher"]
+__all__ = ["create_app", "Access", "UploadLimits", "ServeEngine", "MicroBatcher"]
 
 
 def __getattr__(name: str):

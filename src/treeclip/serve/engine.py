@@ -1,10 +1,10 @@
-"""What the server does with images, apart from HTTP: decode, embed in batches, remember
-the embeddings of each upload, and classify them with `treeclip.predict`.
+"""What the server does, apart from HTTP: embed uploads through one image pipeline,
+classify the embeddings with `treeclip.predict`, search the label set.
 
 The model and the tree-of-life label embeddings load once, when the engine is made.
 Each upload gets an id (the sha256 of its bytes, shortened); its embedding is kept in a
 bounded LRU, so switching rank, k, subset or labels classifies the same embeddings again
-without re-uploading or re-encoding anything.
+without re-uploading or re-encoding anything (`treeclip.serve.pipeline`).
 
 Two precisions, as the policy says (`treeclip.runtime.precision`): /predict encodes at
 `precision` (default `fast`), /embed always returns exact fp32 embeddings (default
@@ -14,154 +14,106 @@ kept per (upload id, precision).
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+import asyncio
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 
-from treeclip.errors import InputError, TreeclipError
+from treeclip.errors import TreeclipError
 from treeclip.runtime.precision import VERB_DEFAULTS
-from treeclip.serve.limits import UploadLimits
+from treeclip.serve.batcher import MicroBatcher
+from treeclip.serve.caches import EmbeddingCache, LabelSetCache
+from treeclip.serve.limits import UploadError, UploadLimits, status_for
+from treeclip.serve.pipeline import Embedded, Failed, ImagePipeline, Upload
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 
-def upload_id(data: bytes) -> str:
-    """A stable id for an upload: the same bytes always get the same id."""
-    return hashlib.sha256(data).hexdigest()[:24]
-
-
-@dataclass
-class Embedded:
-    """One upload the server has seen: its id, file name, L2-normalised embedding and the
-    precision it was encoded at."""
-
-    id: str
-    file: str
-    embedding: np.ndarray
-    precision: str = "fp32"
-
-
-class EmbeddingCache:
-    """A thread-safe LRU of (upload id, precision) -> `Embedded`, at most `max_items`."""
-
-    def __init__(self, max_items: int = 4096) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[tuple[str, str], Embedded] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str, precisions: Sequence[str] = ("fp32",)) -> Embedded | None:
-        """The upload's embedding at the first of `precisions` that is cached."""
-        with self._lock:
-            for precision in precisions:
-                item = self._items.get((key, precision))
-                if item is not None:
-                    self._items.move_to_end((key, precision))
-                    return item
-            return None
-
-    def put(self, item: Embedded) -> None:
-        key = (item.id, item.precision)
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class LabelSetCache:
-    """A small LRU of classifiers built for custom label lists, so a page that sends the
-    same labels again (on every rank or k change) does not re-encode them."""
-
-    def __init__(self, max_items: int = 16) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_or_make(self, key: tuple, make) -> Any:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()  # outside the lock: encoding labels takes a while
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-        return value
-
-
 class ServeEngine:
-    """The model, the label set and the caches behind one server.
+    """The model, the label set, the image pipeline and the caches behind one server.
 
     Classification is `treeclip.predict`'s: a `TreeOfLifeClassifier` over the taxa table
     (sums to any rank, roll-up), `CustomLabelsClassifier` for the user's own labels. The
-    engine only adds what a server needs: embeddings that outlive a request, and
-    classifiers for subsets and label lists kept ready for the next request."""
+    engine adds what a server needs: one image pipeline (`ImagePipeline`: uploads to
+    embeddings, micro-batched) whose embeddings outlive a request, and classifiers for
+    subsets and label lists kept ready for the next request, built by one label worker
+    thread. `start()`/`stop()` run the pipeline (batcher, decode threads) and the label
+    worker on the serving event loop (the app's lifespan calls them)."""
 
     def __init__(self, model: str | Path | Any, *, taxa: str | Path | Sequence[Taxon] | None = None,
                  device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
                  embed_precision: str = VERB_DEFAULTS["serve-embed"], limits: UploadLimits | None = None,
                  cache_size: int = 4096, label_cache_dir: str | Path | None = None,
-                 templates: str | Sequence[str] = "openai") -> None:
-        from treeclip.model import load_model
+                 templates: str | Sequence[str] = "openai", max_batch: int = 32, max_wait_ms: float = 5.0,
+                 label_sets: int = 16, decode_threads: int | None = None) -> None:
         from treeclip.predict.classifiers import TreeOfLifeClassifier
-        from treeclip.predict.labels import load_taxa
-        from treeclip.runtime.encoder import ImageEncoder
         from treeclip.runtime.precision import resolve_device
 
         self.limits = limits or UploadLimits()
         device = str(resolve_device(device))
-        if isinstance(model, (str, Path)):
-            self.model_spec = str(model)
-            # fp32 weights on the serving device: the text tower and the classifiers made
-            # later share them; only the image tower may get a bf16 copy (the encoder's)
-            self.clip = load_model(self.model_spec, device=device)
-        else:
-            self.model_spec, self.clip = getattr(model, "name", "model"), model
+        self.model_spec, self.clip = _load(model, device)
+        self.model_name = _public_name(self.clip)
         if taxa is None or isinstance(taxa, (str, Path)):
-            taxa = load_taxa(str(taxa) if taxa is not None else None, self.model_spec)
-        if isinstance(templates, str):
-            from treeclip.taxonomy.templates import load_templates
+            from treeclip.predict.labels import load_taxa
 
-            try:
-                templates = load_templates(templates)
-            except ValueError as err:
-                raise TreeclipError(str(err)) from None
-        self._options = {"device": device, "precision": precision, "templates": tuple(templates),
+            taxa = load_taxa(str(taxa) if taxa is not None else None, self.model_spec)
+        self._options = {"device": device, "precision": precision, "templates": _templates(templates),
                          "cache_dir": str(label_cache_dir) if label_cache_dir else None}
         self.tree = TreeOfLifeClassifier(self.clip, list(taxa), **self._options)
-        self.encoders = {"predict": self.tree.encoder}
-        if embed_precision == precision:
-            self.encoders["embed"] = self.tree.encoder
-        else:  # fp32 on the serving device shares the model's weights: no copy
-            self.encoders["embed"] = ImageEncoder(self.clip, device=device, precision=embed_precision,
-                                                  cache_dir=self._options["cache_dir"])
+        self.pipeline = ImagePipeline(self.clip, self._encoders(embed_precision), self.limits, cache_size=cache_size,
+                                      max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                                      decode_threads=decode_threads)
         # classifiers for subsets and custom labels never encode images (the tree's encoder
         # does), so they need no image-tower copy of their own: fp32 shares the model
         self._label_options = {**self._options, "precision": "fp32"}
-        self.embeddings = EmbeddingCache(cache_size)
-        self.classifiers = LabelSetCache()
+        self.classifiers = LabelSetCache(label_sets)
+        self._label_worker: ThreadPoolExecutor | None = None
         self._search_names: list[str] | None = None
+
+    def _encoders(self, embed_precision: str) -> dict[str, Any]:
+        """{"predict": the tree's encoder, "embed": one at `embed_precision`}."""
+        from treeclip.runtime.encoder import ImageEncoder
+
+        if embed_precision == self._options["precision"]:
+            return {"predict": self.tree.encoder, "embed": self.tree.encoder}
+        # fp32 on the serving device shares the model's weights: no copy
+        embed = ImageEncoder(self.clip, device=self._options["device"], precision=embed_precision,
+                             cache_dir=self._options["cache_dir"])
+        return {"predict": self.tree.encoder, "embed": embed}
+
+    async def start(self) -> None:
+        # one thread builds classifiers for subsets and label lists: one text-encoder job
+        # at a time, however many requests bring new labels
+        self._label_worker = ThreadPoolExecutor(1, thread_name_prefix="treeclip-labels")
+        await self.pipeline.start()
+
+    async def stop(self) -> None:
+        await self.pipeline.stop()
+        if self._label_worker is not None:
+            self._label_worker.shutdown(wait=False, cancel_futures=True)
+            self._label_worker = None
 
     @property
     def taxa(self) -> list[Taxon]:
         return self.tree.taxa
 
-    # -- images ----------------------------------------------------------------------
-    def preprocess(self, data: bytes, name: str):
-        """Decode one upload (safely, pixel-capped) into the model's input tensor; raises
-        `InputError("<name>: <reason>")`."""
-        from treeclip.data.images import decode_image
+    @property
+    def encoders(self) -> dict[str, Any]:
+        """The image encoder of each use: `{"predict": ..., "embed": ...}`."""
+        return self.pipeline.encoders
 
-        img = decode_image(data, name=name, max_pixels=self.limits.max_pixels, draft_size=self.clip.image_size)
-        return self.clip.preprocess(img)
+    @property
+    def embeddings(self) -> EmbeddingCache:
+        """The kept upload embeddings (an LRU per upload id and precision)."""
+        return self.pipeline.embeddings
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        """The micro-batcher every image encoder call goes through."""
+        return self.pipeline.batcher
 
     @property
     def precisions(self) -> dict[str, str]:
@@ -169,26 +121,45 @@ class ServeEngine:
         return {use: enc.precision for use, enc in self.encoders.items()}
 
     def cached(self, key: str, use: str) -> Embedded | None:
-        """A kept embedding of upload `key` fit for `use`: /predict takes its own precision
-        or an exact one, /embed only the exact one."""
-        wanted = [self.encoders[use].precision]
-        if use == "predict":
-            wanted.append(self.encoders["embed"].precision)
-        return self.embeddings.get(key, wanted)
+        """A kept embedding of upload `key` fit for `use` (see `ImagePipeline.cached`)."""
+        return self.pipeline.cached(key, use)
 
-    def encode_batch(self, jobs: list[tuple[str, Any]]) -> list[np.ndarray]:
-        """Embeddings of (use, preprocessed image) pairs, `use` "predict" or "embed" (the
-        micro-batcher's batch function): one model call per encoder in the batch."""
-        import torch
+    # -- requests ------------------------------------------------------------------------
+    async def predict(self, files: Sequence[Upload], ids: Sequence[str], options: dict) -> dict:
+        """The /predict answer: one entry per image, the `ids` first, then the `files`;
+        `options` are `classify`'s keywords. Raises `UploadError` for a refused request
+        (the caller has checked the number of images: `forms.predict_images`)."""
+        known = [self.cached(i, "predict") for i in ids]
+        missing = [i for i, k in zip(ids, known) if k is None]
+        if missing:
+            raise UploadError(404, f"unknown image id {missing[0]}: upload the file again"
+                              + (f" ({len(missing)} ids unknown)" if len(missing) > 1 else ""))
+        uploaded = await self.pipeline.embed(files, "predict")
+        if not ids:
+            _refuse_if_all_failed(uploaded)
+        items: list[Embedded | Failed] = [*known, *uploaded]
+        good = [it for it in items if isinstance(it, Embedded)]
+        try:
+            clf = await self.classifier(options["subset"], options["labels"]) if good else None
+            shaped = await run_in_threadpool(self.classify, good, classifier=clf, **options)
+        except TreeclipError as err:
+            raise UploadError(400, str(err)) from None
+        rows = iter(shaped)
+        images = [next(rows) if isinstance(it, Embedded) else _error_entry(it) for it in items]
+        return {"model": self.model_name, "precision": self.encoders["predict"].precision,
+                "mode": "custom" if options["labels"] else "tree-of-life",
+                "rank": options["rank"], "k": options["k"], "threshold": options["threshold"],
+                "subset": options["subset"], "images": images, "failed": _failures(items)}
 
-        out: list[np.ndarray | None] = [None] * len(jobs)
-        for use, encoder in self.encoders.items():
-            picked = [i for i, (u, _) in enumerate(jobs) if u == use]
-            if picked:
-                vectors = encoder(torch.stack([jobs[i][1] for i in picked])).numpy().astype(np.float32, copy=False)
-                for i, vec in zip(picked, vectors):
-                    out[i] = vec
-        return out  # type: ignore[return-value]
+    async def embed(self, files: Sequence[Upload]) -> dict:
+        """The /embed answer: each file's exact embedding or its error."""
+        uploaded = await self.pipeline.embed(files, "embed")
+        _refuse_if_all_failed(uploaded)
+        images = [{"id": it.id, "file": it.file, "embedding": [round(float(x), 7) for x in it.embedding],
+                   "error": None} if isinstance(it, Embedded) else {**_error_entry(it), "embedding": None}
+                  for it in uploaded]
+        return {"model": self.model_name, "dim": self.clip.embed_dim, "precision": self.encoders["embed"].precision,
+                "images": images, "failed": _failures(uploaded)}
 
     # -- classification ----------------------------------------------------------------
     def subset_spec(self, subset: str) -> str:
@@ -208,31 +179,50 @@ class ServeEngine:
             return f"species={subset.strip()}"
         raise TreeclipError(f"subset {subset!r}: no taxon of that name in the label set")
 
-    def _classifier(self, subset: str | None, labels: Sequence[str] | None):
+    async def classifier(self, subset: str | None, labels: Sequence[str] | None):
+        """The classifier for a request: the tree, one kept ready, or one built now on the
+        label worker (one build at a time; a build whose request was cancelled before it
+        started is dropped)."""
+        if not labels and not subset:
+            return self.tree
+        ready = self.classifiers.get(_classifier_key(subset, labels))
+        if ready is not None:
+            return ready
+        if self._label_worker is None:
+            raise RuntimeError("ServeEngine.classifier before start()")
+        return await asyncio.get_running_loop().run_in_executor(self._label_worker, self.classifier_for,
+                                                                subset, labels)
+
+    def classifier_for(self, subset: str | None, labels: Sequence[str] | None):
+        """The classifier for custom `labels`, else for `subset`, else the tree; subset and
+        label classifiers are kept in a small LRU (built here when missing: slow)."""
+        if not labels and not subset:
+            return self.tree
+        return self.classifiers.get_or_make(_classifier_key(subset, labels), lambda: self._make(subset, labels))
+
+    def _make(self, subset: str | None, labels: Sequence[str] | None):
         from treeclip.predict.classifiers import CustomLabelsClassifier, TreeOfLifeClassifier
 
         if labels:
-            key = ("labels", *labels)
-            return self.classifiers.get_or_make(
-                key, lambda: CustomLabelsClassifier(self.clip, list(labels), **self._label_options))
-        if subset:
-            spec = self.subset_spec(subset)
-            return self.classifiers.get_or_make(
-                ("subset", spec), lambda: TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec,
-                                                     **self._label_options))
-        return self.tree
+            # a client's labels never reach the shared label cache: they are encoded into a
+            # private folder removed at once, and their embeddings live on in the LRU only
+            with tempfile.TemporaryDirectory(prefix="treeclip-serve-labels-") as tmp:
+                return CustomLabelsClassifier(self.clip, list(labels), **{**self._label_options, "cache_dir": tmp})
+        spec = self.subset_spec(subset or "")
+        return TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec, **self._label_options)
 
     def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
                  subset: str | None = None, labels: Sequence[str] | None = None,
-                 threshold: float | None = None) -> list[dict]:
+                 threshold: float | None = None, classifier: Any = None) -> list[dict]:
         """Per item: `{"id", "file", "predictions": [rows], "rollup": row | None, "error": None}`;
         rows are `treeclip predict`'s JSON Lines rows (`file_name`, ranks or
-        `classification`, `score`), the roll-up row adds `rank`."""
+        `classification`, `score`), the roll-up row adds `rank`. `classifier`: the one
+        `classifier_for(subset, labels)` gives, when the caller has it already."""
         if not items:
             return []
         import torch
 
-        clf = self._classifier(subset, labels)
+        clf = classifier if classifier is not None else self.classifier_for(subset, labels)
         probs = clf.probabilities(torch.from_numpy(np.stack([it.embedding for it in items])))
         top = clf.rows_for(probs, rank=rank, k=k)
         rolled = clf.rows_for(probs, rollup=threshold) if threshold is not None and not labels else None
@@ -272,17 +262,54 @@ def taxon_json(t: Taxon) -> dict:
     return {**dict(zip(RANKS, t.lineage)), "common": t.common, "name": t.scientific_name}
 
 
-def check_labels(labels: Sequence[str], limits: UploadLimits) -> list[str]:
-    """Clean custom labels (stripped, blank and repeated ones dropped); raises
-    `TreeclipError` when there are more than the cap."""
-    seen: dict[str, None] = {}
-    for label in labels:
-        label = " ".join(label.split())
-        if label:
-            seen.setdefault(label, None)
-    if len(seen) > limits.max_labels:
-        raise TreeclipError(f"too many custom labels: {len(seen)} > {limits.max_labels}")
-    return list(seen)
+def _load(model: str | Path | Any, device: str) -> tuple[str, Any]:
+    """(model spec, `ClipModel`): a spec is loaded with fp32 weights on the serving device
+    (the text tower and the classifiers made later share them; only the image tower may
+    get a bf16 copy, the encoder's)."""
+    if isinstance(model, (str, Path)):
+        from treeclip.model import load_model
+
+        return str(model), load_model(str(model), device=device)
+    return getattr(model, "name", "model"), model
 
 
-__all__ = ["ServeEngine", "EmbeddingCache", "Embedded", "upload_id", "taxon_json", "check_labels", "InputError"]
+def _public_name(clip: Any) -> str:
+    """The model's name in answers: its registered or saved name, never a local path."""
+    name = str(getattr(clip, "name", "") or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return name or "model"
+
+
+def _classifier_key(subset: str | None, labels: Sequence[str] | None) -> tuple:
+    if labels:
+        return ("labels", *labels)
+    return ("subset", " ".join((subset or "").split()).lower())
+
+
+def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """Prompt templates from a name or file (`load_templates`), or as given."""
+    if isinstance(templates, str):
+        from treeclip.taxonomy.templates import load_templates
+
+        try:
+            templates = load_templates(templates)
+        except ValueError as err:
+            raise TreeclipError(str(err)) from None
+    return tuple(templates)
+
+
+def _refuse_if_all_failed(results: Sequence[Embedded | Failed]) -> None:
+    """A request whose every upload failed is refused, with the status of the first reason."""
+    errors = [r for r in results if isinstance(r, Failed)]
+    if results and len(errors) == len(results):
+        raise UploadError(status_for(errors[0].error), "; ".join(e.error for e in errors))
+
+
+def _failures(items: Sequence[Embedded | Failed]) -> int:
+    return sum(1 for it in items if isinstance(it, Failed))
+
+
+def _error_entry(failed: Failed) -> dict:
+    return {"id": None, "file": failed.file, "predictions": [], "rollup": None, "error": failed.error}
+
+
+__all__ = ["ServeEngine", "taxon_json"]

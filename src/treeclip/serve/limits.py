@@ -27,11 +27,13 @@ class UploadLimits:
     """Pixels per image (width x height), checked from the header before decoding."""
     max_labels: int = 1000
     """Custom labels per request (each one is a text-encoder pass through every template)."""
+    max_label_chars: int = 100_000
+    """Characters of all custom labels of a request together."""
 
     def describe(self) -> dict:
         return {"max_files": self.max_files, "max_file_bytes": self.max_file_bytes,
                 "max_request_bytes": self.max_request_bytes, "max_pixels": self.max_pixels,
-                "max_labels": self.max_labels}
+                "max_labels": self.max_labels, "max_label_chars": self.max_label_chars}
 
 
 class UploadError(Exception):
