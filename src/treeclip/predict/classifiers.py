@@ -48,11 +48,14 @@ class BaseClassifier:
     def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = VERB_DEFAULTS["predict"],
                  batch_size: int = 32, workers: int | None = None, compile: bool = False,
                  templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
-                 progress: bool = False) -> None:
+                 label_cache: bool = True, progress: bool = False) -> None:
+        """`label_cache=False`: label embeddings are computed in memory and never read from
+        or written to the on-disk cache (labels a web client sent)."""
         self.clip = _load_clip(model)
         self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile, cache_dir=cache_dir)
         self.templates = tuple(load_templates(templates) if isinstance(templates, str) else templates)
         self.batch_size, self.workers, self.cache_dir, self.progress = batch_size, workers, cache_dir, progress
+        self.label_cache = label_cache
         self.logit_scale = self.clip.logit_scale()
         self._labels: torch.Tensor | None = None
 
@@ -61,7 +64,8 @@ class BaseClassifier:
         return self.encoder.precision
 
     def _set_labels(self, texts: Sequence[str]) -> None:
-        emb = label_embeddings(self.clip, texts, self.templates, cache_dir=self.cache_dir, progress=self.progress)
+        emb = label_embeddings(self.clip, texts, self.templates, cache_dir=self.cache_dir, persist=self.label_cache,
+                               progress=self.progress)
         self._labels = torch.from_numpy(emb).to(self.encoder.device)
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
 
-if TYPE_CHECKING:
-    from treeclip.serve.pipeline import Embedded
+import numpy as np
+
+
+@dataclass
+class Embedded:
+    """One upload the server has seen: its id, file name, L2-normalised embedding and the
+    precision it was encoded at."""
+
+    id: str
+    file: str
+    embedding: np.ndarray
+    precision: str = "fp32"
+
 
 
 class _LRU:

@@ -15,7 +15,6 @@ kept per (upload id, precision).
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -204,10 +203,9 @@ class ServeEngine:
         from treeclip.predict.classifiers import CustomLabelsClassifier, TreeOfLifeClassifier
 
         if labels:
-            # a client's labels never reach the shared label cache: they are encoded into a
-            # private folder removed at once, and their embeddings live on in the LRU only
-            with tempfile.TemporaryDirectory(prefix="treeclip-serve-labels-") as tmp:
-                return CustomLabelsClassifier(self.clip, list(labels), **{**self._label_options, "cache_dir": tmp})
+            # a client's labels never reach the shared label cache: encoded in memory, their
+            # embeddings live on in the LRU only
+            return CustomLabelsClassifier(self.clip, list(labels), label_cache=False, **self._label_options)
         spec = self.subset_spec(subset or "")
         return TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec, **self._label_options)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from treeclip.errors import InputError
 from treeclip.serve.batcher import MicroBatcher
-from treeclip.serve.caches import EmbeddingCache
+from treeclip.serve.caches import Embedded, EmbeddingCache
 from treeclip.serve.limits import UploadLimits, check_file_size
 
 
@@ -40,17 +40,6 @@ class Upload(Protocol):
     size: int | None
 
     async def read(self, size: int = -1) -> bytes: ...
-
-
-@dataclass
-class Embedded:
-    """One upload the server has seen: its id, file name, L2-normalised embedding and the
-    precision it was encoded at."""
-
-    id: str
-    file: str
-    embedding: np.ndarray
-    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
