@@ -1,5 +1,6 @@
-"""Atomic writes: every output is written to a temporary name beside it and renamed,
-so a killed run never leaves a half-written file under the final name."""
+"""Atomic writes: every output is written to a temporary name beside it, flushed to disk
+(fsync) and renamed, and the folder's entry is flushed too, so neither a killed run nor
+a power cut leaves a half-written file under the final name."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any, Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path in the same folder; rename it to `path` on success,
-    delete it on failure. `suffix` keeps an extension that writers look at."""
+    """Yield a temporary path in the same folder; fsync and rename it to `path` on
+    success, delete it on failure. `suffix` keeps an extension that writers look at."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
@@ -22,10 +23,26 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_path(tmp_path)  # the data is on disk before the name points at it
         os.replace(tmp_path, final)
+        fsync_path(final.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to disk (best effort on folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename is still atomic
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
