@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from treeclip.data import synth
+from treeclip.data.synth import generate, render
 from treeclip.data.dataset import read_catalog, read_manifest, read_taxa, shard_paths
 from treeclip.data.synth import SynthConfig, load_species, look_of, render_batch, synthesize
 from treeclip.data.synth_names import EPITHET_MEANINGS, MEANINGS, read_table
+from treeclip.errors import TreeclipError
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 SMALL = SynthConfig(species=60, images_per_species=6, eval_images_per_species=3, image_size=32,
@@ -163,7 +164,7 @@ def test_a_killed_rerun_is_not_mistaken_for_done(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_run_jobs", killed)
+    monkeypatch.setattr(generate, "_run_jobs", killed)
     with pytest.raises(KeyboardInterrupt):
         synthesize(out, SynthConfig(**{**tiny.__dict__, "seed": 5}))
     monkeypatch.undo()
@@ -176,11 +177,11 @@ def test_large_images_render_in_bounded_batches(monkeypatch):
     sp = load_species()[3]
     look = look_of(sp.taxon, sp.meaning)
     sizes = []
-    real = synth.render_batch
-    monkeypatch.setattr(synth, "render_batch", lambda lk, n, size, rng: sizes.append(n) or real(lk, n, size, rng))
-    monkeypatch.setattr(synth, "_BATCH_PIXELS", 2 * 32 * 32)
-    first = list(synth._render_stream(look, 5, 32, np.random.default_rng(9)))
-    again = list(synth._render_stream(look, 5, 32, np.random.default_rng(9)))
+    real = render.render_batch
+    monkeypatch.setattr(render, "render_batch", lambda lk, n, size, rng: sizes.append(n) or real(lk, n, size, rng))
+    monkeypatch.setattr(render, "_BATCH_PIXELS", 2 * 32 * 32)
+    first = list(render.render_stream(look, 5, 32, np.random.default_rng(9)))
+    again = list(render.render_stream(look, 5, 32, np.random.default_rng(9)))
     assert sizes == [2, 2, 1, 2, 2, 1]
     assert len(first) == 5 and all(a.shape == (32, 32, 3) for a in first)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
@@ -268,7 +269,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
 
     result = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "x"), "--image-size", "8"])
     assert result.exit_code == 2
-    with pytest.raises(synth.TreeclipError):
+    with pytest.raises(TreeclipError):
         synthesize(tmp_path / "y", SynthConfig(unseen_fraction=1.5))
 
 
