@@ -1,21 +1,23 @@
 """The dataset builder: image collections -> a TreeOfLife-style dataset dir.
 
-Stages (each input image goes through all of them, in a fixed order):
+`build_dataset` runs five stage functions over one `BuildState` (each input image goes
+through all of them, in a fixed order):
 
-1. read the sources (image folders, CSV/Parquet catalogs, iNat JSON) into items;
-2. resolve every distinct label through the NCBI resolver (`resolve_table`); unresolved
-   items are dropped or kept as given (`unresolved="keep"`);
-3. plan: items sorted into a deterministic order and cut into chunks of `chunk_size`;
-4. process chunks in parallel worker processes: safe decode (JPEG draft fast path),
-   hashes, bicubic resize, JPEG encode; each chunk's JPEGs and records are staged under
-   `OUT/.build/` and renamed into place when whole;
-5. assemble: exact duplicates inside the set and duplicates of the `exclude` evaluation
-   sets are removed, the validation split is drawn by fraction and seed, samples are
-   shuffled by seed and written as shards (`write_dataset`).
+1. `gather`: read the sources (image folders, CSV/Parquet catalogs, iNat JSON) into
+   items and resolve every distinct label through the NCBI resolver (`resolve_items`);
+   unresolved items are dropped or kept as given (`unresolved="keep"`);
+2. `plan_chunks`: items in a deterministic order, cut into chunks of `chunk_size`;
+3. `process_images`: chunks in parallel worker processes (`treeclip.data.staging`): safe
+   decode (JPEG draft fast path), hashes, bicubic resize, JPEG encode; each chunk's JPEGs
+   and records are staged under `OUT/.build/` and renamed into place when whole;
+4. `deduplicate`: exact duplicates inside the set and duplicates of the `exclude`
+   evaluation sets are removed;
+5. `write_output`: the validation split is drawn by fraction and seed (`split`), samples
+   are shuffled by seed and written as shards (`write_dataset`), then the report.
 
 Why stage then assemble: deduplication needs every image's hash before any shard can be
 final, and a staged chunk is the unit of resume. `resume=True` skips the chunks already
-staged; everything after stage 4 is a pure function of the staged records, so a resumed
+staged; everything after stage 3 is a pure function of the staged records, so a resumed
 build writes byte-identical shards and catalog, with no sample lost or doubled.
 """
 
@@ -29,14 +31,19 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from treeclip.data.dataset import Sample, write_dataset
 from treeclip.data.images import MAX_PIXELS
 from treeclip.data.sources import SourceItem, read_source
-from treeclip.errors import InputError, TreeclipError
-from treeclip.fsutil import atomic_path, write_json_atomic, write_text_atomic
-from treeclip.taxonomy.taxon import RANKS, Taxon
+from treeclip.data.source_taxa import resolve_items
+from treeclip.data.staging import ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
+from treeclip.errors import TreeclipError
+from treeclip.fsutil import write_json_atomic, write_text_atomic
+from treeclip.taxonomy.taxon import Taxon
+
+if TYPE_CHECKING:
+    from treeclip.data.dedup import ExclusionIndex
 
 WORK_DIR = ".build"
 REPORT = "build_report.csv"
@@ -107,153 +114,174 @@ def _say(line: str) -> None:
     tqdm.write(f"treeclip: {line}", file=sys.stderr)
 
 
-def _as_given(ranks: dict[str, str], common: str, name: str) -> Taxon:
-    """A taxon from the names a source gives, cleaned but not checked against NCBI."""
-    from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_kingdom, clean_uninomial, \
-        parse_scientific_name
-
-    r = dict(ranks)
-    if name and not any(r.values()):
-        parsed = parse_scientific_name(name)
-        if parsed.epithet:
-            r["genus"], r["species"] = parsed.genus, parsed.epithet
-        elif parsed.genus:
-            r["genus"] = parsed.genus
-    cleaned = {rank: clean_uninomial(r.get(rank, "")) for rank in RANKS[1:6]}
-    cleaned["kingdom"] = clean_kingdom(r.get("kingdom", ""))
-    cleaned["species"] = clean_epithet(r.get("species", ""), cleaned["genus"]) if r.get("species") else ""
-    return Taxon.from_ranks(cleaned, clean_common_name(common))
+# -- the build state and its stages -------------------------------------------------------
 
 
-def resolve_items(items: list[SourceItem], *, resolve: bool, keep_unresolved: bool,
-                  reference=None) -> tuple[dict[tuple, Taxon | None], dict[tuple, str], dict]:
-    """Taxon (or None: dropped) and a failure reason per distinct item label."""
-    labels = sorted({it.label() for it in items})
-    taxa: dict[tuple, Taxon | None] = {}
-    reasons: dict[tuple, str] = {}
-    given = {lab: _as_given(dict(lab[0]), lab[1], lab[2]) for lab in labels}
-    summary: dict = {"distinct_names": len(labels)}
-    if resolve and labels:
-        import pyarrow as pa
+@dataclass
+class BuildState:
+    """What a build knows so far, handed from stage to stage (each stage fills its part)."""
 
-        from treeclip.taxonomy.resolve import resolve_table
+    sources: list[tuple[str, str]]
+    out: Path
+    opts: BuildOptions
+    problems: list[Problem] = field(default_factory=list)
+    shown: dict[str, int] = field(default_factory=dict)  # problems printed per stage
+    # 1-2: the distinct usable inputs, their taxa, the resolver's summary
+    items: list[SourceItem] = field(default_factory=list)
+    taxa_of: dict[tuple, Taxon | None] = field(default_factory=dict)
+    resolve_summary: dict = field(default_factory=dict)
+    # 3: the items kept, by key; the (key, path) plan in reading order, cut into chunks
+    by_key: dict[str, SourceItem] = field(default_factory=dict)
+    plan: list[tuple[str, str]] = field(default_factory=list)
+    chunks: list[list[tuple[str, str]]] = field(default_factory=list)
+    # 4-5: the evaluation images to keep out; the keys that survive deduplication
+    exclusion: "ExclusionIndex | None" = None
+    threshold: int = 0
+    unique: list[str] = field(default_factory=list)
 
-        cols = {r: [dict(lab[0]).get(r, "") for lab in labels] for r in RANKS}
-        cols["scientific_name"] = [lab[2] for lab in labels]
-        cols["common"] = [lab[1] for lab in labels]
-        table, summary = resolve_table(pa.table(cols), reference, progress=True)
-        out = table.to_pydict()
-        for i, lab in enumerate(labels):
-            status, reason = out["status"][i], out["reason"][i] or ""
-            if status in ("resolved", "filled", "conflict"):
-                taxa[lab] = Taxon.from_ranks({r: out[r][i] for r in RANKS}, out["common"][i] or "")
-                if status == "conflict":
-                    reasons[lab] = reason  # kept, but reported
-            else:
-                taxa[lab] = given[lab] if keep_unresolved else None
-                reasons[lab] = f"{status}: {reason}" if reason else status
-    else:
-        taxa = dict(given)
-    for lab, t in taxa.items():
-        if t is not None and t.is_empty:
-            taxa[lab] = None
-            reasons[lab] = reasons.get(lab) or "no usable name"
-    return taxa, reasons, summary
+    @property
+    def work(self) -> Path:
+        return self.out / WORK_DIR
 
+    def report(self, stage: str, item: SourceItem, reason: str) -> None:
+        """Record one skipped input; the first MAX_LINES_PER_STAGE of a stage are printed."""
+        self.problems.append(Problem(stage, item.source, item.source_id, item.path, reason))
+        self.shown[stage] = self.shown.get(stage, 0) + 1
+        if self.shown[stage] <= MAX_LINES_PER_STAGE:  # all of them go to the report file
+            where = item.path or f"{item.source} {item.source_id}"
+            _say(reason if reason.startswith(where) or stage == "input" else f"{where}: {reason}")
 
-# -- 3-4: plan and process -----------------------------------------------------------------
+    def say_hidden(self) -> None:
+        for stage, n in self.shown.items():
+            if n > MAX_LINES_PER_STAGE:
+                _say(f"... and {n - MAX_LINES_PER_STAGE} more {stage} problems, listed in {self.out / REPORT}")
 
-
-def _chunk_name(i: int) -> str:
-    return f"chunk-{i:06d}"
-
-
-def process_image(path: str, opts: dict) -> tuple[bytes, str, str]:
-    """One image -> (JPEG bytes, pixel sha256 of the stored image, phash); InputError if bad."""
-    from treeclip.data.images import decode_image, encode_jpeg, pixel_sha256, resize_image
-    from treeclip.data.phash import phash
-
-    img = decode_image(path, max_pixels=opts["max_pixels"], draft_size=opts["size"])
-    hash_p = phash(img)
-    small = resize_image(img, opts["size"], mode=opts["resize_mode"])
-    return encode_jpeg(small, quality=opts["quality"]), pixel_sha256(small), hash_p
+    @property
+    def n_inputs(self) -> int:
+        """Every input read: the usable ones and the bad rows."""
+        return len(self.items) + sum(1 for p in self.problems if p.stage == "input")
 
 
-def process_chunk(args: tuple[int, list[tuple[str, str]], str, dict]) -> tuple[int, int, int]:
-    """Process one chunk of (key, path) and stage it: `chunk-N.jpgs` (the JPEGs back to
-    back) then `chunk-N.json` (per key: offset, length, hashes or the error). The JSON is
-    renamed into place last, so its presence means the chunk is whole."""
-    index, items, work, opts = args
-    work_dir = Path(work)
-    records, blobs, offset = [], [], 0
-    for key, path in items:
-        try:
-            jpeg, sha, ph = process_image(path, opts)
-        except InputError as e:
-            records.append({"key": key, "error": str(e)})
-            continue
-        except Exception as e:  # a decoder bug must not kill the build: report it
-            records.append({"key": key, "error": f"{path}: unexpected {type(e).__name__}: {' '.join(str(e).split())[:100]}"})
-            continue
-        records.append({"key": key, "offset": offset, "length": len(jpeg), "sha256": sha, "phash": ph})
-        blobs.append(jpeg)
-        offset += len(jpeg)
-    name = _chunk_name(index)
-    with atomic_path(work_dir / f"{name}.jpgs") as tmp:
-        with open(tmp, "wb") as f:
-            for b in blobs:
-                f.write(b)
-    write_json_atomic(work_dir / f"{name}.json", {"records": records})
-    ok = len(blobs)
-    return index, ok, len(items) - ok
+def _check(opts: BuildOptions, sources: list[tuple[str, str]]) -> None:
+    if opts.unresolved not in ("drop", "keep"):
+        raise TreeclipError(f"unresolved must be 'drop' or 'keep', not {opts.unresolved!r}")
+    if not 0 <= opts.val_fraction < 1:
+        raise TreeclipError(f"val fraction must be in [0, 1), not {opts.val_fraction}")
+    if not sources:
+        raise TreeclipError("no sources: give at least one --folder, --catalog or --inat")
 
 
-def _plan_fingerprint(plan: list[tuple[str, str]], opts: dict) -> str:
-    h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode())
-    for key, path in plan:
-        h.update(f"{key}\0{path}\n".encode("utf-8"))
-    return h.hexdigest()
+def gather(state: BuildState, reference=None) -> None:
+    """Stage 1: read the sources into distinct items, resolve their taxa, and keep
+    the items whose taxon is usable."""
+    seen: dict[str, SourceItem] = {}
+    for kind, spec in state.sources:
+        for it in read_source(kind, spec):
+            if it.error:
+                state.report("input", it, it.error)
+                continue
+            key = item_key(it)
+            if key in seen:
+                state.report("input", it, f"listed twice in {it.source} (id {it.source_id})")
+                continue
+            seen[key] = it
+            state.items.append(it)
+    state.taxa_of, reasons, state.resolve_summary = resolve_items(
+        state.items, resolve=state.opts.resolve, keep_unresolved=state.opts.unresolved == "keep", reference=reference)
+    for it in state.items:
+        lab = it.label()
+        if state.taxa_of[lab] is None:
+            state.report("taxonomy", it, f"unresolved taxon ({reasons.get(lab, 'unknown')}); dropped")
+        else:
+            state.by_key[item_key(it)] = it
 
 
-def _pool(workers: int):
-    import multiprocessing as mp
-
-    # forkserver: workers start clean (no threads inherited from pyarrow or torch); the
-    # server preloads the image stack once, so each worker forks with it already imported.
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["treeclip.data.build", "treeclip.data.dedup", "treeclip.data.images",
-                                "treeclip.data.phash"])
-    return ctx.Pool(workers)
-
-
-# -- 5: assemble -------------------------------------------------------------------------
-
-
-class _ChunkReader:
-    """Random access to staged JPEGs by key."""
-
-    def __init__(self, work: Path, n_chunks: int) -> None:
-        self.work = work
-        self.records: dict[str, tuple[int, dict]] = {}
-        for i in range(n_chunks):
-            for rec in json.loads((work / f"{_chunk_name(i)}.json").read_text(encoding="utf-8"))["records"]:
-                self.records[rec["key"]] = (i, rec)
-        self._files: dict[int, object] = {}
-
-    def image(self, key: str) -> bytes:
-        i, rec = self.records[key]
-        f = self._files.get(i)
-        if f is None:
-            f = self._files[i] = open(self.work / f"{_chunk_name(i)}.jpgs", "rb")
-        f.seek(rec["offset"])
-        return f.read(rec["length"])
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+def plan_chunks(state: BuildState, resume: bool) -> None:
+    """Stage 2: the items in reading order (the first copy of a duplicate wins), cut into
+    chunks; a fresh work dir, or on resume the old one if it was planned the same way."""
+    opts, work = state.opts, state.work
+    state.plan = [(k, it.path) for k, it in state.by_key.items()]
+    state.chunks = [state.plan[i:i + opts.chunk_size] for i in range(0, len(state.plan), opts.chunk_size)]
+    fingerprint = plan_fingerprint(state.plan, opts.image_options())
+    plan_file = work / "plan.json"
+    if resume and plan_file.exists():
+        old = json.loads(plan_file.read_text(encoding="utf-8"))
+        if old.get("fingerprint") != fingerprint:
+            raise TreeclipError(f"{state.out}: the sources or image options changed since the interrupted build; "
+                                "run again without --resume")
+        return
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    write_json_atomic(plan_file, {"fingerprint": fingerprint, "n_items": len(state.plan),
+                                  "n_chunks": len(state.chunks)})
 
 
-def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable[[int], None] | None) -> None:
+    """Stage 3: hash the evaluation sets (first: a bad --exclude fails before the long
+    part), then process and stage every chunk not staged yet, in worker processes."""
+    from tqdm import tqdm
+
+    from treeclip.data import dedup
+
+    opts, chunks = state.opts, state.chunks
+    todo = [i for i in range(len(chunks)) if not (state.work / f"{chunk_name(i)}.json").exists()]
+    workers = opts.workers or os.cpu_count() or 1
+    pool = make_pool(workers) if workers > 1 and (len(todo) > 1 or opts.exclude) else None
+    try:
+        state.threshold = dedup.DEFAULT_THRESHOLD if opts.exclude_threshold is None else opts.exclude_threshold
+        state.exclusion = dedup.build_exclusion_index(opts.exclude, size=opts.size, resize_mode=opts.resize_mode,
+                                                      threshold=state.threshold, max_pixels=opts.max_pixels,
+                                                      pool=pool, progress=progress)
+        done = set(range(len(chunks))) - set(todo)
+        bar = tqdm(total=len(state.plan), initial=sum(len(chunks[i]) for i in done), desc="processing images",
+                   unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+        jobs = [(i, chunks[i], str(state.work), opts.image_options()) for i in todo]
+        results = pool.imap_unordered(process_chunk, jobs) if pool is not None else map(process_chunk, jobs)
+        for index, ok, bad in results:
+            bar.update(ok + bad)
+            if on_chunk_done is not None:
+                on_chunk_done(index)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def deduplicate(state: BuildState, reader: ChunkReader) -> None:
+    """Stage 4: report the images that failed; drop duplicates of evaluation images and
+    exact duplicates inside the set (the first in reading order stays)."""
+    from treeclip.data import dedup
+
+    good = []
+    for key, _ in state.plan:
+        rec = reader.record(key)
+        if "error" in rec:
+            state.report("image", state.by_key[key], rec["error"])
+        else:
+            good.append(key)
+    matches = state.exclusion.match_many([reader.record(k)["sha256"] for k in good],
+                                         [reader.record(k)["phash"] for k in good])
+    first_of: dict[str, str] = {}
+    for key, m in zip(good, matches):
+        rec, it = reader.record(key), state.by_key[key]
+        if m is not None:
+            state.report("exclude", it, dedup.dedup_report_row(m[0], m[1], m[2]))
+        elif rec["sha256"] in first_of:
+            other = state.by_key[first_of[rec["sha256"]]]
+            state.report("duplicate", it, dedup.dedup_report_row("train-exact", f"{other.path or other.source_id}"))
+        else:
+            first_of[rec["sha256"]] = key
+            state.unique.append(key)
+    state.say_hidden()
+    if not state.unique:
+        _write_report(state.out / REPORT, state.problems)
+        raise TreeclipError(f"{state.out}: no usable images among {state.n_inputs} inputs "
+                            f"(every one is listed with its reason in {state.out / REPORT})")
+
+
+def split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train, val) keys, each in a seeded shuffled order (so shards mix the taxa)."""
     order = sorted(keys)
     random.Random(seed).shuffle(order)
@@ -261,6 +289,37 @@ def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], 
     if 0 < val_fraction and n_val == 0 and len(order) >= 2:
         n_val = 1
     return order[n_val:], order[:n_val]
+
+
+def write_output(state: BuildState, reader: ChunkReader, *, progress: bool) -> BuildResult:
+    """Stage 5: split, write the shards, catalog and manifest, then the report."""
+    opts = state.opts
+    train, val = split(state.unique, opts.val_fraction, opts.seed)
+    taxa = sorted({state.taxa_of[state.by_key[k].label()] for k in state.unique}, key=lambda t: (t.lineage, t.common))
+
+    def samples() -> Iterator[Sample]:
+        for name, keys in (("train", train), ("val", val)):
+            for key in keys:
+                it, rec = state.by_key[key], reader.record(key)
+                yield Sample(key, reader.image(key), state.taxa_of[it.label()], name, it.source, it.source_id,
+                             {"sha256": rec["sha256"], "phash": rec["phash"]})
+
+    counts = {"inputs": state.n_inputs, "samples": len(state.unique), "train": len(train), "val": len(val)}
+    for p in state.problems:
+        counts[p.stage] = counts.get(p.stage, 0) + 1
+    build_info = {
+        "sources": [{"kind": k, "spec": s} for k, s in state.sources],
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "keep_work")},
+        "exclude_threshold": state.threshold,
+        "n_exclusion_images": len(state.exclusion),
+        "counts": counts,
+        "taxonomy": {k: v for k, v in state.resolve_summary.items() if k != "seconds"},
+        "report": REPORT,
+    }
+    manifest = write_dataset(samples(), state.out, taxa=taxa, build_info=build_info,
+                             shard_max_samples=opts.shard_max_samples, shard_max_bytes=opts.shard_max_bytes,
+                             progress=progress)
+    return BuildResult(manifest, state.problems, counts)
 
 
 def build_dataset(
@@ -277,164 +336,23 @@ def build_dataset(
     `catalog` or `inat` (spec `PATH` or `PATH::ROOT`). Bad inputs are reported (one line
     each, and in `OUT/build_report.csv`) and counted; the build goes on.
     `on_chunk_done(index)` is called in this process after each staged chunk."""
-    from tqdm import tqdm
-
-    from treeclip.data import dedup
-
     opts = options or BuildOptions()
-    if opts.unresolved not in ("drop", "keep"):
-        raise TreeclipError(f"unresolved must be 'drop' or 'keep', not {opts.unresolved!r}")
-    if not 0 <= opts.val_fraction < 1:
-        raise TreeclipError(f"val fraction must be in [0, 1), not {opts.val_fraction}")
     sources = list(sources)
-    if not sources:
-        raise TreeclipError("no sources: give at least one --folder, --catalog or --inat")
-    out = Path(out_dir)
-    work = out / WORK_DIR
-    problems: list[Problem] = []
-
-    shown: dict[str, int] = {}
-
-    def report(stage: str, item: SourceItem, reason: str) -> None:
-        problems.append(Problem(stage, item.source, item.source_id, item.path, reason))
-        shown[stage] = shown.get(stage, 0) + 1
-        if shown[stage] <= MAX_LINES_PER_STAGE:  # all of them go to the report file
-            where = item.path or f"{item.source} {item.source_id}"
-            _say(reason if reason.startswith(where) or stage == "input" else f"{where}: {reason}")
-
-    def say_hidden() -> None:
-        for stage, n in shown.items():
-            if n > MAX_LINES_PER_STAGE:
-                _say(f"... and {n - MAX_LINES_PER_STAGE} more {stage} problems, listed in {out / REPORT}")
-
-    # 1. sources
-    items: list[SourceItem] = []
-    seen: dict[str, SourceItem] = {}
-    for kind, spec in sources:
-        for it in read_source(kind, spec):
-            if it.error:
-                report("input", it, it.error)
-                continue
-            key = item_key(it)
-            if key in seen:
-                report("input", it, f"listed twice in {it.source} (id {it.source_id})")
-                continue
-            seen[key] = it
-            items.append(it)
-    # 2. taxonomy
-    taxa_of, reasons, resolve_summary = resolve_items(items, resolve=opts.resolve,
-                                                      keep_unresolved=opts.unresolved == "keep",
-                                                      reference=reference)
-    kept: list[SourceItem] = []
-    for it in items:
-        lab = it.label()
-        if taxa_of[lab] is None:
-            report("taxonomy", it, f"unresolved taxon ({reasons.get(lab, 'unknown')}); dropped")
-        else:
-            kept.append(it)
-    # 3. plan
-    by_key = {item_key(it): it for it in kept}
-    plan = [(k, it.path) for k, it in by_key.items()]  # reading order: the first copy of a duplicate wins
-    chunks = [plan[i:i + opts.chunk_size] for i in range(0, len(plan), opts.chunk_size)]
-    image_opts = opts.image_options()
-    fingerprint = _plan_fingerprint(plan, image_opts)
-    plan_file = work / "plan.json"
-    if resume and plan_file.exists():
-        old = json.loads(plan_file.read_text(encoding="utf-8"))
-        if old.get("fingerprint") != fingerprint:
-            raise TreeclipError(f"{out}: the sources or image options changed since the interrupted build; "
-                                "run again without --resume")
-    else:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        write_json_atomic(plan_file, {"fingerprint": fingerprint, "n_items": len(plan), "n_chunks": len(chunks)})
-    # 4. process
-    todo = [i for i in range(len(chunks)) if not (work / f"{_chunk_name(i)}.json").exists()]
-    workers = opts.workers or os.cpu_count() or 1
-    pool = _pool(workers) if workers > 1 and (len(todo) > 1 or opts.exclude) else None
+    _check(opts, sources)
+    state = BuildState(sources, Path(out_dir), opts)
+    gather(state, reference)
+    plan_chunks(state, resume)
+    process_images(state, progress=progress, on_chunk_done=on_chunk_done)
+    reader = ChunkReader(state.work, len(state.chunks))
     try:
-        # evaluation sets first: a bad --exclude fails before the long part
-        threshold = dedup.DEFAULT_THRESHOLD if opts.exclude_threshold is None else opts.exclude_threshold
-        exclusion = dedup.build_exclusion_index(opts.exclude, size=opts.size, resize_mode=opts.resize_mode,
-                                                threshold=threshold, max_pixels=opts.max_pixels, pool=pool,
-                                                progress=progress)
-        done = set(range(len(chunks))) - set(todo)
-        bar = tqdm(total=len(plan), initial=sum(len(chunks[i]) for i in done),
-                   desc="processing images", unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-        jobs = [(i, chunks[i], str(work), image_opts) for i in todo]
-        results = pool.imap_unordered(process_chunk, jobs) if pool is not None else map(process_chunk, jobs)
-        for index, ok, bad in results:
-            bar.update(ok + bad)
-            if on_chunk_done is not None:
-                on_chunk_done(index)
-        bar.close()
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    # 5. assemble
-    reader = _ChunkReader(work, len(chunks))
-    try:
-        good = []
-        for key, _ in plan:
-            rec = reader.records[key][1]
-            if "error" in rec:
-                report("image", by_key[key], rec["error"])
-            else:
-                good.append(key)
-        matches = exclusion.match_many([reader.records[k][1]["sha256"] for k in good],
-                                       [reader.records[k][1]["phash"] for k in good])
-        first_of: dict[str, str] = {}
-        unique = []
-        for key, m in zip(good, matches):
-            rec, it = reader.records[key][1], by_key[key]
-            if m is not None:
-                report("exclude", it, dedup.dedup_report_row(m[0], m[1], m[2]))
-            elif rec["sha256"] in first_of:
-                other = by_key[first_of[rec["sha256"]]]
-                report("duplicate", it, dedup.dedup_report_row("train-exact", f"{other.path or other.source_id}"))
-            else:
-                first_of[rec["sha256"]] = key
-                unique.append(key)
-        say_hidden()
-        if not unique:
-            _write_report(out / REPORT, problems)
-            n_inputs = len(items) + sum(1 for p in problems if p.stage == "input")
-            raise TreeclipError(f"{out}: no usable images among {n_inputs} inputs "
-                                f"(every one is listed with its reason in {out / REPORT})")
-        train, val = _split(unique, opts.val_fraction, opts.seed)
-        taxa = sorted({taxa_of[by_key[k].label()] for k in unique}, key=lambda t: (t.lineage, t.common))
-
-        def samples() -> Iterator[Sample]:
-            for split, keys in (("train", train), ("val", val)):
-                for key in keys:
-                    it, rec = by_key[key], reader.records[key][1]
-                    yield Sample(key, reader.image(key), taxa_of[it.label()], split, it.source, it.source_id,
-                                 {"sha256": rec["sha256"], "phash": rec["phash"]})
-
-        counts = {"inputs": len(items) + sum(1 for p in problems if p.stage == "input"),
-                  "samples": len(unique), "train": len(train), "val": len(val)}
-        for p in problems:
-            counts[p.stage] = counts.get(p.stage, 0) + 1
-        build_info = {
-            "sources": [{"kind": k, "spec": s} for k, s in sources],
-            "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "keep_work")},
-            "exclude_threshold": threshold,
-            "n_exclusion_images": len(exclusion),
-            "counts": counts,
-            "taxonomy": {k: v for k, v in resolve_summary.items() if k != "seconds"},
-            "report": REPORT,
-        }
-        manifest = write_dataset(samples(), out, taxa=taxa, build_info=build_info,
-                                 shard_max_samples=opts.shard_max_samples, shard_max_bytes=opts.shard_max_bytes,
-                                 progress=progress)
+        deduplicate(state, reader)
+        result = write_output(state, reader, progress=progress)
     finally:
         reader.close()
-    _write_report(out / REPORT, problems)
+    _write_report(state.out / REPORT, state.problems)
     if not opts.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(manifest, problems, counts)
+        shutil.rmtree(state.work, ignore_errors=True)
+    return result
 
 
 def _write_report(path: Path, problems: list[Problem]) -> None:

@@ -1,0 +1,108 @@
+"""The staged chunks of a build (`OUT/.build/`): images processed in worker processes,
+one chunk at a time, and read back by key when the shards are written.
+
+A chunk `N` is `chunk-N.jpgs` (the processed JPEGs back to back) and `chunk-N.json`
+(per key: offset, length, hashes, or the error). The JSON is renamed into place last, so
+its presence means the chunk is whole: the unit of resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from treeclip.errors import InputError
+from treeclip.fsutil import atomic_path, write_json_atomic
+
+
+def chunk_name(i: int) -> str:
+    """The file stem of staged chunk `i`."""
+    return f"chunk-{i:06d}"
+
+
+def process_image(path: str, opts: dict) -> tuple[bytes, str, str]:
+    """One image -> (JPEG bytes, pixel sha256 of the stored image, phash); InputError if bad."""
+    from treeclip.data.images import decode_image, encode_jpeg, pixel_sha256, resize_image
+    from treeclip.data.phash import phash
+
+    img = decode_image(path, max_pixels=opts["max_pixels"], draft_size=opts["size"])
+    hash_p = phash(img)
+    small = resize_image(img, opts["size"], mode=opts["resize_mode"])
+    return encode_jpeg(small, quality=opts["quality"]), pixel_sha256(small), hash_p
+
+
+def process_chunk(args: tuple[int, list[tuple[str, str]], str, dict]) -> tuple[int, int, int]:
+    """Process one chunk of (key, path) and stage it; returns (index, good, bad)."""
+    index, items, work, opts = args
+    work_dir = Path(work)
+    records, blobs, offset = [], [], 0
+    for key, path in items:
+        try:
+            jpeg, sha, ph = process_image(path, opts)
+        except InputError as e:
+            records.append({"key": key, "error": str(e)})
+            continue
+        except Exception as e:  # a decoder bug must not kill the build: report it
+            records.append({"key": key, "error": f"{path}: unexpected {type(e).__name__}: {' '.join(str(e).split())[:100]}"})
+            continue
+        records.append({"key": key, "offset": offset, "length": len(jpeg), "sha256": sha, "phash": ph})
+        blobs.append(jpeg)
+        offset += len(jpeg)
+    name = chunk_name(index)
+    with atomic_path(work_dir / f"{name}.jpgs") as tmp:
+        with open(tmp, "wb") as f:
+            for b in blobs:
+                f.write(b)
+    write_json_atomic(work_dir / f"{name}.json", {"records": records})
+    ok = len(blobs)
+    return index, ok, len(items) - ok
+
+
+def plan_fingerprint(plan: list[tuple[str, str]], opts: dict) -> str:
+    """sha256 of the (key, path) plan and the image options: a resume must match it."""
+    h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode())
+    for key, path in plan:
+        h.update(f"{key}\0{path}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def make_pool(workers: int):
+    """A process pool for image work."""
+    import multiprocessing as mp
+
+    # forkserver: workers start clean (no threads inherited from pyarrow or torch); the
+    # server preloads the image stack once, so each worker forks with it already imported.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["treeclip.data.staging", "treeclip.data.dedup", "treeclip.data.images",
+                                "treeclip.data.phash"])
+    return ctx.Pool(workers)
+
+
+class ChunkReader:
+    """The records of every staged chunk, and random access to staged JPEGs by key."""
+
+    def __init__(self, work: Path, n_chunks: int) -> None:
+        self.work = work
+        self.records: dict[str, tuple[int, dict]] = {}
+        for i in range(n_chunks):
+            for rec in json.loads((work / f"{chunk_name(i)}.json").read_text(encoding="utf-8"))["records"]:
+                self.records[rec["key"]] = (i, rec)
+        self._files: dict[int, object] = {}
+
+    def record(self, key: str) -> dict:
+        """The staged record of `key`: offset, length, sha256, phash, or error."""
+        return self.records[key][1]
+
+    def image(self, key: str) -> bytes:
+        """The staged JPEG of `key`."""
+        i, rec = self.records[key]
+        f = self._files.get(i)
+        if f is None:
+            f = self._files[i] = open(self.work / f"{chunk_name(i)}.jpgs", "rb")
+        f.seek(rec["offset"])
+        return f.read(rec["length"])
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
