@@ -11,21 +11,19 @@ A shard sample is `KEY.jpg`, one `KEY.<type>.txt` per text type holding exactly
 `Taxon.caption(type)`, `KEY.json` (ranks, common, source, source id, hashes) and `KEY.cls`
 (the class index into taxa.parquet, in decimal). Shards are written under a temporary name
 and renamed when whole; tar headers carry no timestamps or owners, so the same samples
-always give byte-identical shards.
+always give byte-identical shards (the tar writer: `treeclip.data.shards`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from treeclip.data.shards import SHARD_PATTERN, ShardWriter
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_json_atomic
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
@@ -33,9 +31,6 @@ from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 FORMAT = "treeclip-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-SHARD_PATTERN = "shard-%06d.tar"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 CATALOG_COLUMNS = ("key", "split", "shard", *RANKS, "common", "cls", "source", "source_id", "sha256", "phash")
 
 
@@ -59,50 +54,6 @@ class Sample:
 # -- writing -----------------------------------------------------------------------------
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes and counts what goes through it."""
-
-    def __init__(self, f) -> None:
-        self._f = f
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self._f.write(b)
-        self.sha256.update(b)
-        self.bytes += len(b)
-        return len(b)
-
-
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tar's record size: archives end on a multiple of it
-
-
-def _tar_header(name: str, size: int) -> bytes:
-    """A ustar header: read-only file, no owner, time stamp 0 (same samples, same bytes).
-    Written by hand because tarfile's generic header code costs more than the JPEG."""
-    raw = name.encode("utf-8")
-    if len(raw) > 100 or not raw.isascii() or size >= 8 ** 11:
-        info = tarfile.TarInfo(name)  # long or non-ASCII names: a PAX header, as tarfile writes it
-        info.size, info.mode, info.mtime = size, 0o444, 0
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    h = bytearray(_BLOCK)
-    h[0:len(raw)] = raw
-    h[100:108] = b"0000444\0"
-    h[108:116] = b"0000000\0"
-    h[116:124] = b"0000000\0"
-    h[124:136] = b"%011o\0" % size
-    h[136:148] = b"00000000000\0"
-    h[148:156] = b" " * 8  # the checksum counts its own field as spaces
-    h[156:157] = b"0"
-    h[257:265] = b"ustar\x0000"
-    h[148:156] = b"%06o\0 " % sum(h)
-    return bytes(h)
-
-
 def sample_members(sample: Sample, cls: int, hashes: dict[str, str]) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in their stored order."""
     key = sample.key
@@ -120,78 +71,6 @@ def sample_members(sample: Sample, cls: int, hashes: dict[str, str]) -> list[tup
     return members
 
 
-class ShardWriter:
-    """Writes `shard-%06d.tar` files into `split_dir`, starting a new shard when the
-    current one reaches `max_samples` samples or would pass `max_bytes`. Each shard is
-    written under a temporary name and renamed when whole."""
-
-    def __init__(self, split_dir: str | os.PathLike, *, max_samples: int = 10000, max_bytes: float = 3e9,
-                 start_index: int = 0) -> None:
-        self.dir = Path(split_dir)
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
-        self.index = start_index
-        self.shards: list[dict[str, Any]] = []
-        self._tar: _HashingFile | None = None  # the open shard, if any
-
-    @property
-    def current_name(self) -> str:
-        return SHARD_PATTERN % self.index
-
-    def _open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.current_name}.", suffix=".tmp", dir=self.dir)
-        self._tmp = Path(tmp)
-        self._raw = os.fdopen(fd, "wb")
-        self._hashing = _HashingFile(self._raw)
-        self._tar = self._hashing
-        self._n = 0
-
-    def _close(self) -> None:
-        assert self._tar is not None
-        end = 2 * _BLOCK  # two zero blocks end the archive, then pad to a whole record
-        end += -(self._hashing.bytes + end) % _RECORD
-        self._hashing.write(bytes(end))
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        final = self.dir / self.current_name
-        os.chmod(self._tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; shards are meant to be shared
-        os.replace(self._tmp, final)
-        self.shards.append({"name": self.current_name, "n_samples": self._n,
-                            "bytes": self._hashing.bytes, "sha256": self._hashing.sha256.hexdigest()})
-        self._tar = None
-        self.index += 1
-
-    def write(self, members: list[tuple[str, bytes]]) -> str:
-        """Add one sample's members; returns the name of the shard it went into."""
-        size = sum(len(d) + 1024 for _, d in members)  # + header and padding, roughly
-        if self._tar is not None and (self._n >= self.max_samples or
-                                      (self._n and self._hashing.bytes + size > self.max_bytes)):
-            self._close()
-        if self._tar is None:
-            self._open()
-        for name, data in members:
-            self._hashing.write(_tar_header(name, len(data)) + data + bytes(-len(data) % _BLOCK))
-        self._n += 1
-        return self.current_name
-
-    def close(self) -> list[dict[str, Any]]:
-        """Finish the open shard; returns every shard written (name, n_samples, bytes, sha256)."""
-        if self._tar is not None:
-            self._close()
-        return self.shards
-
-    def abort(self) -> None:
-        """Drop the open shard's temporary file (on error)."""
-        if self._tar is not None:
-            try:
-                self._raw.close()
-            finally:
-                self._tmp.unlink(missing_ok=True)
-                self._tar = None
-
-
 def image_hashes(jpeg: bytes) -> dict[str, str]:
     """Pixel sha256 and perceptual hash of an encoded image."""
     from treeclip.data.images import decode_image, pixel_sha256
@@ -201,9 +80,24 @@ def image_hashes(jpeg: bytes) -> dict[str, str]:
     return {"sha256": pixel_sha256(img), "phash": phash(img)}
 
 
-def _check_key(key: str) -> None:
-    if not key or "." in key or "/" in key or key != key.strip():
-        raise ValueError(f"sample key {key!r} must be non-empty, without dots, slashes or edge spaces")
+def _check_sample(s: Sample, seen: set[str], cls_of: dict[Taxon, int]) -> None:
+    """A ValueError for a bad key (empty, dots, slashes, edge spaces, repeated), split or taxon."""
+    if not s.key or "." in s.key or "/" in s.key or s.key != s.key.strip():
+        raise ValueError(f"sample key {s.key!r} must be non-empty, without dots, slashes or edge spaces")
+    if s.key in seen:
+        raise ValueError(f"duplicate sample key {s.key!r}")
+    seen.add(s.key)
+    if s.split not in SPLITS:
+        raise ValueError(f"sample {s.key}: split must be one of {SPLITS}, got {s.split!r}")
+    if s.taxon not in cls_of:
+        raise ValueError(f"sample {s.key}: taxon {s.taxon} is not in `taxa`")
+
+
+def _add_catalog_row(rows: dict[str, list], s: Sample, cls: int, shard: str, hashes: dict[str, str]) -> None:
+    for col, val in (("key", s.key), ("split", s.split), ("shard", shard), *zip(RANKS, s.taxon.lineage),
+                     ("common", s.taxon.common), ("cls", cls), ("source", s.source), ("source_id", s.source_id),
+                     *hashes.items()):
+        rows[col].append(val)
 
 
 def write_dataset(
@@ -235,14 +129,7 @@ def write_dataset(
         bar = tqdm(desc="writing shards", unit="img", dynamic_ncols=True)
     try:
         for s in samples:
-            _check_key(s.key)
-            if s.key in seen:
-                raise ValueError(f"duplicate sample key {s.key!r}")
-            seen.add(s.key)
-            if s.split not in SPLITS:
-                raise ValueError(f"sample {s.key}: split must be one of {SPLITS}, got {s.split!r}")
-            if s.taxon not in cls_of:
-                raise ValueError(f"sample {s.key}: taxon {s.taxon} is not in `taxa`")
+            _check_sample(s, seen, cls_of)
             cls = cls_of[s.taxon]
             hashes = {k: s.extra[k] for k in ("sha256", "phash") if s.extra.get(k)}
             if len(hashes) < 2:
@@ -253,10 +140,7 @@ def write_dataset(
                                                    max_bytes=shard_max_bytes)
             shard = w.write(sample_members(s, cls, hashes))
             counts[cls] += 1
-            for col, val in (("key", s.key), ("split", s.split), ("shard", f"{s.split}/{shard}"),
-                             *zip(RANKS, s.taxon.lineage), ("common", s.taxon.common), ("cls", cls),
-                             ("source", s.source), ("source_id", s.source_id), *hashes.items()):
-                rows[col].append(val)
+            _add_catalog_row(rows, s, cls, f"{s.split}/{shard}", hashes)
             if bar is not None:
                 bar.update(1)
         shards = {split: w.close() for split, w in writers.items()}
