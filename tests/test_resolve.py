@@ -158,7 +158,7 @@ def test_read_csv_tsv_parquet_roundtrip(tmp_path) -> None:
 
 
 def test_utf8_check_across_chunks(tmp_path) -> None:
-    from treeclip.taxonomy.resolve import _utf8_error
+    from treeclip.taxonomy.catalogs import _utf8_error
 
     path = tmp_path / "rows.csv"
     path.write_bytes(b"genus,species\n" + b"Pica,hudsonia\n" * 10 + "Pic\u00e9,".encode() + b"\xe9\n")

@@ -32,125 +32,40 @@ import difflib
 import functools
 import json
 import os
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from treeclip.cache import cache_dir
 from treeclip.errors import TreeclipError
-from treeclip.taxonomy.names import KINGDOM_SYNONYMS, normalise_text, parse_scientific_name
+from treeclip.taxonomy.names import normalise_text, parse_scientific_name
+from treeclip.taxonomy.ncbi_names import (  # names_agree, NcbiMatch, LookupResult: re-exported
+    CLEAN_BINOMIAL,
+    HIGHER,
+    KINGDOMS,
+    MONOCOT_CLASS,
+    PLANT_PHYLA,
+    PROKARYOTE_OR_VIRUS,
+    QUALIFIED,
+    SLOT,
+    SLOTS,
+    LookupResult,
+    NcbiMatch,
+    agreement,
+    context_ranks,
+    from_ncbi_hybrid,
+    names_agree,
+    plain_name,
+    to_ncbi_hybrid,
+)
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 HOMONYMS_FILE = Path(__file__).with_name("ncbi_homonyms.json")
 HOMONYMS_FORMAT = 1
 """Format version of the homonym index kept in the cache (`cache_dir('ncbi')`)."""
 
-_KINGDOMS = {"Metazoa": "Animalia", "Viridiplantae": "Plantae", "Fungi": "Fungi"}
-_PROKARYOTE_OR_VIRUS = {"Bacteria", "Archaea", "Viruses"}
-_PLANT_PHYLA = {"Tracheophyta", "Bryophyta", "Marchantiophyta", "Anthocerotophyta"}
-_MONOCOT_CLASS = "Liliopsida"
-# Names that mean the same group under NCBI's and GBIF's plant ranks: not a conflict.
-_EQUIVALENT = {
-    ("phylum", "streptophyta"): {p.lower() for p in _PLANT_PHYLA},
-    ("class", "magnoliopsida"): {"liliopsida"},
-}
-# A species name fit for a training label: a binomial, no `sp.`, strain codes or digits.
-_CLEAN_BINOMIAL = re.compile(r"^(x )?[A-Z][a-z]+(-[a-z]+)? (x )?[a-z][a-z\-]+$")
-# NCBI makes a few homonyms unique with a qualifier: `Crambe (in: sponges)`,
-# `Bacteria Latreille et al. 1825` (the stick insect). The plain name is group 1.
-_QUALIFIED = re.compile(r"^((?:x )?[A-Z][a-z\-]+) (\((?:in|ex)\b.*\)|[A-Z][a-z]+ et al\. [12]\d{3})$")
-_HIGHER = ("kingdom", "phylum", "class", "order", "family", "genus")
-
-
-def _plain(name: str) -> str:
-    """A higher-rank NCBI name without its disambiguating qualifier, hybrid sign as `×`."""
-    qualified = _QUALIFIED.match(name) if " " in name else None
-    return _from_ncbi_hybrid(qualified.group(1) if qualified else name)
-
-# Slots of a raw placement: the 7 ranks plus what the final mapping needs.
-_SLOTS = RANKS + ("superkingdom", "plant_phylum", "monocot_class")
-_SLOT = {s: i for i, s in enumerate(_SLOTS)}
-
-
-def names_agree(rank: str, a: str, b: str) -> bool:
-    """Whether two names at `rank` denote the same group: case-insensitive, kingdom
-    synonyms mapped, and NCBI's plant phylum/class accepted for GBIF's."""
-    a, b = a.strip().lower(), b.strip().lower()
-    if rank == "kingdom":
-        syn = {k.lower(): v.lower() for k, v in KINGDOM_SYNONYMS.items()}
-        a, b = syn.get(a, a), syn.get(b, b)
-    if a == b:
-        return True
-    return b in _EQUIVALENT.get((rank, a), ()) or a in _EQUIVALENT.get((rank, b), ())
-
-
-def _from_ncbi_hybrid(name: str) -> str:
-    """NCBI writes hybrids `Mentha x piperita`, `x Triticosecale`; we write `×`."""
-    return re.sub(r"(^| )x ", r"\1×", name) if "x " in name else name
-
-
-def _to_ncbi_hybrid(name: str) -> str:
-    return re.sub(r"(^| )×", r"\1x ", name)
-
-
-@dataclass(frozen=True, slots=True)
-class NcbiMatch:
-    """One NCBI taxon a name matched."""
-
-    tax_id: int
-    name: str
-    """NCBI's scientific name of the node (hybrid sign written `×`)."""
-    ncbi_rank: str
-    """The node's NCBI rank (`species`, `genus`, `subfamily`, `clade`, ...)."""
-    taxon: Taxon
-    """Its 7-rank placement: ranks down to the node (or its lowest ranked ancestor)."""
-
-    @property
-    def rank(self) -> str | None:
-        """Which of the 7 ranks this node itself fills, or None (a subfamily, a clade...)."""
-        low = self.taxon.lowest_rank
-        if low is None:
-            return None
-        own = self.taxon.scientific_name if low == "species" else self.taxon[low]
-        return low if own.lower() == self.name.lower() else None
-
-
-@dataclass(frozen=True, slots=True)
-class LookupResult:
-    """The outcome of looking up one name: `status` is resolved, ambiguous or unknown."""
-
-    query: str
-    status: str
-    reason: str = ""
-    match: NcbiMatch | None = None
-    candidates: tuple[NcbiMatch, ...] = field(default=())
-
-    @property
-    def taxon(self) -> Taxon | None:
-        return self.match.taxon if self.match else None
-
-
-def _context_ranks(context: Taxon | Mapping[str, str] | None) -> dict[str, str]:
-    if context is None:
-        return {}
-    if isinstance(context, Taxon):
-        return {r: n for r, n in zip(RANKS, context.lineage) if n}
-    return {r: normalise_text(context.get(r)) for r in RANKS if normalise_text(context.get(r))}
-
-
-def _agreement(taxon: Taxon, ranks: Mapping[str, str]) -> tuple[int, int]:
-    """(agreeing, disagreeing) ranks between a candidate and the given ranks."""
-    agree = disagree = 0
-    for rank, name in ranks.items():
-        ref = taxon[rank]
-        if ref and name:
-            if names_agree(rank, ref, name):
-                agree += 1
-            else:
-                disagree += 1
-    return agree, disagree
+__all__ = ["HOMONYMS_FILE", "HOMONYMS_FORMAT", "LookupResult", "NcbiMatch", "NcbiReference", "default_reference",
+           "names_agree"]
 
 
 class NcbiReference:
@@ -261,8 +176,8 @@ class NcbiReference:
                 out[name] = sorted(ids)
         # Qualified names (`Crambe (in: sponges)`) join the group of their plain name.
         for name, (tax_id,) in self._sn2t.iteritems():
-            qualified = _QUALIFIED.match(name) if " (" in name or " et al. " in name else None
-            if qualified and self._node(tax_id)[1] in _HIGHER:
+            qualified = QUALIFIED.match(name) if " (" in name or " et al. " in name else None
+            if qualified and self._node(tax_id)[1] in HIGHER:
                 plain = qualified.group(1)
                 group = set(out.get(plain, ())) | set(self.ids_for_plain(plain)) | {tax_id}
                 out[plain] = sorted(group)
@@ -277,25 +192,25 @@ class NcbiReference:
 
     # -- placement: tax id -> 7 ranks ------------------------------------------------------
     def _placement_uncached(self, tax_id: int) -> tuple[str, ...]:
-        """The raw slots (_SLOTS) of a node, built from its parent's (cached)."""
+        """The raw slots (SLOTS) of a node, built from its parent's (cached)."""
         parent, rank = self._node(tax_id)
-        slots = list(self._placement(parent)) if parent != tax_id and tax_id != 1 else [""] * len(_SLOTS)
-        if rank in _SLOT and not slots[_SLOT["species"]]:
-            slots[_SLOT[rank]] = self.scientific_name(tax_id)
+        slots = list(self._placement(parent)) if parent != tax_id and tax_id != 1 else [""] * len(SLOTS)
+        if rank in SLOT and not slots[SLOT["species"]]:
+            slots[SLOT[rank]] = self.scientific_name(tax_id)
         elif rank in ("clade", "no_rank"):
             name = self.scientific_name(tax_id)
-            if name in _PLANT_PHYLA:
-                slots[_SLOT["plant_phylum"]] = name
-            elif name == _MONOCOT_CLASS:
-                slots[_SLOT["monocot_class"]] = name
+            if name in PLANT_PHYLA:
+                slots[SLOT["plant_phylum"]] = name
+            elif name == MONOCOT_CLASS:
+                slots[SLOT["monocot_class"]] = name
         return tuple(slots)
 
     def _taxon_of_uncached(self, tax_id: int) -> Taxon:
         """The BioCLIP 7-rank taxon of an NCBI taxon id (ranks below it empty); cached
         as `taxon_of`."""
-        s = dict(zip(_SLOTS, self._placement(tax_id)))
-        kingdom = _KINGDOMS.get(s["kingdom"], s["kingdom"])
-        if s["superkingdom"] in _PROKARYOTE_OR_VIRUS:
+        s = dict(zip(SLOTS, self._placement(tax_id)))
+        kingdom = KINGDOMS.get(s["kingdom"], s["kingdom"])
+        if s["superkingdom"] in PROKARYOTE_OR_VIRUS:
             kingdom = s["superkingdom"]
         phylum, class_ = s["phylum"], s["class"]
         if kingdom == "Plantae":
@@ -309,9 +224,9 @@ class NcbiReference:
             else:
                 genus_word, _, epithet = species.partition(" ")
                 genus = genus or genus_word
-            species = _from_ncbi_hybrid(epithet)
-        lineage = (_plain(kingdom), _plain(phylum), _plain(class_), _plain(s["order"]), _plain(s["family"]),
-                   _plain(genus), species)
+            species = from_ncbi_hybrid(epithet)
+        lineage = (plain_name(kingdom), plain_name(phylum), plain_name(class_), plain_name(s["order"]), plain_name(s["family"]),
+                   plain_name(genus), species)
         # The common name belongs to the node itself, only when it is one of the 7 ranks.
         _, rank = self._node(tax_id)
         common = self.common_name(tax_id) if rank in RANKS else ""
@@ -320,7 +235,7 @@ class NcbiReference:
     def _match(self, tax_id: int) -> NcbiMatch:
         _, rank = self._node(tax_id)
         name = self.scientific_name(tax_id)
-        return NcbiMatch(tax_id, _plain(name) if rank in _HIGHER else _from_ncbi_hybrid(name), rank,
+        return NcbiMatch(tax_id, plain_name(name) if rank in HIGHER else from_ncbi_hybrid(name), rank,
                          self.taxon_of(tax_id))
 
     # -- lookups ----------------------------------------------------------------------
@@ -329,7 +244,7 @@ class NcbiReference:
         if not text:
             return []
         parsed = str(parse_scientific_name(text))
-        forms = [parsed, _to_ncbi_hybrid(parsed), text] if parsed else [text]
+        forms = [parsed, to_ncbi_hybrid(parsed), text] if parsed else [text]
         words = text.split()
         if len(words) >= 2 and words[1][:1].isupper() and words[1][1:].islower() and words[1].isalpha():
             # `Pica Hudsonia`: a capitalised epithet (old style) or an author (`Corvidae
@@ -354,14 +269,14 @@ class NcbiReference:
         parsed = parse_scientific_name(name)
         if not parsed.genus:
             return []
-        prefix = _to_ncbi_hybrid(parsed.genus) + " "
+        prefix = to_ncbi_hybrid(parsed.genus) + " "
         pool = []
         for key in self._sn2t.iterkeys(prefix):
-            if _CLEAN_BINOMIAL.match(key):
+            if CLEAN_BINOMIAL.match(key):
                 pool.append(key)
             if len(pool) >= 5000:
                 break
-        return difflib.get_close_matches(_to_ncbi_hybrid(str(parsed)), pool, n=n, cutoff=0.8)
+        return difflib.get_close_matches(to_ncbi_hybrid(str(parsed)), pool, n=n, cutoff=0.8)
 
     def lookup_one(self, name: str, context: Taxon | Mapping[str, str] | None = None,
                    rank: str | None = None) -> LookupResult:
@@ -379,7 +294,7 @@ class NcbiReference:
         candidates = self.matches(query)
         if not candidates:
             hint = self.suggest(query)
-            more = f" (did you mean {' or '.join(_from_ncbi_hybrid(h) for h in hint)}?)" if hint else ""
+            more = f" (did you mean {' or '.join(from_ncbi_hybrid(h) for h in hint)}?)" if hint else ""
             return LookupResult(query, "unknown", f"{query!r} is not in the NCBI taxonomy{more}")
         if rank is not None:
             at_rank = tuple(m for m in candidates if m.rank == rank)
@@ -390,8 +305,8 @@ class NcbiReference:
             candidates = at_rank
         if len(candidates) == 1:
             return LookupResult(query, "resolved", "", candidates[0], candidates)
-        ranks = _context_ranks(context)
-        scored = [(_agreement(m.taxon, ranks), m) for m in candidates]
+        ranks = context_ranks(context)
+        scored = [(agreement(m.taxon, ranks), m) for m in candidates]
         best = max(a - d for (a, d), _ in scored)
         chosen = [m for (a, d), m in scored if a - d == best and a > 0]
         if len(chosen) == 1:
@@ -416,7 +331,7 @@ class NcbiReference:
             tax_id = stack.pop()
             _, rank = self._node(tax_id)
             if rank == "species":
-                if _CLEAN_BINOMIAL.match(self.scientific_name(tax_id)):
+                if CLEAN_BINOMIAL.match(self.scientific_name(tax_id)):
                     count += 1
                     yield self.taxon_of(tax_id)
                 continue  # nothing below a species is a species

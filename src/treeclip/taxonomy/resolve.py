@@ -22,10 +22,10 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from treeclip.errors import TreeclipError
+from treeclip.taxonomy.catalogs import read_catalog_table, write_catalog_table
 from treeclip.taxonomy.names import (
     clean_common_name,
     clean_epithet,
@@ -48,97 +48,11 @@ _ALIASES = {"common_name": "common", "vernacular_name": "common", "scientificnam
             "taxonomicname": "taxonomic_name"}
 _RANK_INDEX = {r: i for i, r in enumerate(RANKS)}
 
+__all__ = ["STATUSES", "NAME_COLUMNS", "resolve_table", "problem_rows",
+           "read_catalog_table", "write_catalog_table"]  # the catalog files: treeclip.taxonomy.catalogs
+
 # One distinct row key: the 7 cleaned ranks + a name of unknown rank.
 Key = tuple[str, ...]
-
-
-# -- reading and writing catalogs ----------------------------------------------------------
-def _first_line(message: str, limit: int = 160) -> str:
-    line = str(message).strip().splitlines()[0] if str(message).strip() else "unreadable"
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _utf8_error(path: Path, chunk_size: int = 1 << 24) -> str | None:
-    """Where a file stops being UTF-8 (`line 3, byte 0xe9`), or None if it is UTF-8.
-    Reads in chunks, so a large catalog is not held in memory twice."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    lines = 1
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(chunk_size)
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as err:
-                # The error offset is within this chunk plus what the decoder held back.
-                held = len(err.object) - len(chunk)
-                start = max(err.start - held, 0)
-                line = lines + chunk.count(b"\n", 0, start)
-                return f"line {line}, byte 0x{err.object[err.start]:02x}"
-            if not chunk:
-                return None
-            lines += chunk.count(b"\n")
-
-
-def read_catalog_table(path: str | Path) -> "pa.Table":
-    """Read a catalog (CSV, TSV or Parquet) with every CSV column as text.
-
-    Raises TreeclipError with one line naming the file and the reason for a missing or
-    empty file, malformed CSV, non-UTF-8 text or an unreadable Parquet file.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise TreeclipError(f"{path}: no such file")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            return pq.read_table(path)
-        except (pa.ArrowException, OSError) as err:
-            raise TreeclipError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
-    bad_utf8 = _utf8_error(path)
-    if bad_utf8:
-        raise TreeclipError(f"{path}: not UTF-8 text ({bad_utf8}); save it as UTF-8")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = fh.readline()
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in header and "," not in header) else ","
-    names = [n.strip().strip('"') for n in header.rstrip("\r\n").split(delimiter)]
-    if not header.strip():
-        raise TreeclipError(f"{path}: empty file, expected a header row")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise TreeclipError(f"{path}: malformed CSV: repeated column {dupes[0]!r}")
-    try:
-        return pacsv.read_csv(
-            path,
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
-        )
-    except pa.ArrowInvalid as err:
-        raise TreeclipError(f"{path}: malformed CSV: {_first_line(err)}") from None
-
-
-def write_catalog_table(table: "pa.Table", path: str | Path) -> None:
-    """Write a table as Parquet (`.parquet`, `.pq`) or CSV (`.csv`, `.tsv`), atomically:
-    a failed write leaves nothing under `path`."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from treeclip.fsutil import atomic_path
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv", ".tsv"):
-        raise TreeclipError(f"{path}: unknown output format {suffix or '(none)'}; use .parquet or .csv")
-    with atomic_path(path, suffix=suffix) as tmp:
-        if suffix in (".parquet", ".pq"):
-            pq.write_table(table, tmp)
-        else:
-            pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ","))
 
 
 # -- column handling ----------------------------------------------------------------------
@@ -303,6 +217,46 @@ def _clean_names(get: Callable[[str], Any], n: int) -> tuple[list[Any], Any, lis
     return cleaned, free, junk
 
 
+def _resolve_rows(ref: "NcbiReference", cleaned: list[Any], free: Any, overwrite: bool,
+                  progress: bool) -> tuple[dict[str, Any], int]:
+    """Resolve each distinct row key (cleaned ranks + free name) once; returns per-row
+    arrays (`ranks`: one per rank, `status`, `reason`, NCBI's `common` name,
+    `placed_above`) and the number of distinct keys."""
+    import numpy as np
+    import pandas as pd
+    from tqdm import tqdm
+
+    if len(free):
+        codes, keys = pd.MultiIndex.from_arrays(cleaned + [free]).factorize()
+        keys = list(keys)
+    else:
+        codes, keys = np.array([], dtype=np.int64), []
+    results = [_resolve_key(ref, tuple(k), overwrite)
+               for k in tqdm(keys, desc="resolving names", unit="name", disable=not progress or None,
+                             mininterval=1.0, file=sys.stderr)]
+    rows = {
+        "ranks": [np.array([r[0][i] for r in results], dtype=object)[codes] for i in range(len(RANKS))],
+        "status": np.array([r[1] for r in results], dtype=object)[codes],
+        "reason": np.array([r[2] for r in results], dtype=object)[codes],
+        "common": np.array([r[3] for r in results], dtype=object)[codes],
+        "placed_above": np.array([r[4] for r in results], dtype=bool)[codes] if results else np.zeros(0, dtype=bool),
+    }
+    return rows, len(keys)
+
+
+def _merge_common(common_in: Any, ncbi_common: Any, status: Any, reason: Any) -> tuple[Any, Any]:
+    """Common names: the row's wins; NCBI's fills a gap (not for failed rows), which
+    makes a `resolved` row `filled`. Returns (common names, status); notes go in `reason`."""
+    import numpy as np
+
+    fill_common = (common_in == "") & (ncbi_common != "") & np.isin(status, ["resolved", "filled", "conflict"])
+    common_out = np.where(fill_common, ncbi_common, common_in)
+    newly = fill_common & (status == "resolved")
+    status = np.where(newly, "filled", status)
+    reason[fill_common] = _join(reason[fill_common], "filled common name")
+    return common_out, status
+
+
 def resolve_table(table: "pa.Table | pd.DataFrame", reference: "NcbiReference | None" = None, *,
                   overwrite: bool = False, progress: bool = False) -> tuple["pa.Table | pd.DataFrame", dict]:
     """Resolve every row of a catalog; returns (the table with ranks, `common`, `status`
@@ -312,9 +266,7 @@ def resolve_table(table: "pa.Table | pd.DataFrame", reference: "NcbiReference | 
     through unchanged. Raises TreeclipError when the table has no name column.
     """
     import numpy as np
-    import pandas as pd
     import pyarrow as pa
-    from tqdm import tqdm
 
     from treeclip.taxonomy.ncbi import default_reference
 
@@ -333,40 +285,22 @@ def resolve_table(table: "pa.Table | pd.DataFrame", reference: "NcbiReference | 
 
     cleaned, free, junk = _clean_names(get, n)
     common_in = _map_distinct(clean_common_name, get("common")) if "common" in found else np.full(n, "", dtype=object)
-
-    if n:
-        codes, keys = pd.MultiIndex.from_arrays(cleaned + [free]).factorize()
-        keys = list(keys)
-    else:
-        codes, keys = np.array([], dtype=np.int64), []
-    results = [_resolve_key(ref, tuple(k), overwrite)
-               for k in tqdm(keys, desc="resolving names", unit="name", disable=not progress or None,
-                             mininterval=1.0, file=sys.stderr)]
-    out_ranks = [np.array([r[0][i] for r in results], dtype=object)[codes] for i in range(len(RANKS))]
-    status = np.array([r[1] for r in results], dtype=object)[codes]
-    reason = np.array([r[2] for r in results], dtype=object)[codes]
-    ncbi_common = np.array([r[3] for r in results], dtype=object)[codes]
-    placed_above = np.array([r[4] for r in results], dtype=bool)[codes] if results else np.zeros(0, dtype=bool)
-
-    # Common names: the row's wins; NCBI's fills a gap (not for failed rows).
-    fill_common = (common_in == "") & (ncbi_common != "") & np.isin(status, ["resolved", "filled", "conflict"])
-    common_out = np.where(fill_common, ncbi_common, common_in)
-    newly = fill_common & (status == "resolved")
-    status = np.where(newly, "filled", status)
-    reason[fill_common] = _join(reason[fill_common], "filled common name")
-    for i, rows in enumerate(junk):  # say which given names were dropped as not name-like
-        if len(rows):
+    rows, n_keys = _resolve_rows(ref, cleaned, free, overwrite, progress)
+    out_ranks, status, reason = rows["ranks"], rows["status"], rows["reason"]
+    common_out, status = _merge_common(common_in, rows["common"], status, reason)
+    for i, bad in enumerate(junk):  # say which given names were dropped as not name-like
+        if len(bad):
             raw = get(RANKS[i])
-            notes = np.array([f"{RANKS[i]} {v!r} is not a name" for v in raw[rows]], dtype=object)
-            reason[rows] = _join(notes, reason[rows])
+            notes = np.array([f"{RANKS[i]} {v!r} is not a name" for v in raw[bad]], dtype=object)
+            reason[bad] = _join(notes, reason[bad])
 
     new_columns = {RANKS[i]: out_ranks[i] for i in range(len(RANKS))}
     new_columns.update(common=common_out, status=status, reason=reason)
     resolved = _assemble(table, is_arrow, found, new_columns)
 
     counts = Counter(status.tolist())
-    summary = {"rows": n, "distinct_names": len(keys), **{s: counts.get(s, 0) for s in STATUSES},
-               "placed_above_lowest_name": int(placed_above.sum()),
+    summary = {"rows": n, "distinct_names": n_keys, **{s: counts.get(s, 0) for s in STATUSES},
+               "placed_above_lowest_name": int(rows["placed_above"].sum()),
                "overwrite": overwrite, "seconds": round(time.perf_counter() - start, 3)}
     return resolved, summary
 
