@@ -12,7 +12,7 @@ from PIL import Image
 
 from _data_helpers import AMANITA, MORUS, PICA, encoded, save, scene
 from treeclip.data.build import BuildOptions, build_dataset
-from treeclip.data.dedup import DEFAULT_THRESHOLD, ExclusionIndex, build_exclusion_index, image_hashes
+from treeclip.data.dedup import DEFAULT_THRESHOLD, ExclusionIndex, build_exclusion_index, source_image_hashes
 from treeclip.data.phash import hamming, phash
 
 
@@ -35,17 +35,17 @@ def test_hash_separates_copies_from_other_images():
 def test_index_matches_near_duplicates_only(tmp_path):
     index = ExclusionIndex()
     for s in range(3):
-        h = image_hashes(str(save(scene(s), tmp_path / f"eval{s}.png", "PNG")), size=64, variants=True)
+        h = source_image_hashes(str(save(scene(s), tmp_path / f"eval{s}.png", "PNG")), size=64, variants=True)
         index.add(f"eval{s}", h["sha256"], h["phashes"])
     queries, expect = [], []
     for s in range(3):
         for name, v in _variants(scene(s)).items():
-            queries.append(image_hashes(str(save(v, tmp_path / f"{s}-{name}.jpg")), size=64))
+            queries.append(source_image_hashes(str(save(v, tmp_path / f"{s}-{name}.jpg")), size=64))
             expect.append(f"eval{s}")
     for s in range(40, 60):
-        queries.append(image_hashes(str(save(scene(s), tmp_path / f"other{s}.jpg")), size=64))
+        queries.append(source_image_hashes(str(save(scene(s), tmp_path / f"other{s}.jpg")), size=64))
         expect.append(None)
-    exact = image_hashes(str(save(scene(2), tmp_path / "same.bmp", "BMP")), size=64)  # same pixels, other format
+    exact = source_image_hashes(str(save(scene(2), tmp_path / "same.bmp", "BMP")), size=64)  # same pixels, other format
     queries.append(exact)
     expect.append("eval2")
     got = index.match_many([q["sha256"] for q in queries], [q["phash"] for q in queries])
@@ -55,7 +55,7 @@ def test_index_matches_near_duplicates_only(tmp_path):
     cropped = queries[2]
     d = got[2][2]
     assert d > 0
-    h = image_hashes(str(tmp_path / "eval0.png"), size=64, variants=True)
+    h = source_image_hashes(str(tmp_path / "eval0.png"), size=64, variants=True)
     for threshold, expected in ((d, "eval0"), (d - 1, None)):
         index = ExclusionIndex(threshold=threshold)
         index.add("eval0", h["sha256"], h["phashes"])
@@ -99,6 +99,10 @@ def test_build_removes_evaluation_and_training_duplicates(tmp_path):
     # folders are read in sorted order: Fungi (the twin) before Plantae (k1), so k1 is the one removed
     assert len(dups) == 1 and dups[0]["source_id"].endswith("k1.jpg") and "twin.jpg" in dups[0]["reason"]
     assert result.failed == 0 and result.counts["exclude"] == len(excluded)
+    # the builder records the hashes of a source image as it stores it: what the exclusion
+    # index of an evaluation set is matched against
+    row = cat["source_id"].index(f"{MORUS}/k0.jpg")
+    assert source_image_hashes(str(train / MORUS / "k0.jpg"), size=48)["sha256"] == cat["sha256"][row]
 
 
 def test_missing_exclusion_set_is_a_clear_error(tmp_path):

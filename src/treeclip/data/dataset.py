@@ -71,8 +71,10 @@ def sample_members(sample: Sample, cls: int, hashes: dict[str, str]) -> list[tup
     return members
 
 
-def image_hashes(jpeg: bytes) -> dict[str, str]:
-    """Pixel sha256 and perceptual hash of an encoded image."""
+def stored_image_hashes(jpeg: bytes) -> dict[str, str]:
+    """Pixel sha256 and perceptual hash of a sample's image as it is stored (no resize):
+    what a shard's `.json` and the catalog record. (A source image as the builder would
+    store it: `treeclip.data.dedup.source_image_hashes`.)"""
     from treeclip.data.images import decode_image, pixel_sha256
     from treeclip.data.phash import phash
 
@@ -133,7 +135,7 @@ def write_dataset(
             cls = cls_of[s.taxon]
             hashes = {k: s.extra[k] for k in ("sha256", "phash") if s.extra.get(k)}
             if len(hashes) < 2:
-                hashes = image_hashes(s.image)
+                hashes = stored_image_hashes(s.image)
             w = writers.get(s.split)
             if w is None:
                 w = writers[s.split] = ShardWriter(out / s.split, max_samples=shard_max_samples,

@@ -1,7 +1,7 @@
 """Deduplication: exact duplicates inside the training set, and exact or near duplicates
 of evaluation images (a perceptual hash within a Hamming threshold) removed from training.
 
-Every image is hashed the way the builder sees it (`image_hashes`): the sha256 of its
+Every image is hashed the way the builder sees it (`source_image_hashes`): the sha256 of its
 decoded, resized pixels (exact duplicates, whatever the file format) and a 256-bit DCT
 perceptual hash of the decoded image (near duplicates: re-encoded, resized, slightly
 cropped). Evaluation images are indexed with crops of themselves too (see `phash_variants`), and
@@ -96,10 +96,12 @@ class ExclusionIndex:
         return self.match_many([sha256], [phash_hex])[0]
 
 
-def image_hashes(path: str, *, size: int, resize_mode: str = "crop", max_pixels: int | None = None,
-                 name: str | None = None, variants: bool = False) -> dict:
-    """Hashes of one image file as the builder computes them (raises InputError):
-    `sha256` of the resized pixels, `phash`, and with `variants` the crop hashes `phashes`."""
+def source_image_hashes(path: str, *, size: int, resize_mode: str = "crop", max_pixels: int | None = None,
+                        name: str | None = None, variants: bool = False) -> dict:
+    """Hashes of one source image file as the builder would store it (raises InputError):
+    `sha256` of the pixels resized to `size`, `phash` of the decoded image, and with
+    `variants` the crop hashes `phashes`. (A stored sample's own hashes:
+    `treeclip.data.dataset.stored_image_hashes`.)"""
     from treeclip.data.images import MAX_PIXELS, decode_image, pixel_sha256, resize_image
     from treeclip.data.phash import phash, phash_variants
 
@@ -157,7 +159,7 @@ def exclusion_paths(spec: str) -> Iterator[tuple[str, str]]:
 def _hash_one(args: tuple[str, str, int, str, int | None]) -> tuple[str, dict | str]:
     label, path, size, mode, max_pixels = args
     try:
-        return label, image_hashes(path, size=size, resize_mode=mode, max_pixels=max_pixels, variants=True)
+        return label, source_image_hashes(path, size=size, resize_mode=mode, max_pixels=max_pixels, variants=True)
     except InputError as e:
         return label, str(e)
 

@@ -52,13 +52,13 @@ def _rng(seed: int, taxon: Taxon, stream: int) -> np.random.Generator:
 
 
 def _render_job(job: _Job) -> _Rendered:
-    from treeclip.data.dataset import image_hashes
+    from treeclip.data.dataset import stored_image_hashes
 
     look = look_of(job.species.taxon, job.species.meaning)
     out = _Rendered(job.index)
     for px in render_stream(look, job.n_train, job.size, _rng(job.seed, job.species.taxon, 0)):
         jpeg = encode_pixels(px, job.quality)
-        h = image_hashes(jpeg)
+        h = stored_image_hashes(jpeg)
         out.train.append((jpeg, h["sha256"], h["phash"]))
     stream = 1 if job.role == "seen" else 2
     for px in render_stream(look, job.n_eval, job.size, _rng(job.seed, job.species.taxon, stream)):
