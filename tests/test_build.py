@@ -141,7 +141,7 @@ def test_every_bad_input_is_skipped_with_its_reason(tmp_path):
     by_file = {r["source_id"].rsplit("/", 1)[-1]: r for r in report}
     for fname, reason in expected.items():
         assert by_file[fname]["stage"] == "image" and reason in by_file[fname]["reason"], by_file[fname]
-    assert by_file["outside.jpg"]["stage"] == "input" and "escapes the catalog root" in by_file["outside.jpg"]["reason"]
+    assert by_file["outside.jpg"]["stage"] == "input" and "escapes the image root" in by_file["outside.jpg"]["reason"]
     assert by_file["missing.jpg"]["stage"] == "image" and "not found" in by_file["missing.jpg"]["reason"]
     assert by_file["x.jpg"]["stage"] == "taxonomy" and "no usable name" in by_file["x.jpg"]["reason"]
     assert all("\n" not in r["reason"] for r in report)

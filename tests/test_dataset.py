@@ -104,3 +104,17 @@ def test_bad_samples_rejected(tmp_path):
     assert not list((tmp_path / "y").rglob("*.tar")) and not list((tmp_path / "y").rglob("*.tmp"))
     with pytest.raises(TreeclipError, match="not a dataset dir"):
         read_manifest(tmp_path / "y")
+
+
+def test_images_of_given_samples_are_read_by_key(tmp_path):
+    from treeclip.data.shards import iter_shard_images
+
+    samples = _samples(4)
+    write_dataset(samples, tmp_path, taxa=TAXA, build_info={})
+    (shard,) = shard_paths(tmp_path, "train")
+    got = list(iter_shard_images(shard, ["s0002", "s0000", "nope"]))
+    assert [(k, b) for k, b, _ in got[:2]] == [("s0000", samples[0].image), ("s0002", samples[2].image)]
+    assert got[2][:2] == ("nope", None) and "sample nope has no image" in got[2][2]
+    (tmp_path / "broken.tar").write_bytes(b"not a tar at all" * 64)
+    got = list(iter_shard_images(tmp_path / "broken.tar", ["a", "b"]))
+    assert [k for k, _, _ in got] == ["a", "b"] and all(b is None and "unreadable shard" in p for _, b, p in got)

@@ -109,6 +109,12 @@ def test_cleaning_and_other_name_columns(ncbi) -> None:
     assert summary["unknown"] == 0
 
 
+def test_every_common_name_column_is_read(ncbi) -> None:
+    for column in ("common_name", "vernacular_name", "vernacular"):
+        out, _ = resolve_table(pd.DataFrame({"scientific_name": ["Pica hudsonia"], column: ["the magpie"]}), ncbi)
+        assert _rows(out)[0]["common"] == "the magpie" and column not in out.columns
+
+
 def test_each_distinct_name_resolved_once(ncbi, monkeypatch) -> None:
     calls: list[str] = []
     original = NcbiReference.lookup_one
@@ -151,10 +157,13 @@ def test_read_csv_tsv_parquet_roundtrip(tmp_path) -> None:
     tsv = tmp_path / "rows.tsv"
     tsv.write_text("genus\tspecies\nPica\thudsonia\n", encoding="utf-8")
     assert read_catalog_table(tsv).column("genus").to_pylist() == ["Pica"]
+    semi = tmp_path / "rows.semi"  # the delimiter rule every table reader shares: `;` here
+    semi.write_text("genus;species\nPica;hudsonia\n", encoding="utf-8")
+    assert read_catalog_table(semi).column("species").to_pylist() == ["hudsonia"]
     for name in ("out.parquet", "out.csv"):
         write_catalog_table(table, tmp_path / name)
         assert read_catalog_table(tmp_path / name).to_pylist() == table.to_pylist()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.parquet", "rows.csv", "rows.tsv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.parquet", "rows.csv", "rows.semi", "rows.tsv"]
 
 
 def test_utf8_check_across_chunks(tmp_path) -> None:

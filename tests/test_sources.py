@@ -50,7 +50,7 @@ def test_catalog_csv_subset_of_ranks_and_traversal(tmp_path):
     assert dict(a.ranks) == {"genus": "Pica", "species": "hudsonia"} and a.common == "black-billed magpie"
     assert a.error == "" and a.path == str((tmp_path / "img" / "a.jpg").resolve())
     for it in items[1:]:
-        assert it.path == "" and "escapes the catalog root" in it.error and "\n" not in it.error
+        assert it.path == "" and "escapes the image root" in it.error and "\n" not in it.error
     # with an explicit root that contains the file, the absolute path is fine
     items = list(read_source("catalog", f"{tmp_path / 'cat.csv'}::{tmp_path.parent}"))
     assert items[2].error == ""
@@ -101,5 +101,13 @@ def test_inat_json(tmp_path):
 def test_safe_join(tmp_path):
     assert safe_join(tmp_path, "a/../b.jpg") == (tmp_path / "b.jpg").resolve()
     for bad in ("../x.jpg", "/etc/passwd", "a/../../x.jpg", ""):
-        with pytest.raises(InputError):
-            safe_join(tmp_path, bad)
+        for follow in (True, False):
+            with pytest.raises(InputError):
+                safe_join(tmp_path, bad, follow_links=follow)
+    # a link out of the root: refused when links are followed (the builder), trusted as the
+    # user's own when they are not (evaluation tasks), and then returned unresolved
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "store").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(InputError, match="escapes the image root"):
+        safe_join(tmp_path / "root", "store/b.jpg")
+    assert safe_join(tmp_path / "root", "store/./b.jpg", follow_links=False) == tmp_path / "root" / "store" / "b.jpg"

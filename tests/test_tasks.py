@@ -196,3 +196,53 @@ def test_own_task_folder_in_the_data_root_wins(tmp_path, monkeypatch):
     (tmp_path / "imgs").mkdir()
     task = load_task("rare-species")
     assert task.spec_path == own / "task.toml" and task.image_path(0) == tmp_path / "imgs" / "x.jpg"
+
+
+def test_parquet_catalog_common_name_columns_and_windows_paths(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {h: [] for h in HEADER[:-1]}
+    for path, row in (("sub\\a.jpg", MAGPIE), ("b.jpg", RAVEN)):
+        cols["path"].append(path)
+        for h, v in zip(HEADER[1:-1], row):
+            cols[h].append(v)
+    cols["vernacular_name"] = [MAGPIE[-1], None]
+    pq.write_table(pa.table(cols), tmp_path / "catalog.parquet")
+    task = load_task(spec(tmp_path, 'name = "t"\n[images]\ncatalog = "catalog.parquet"\n'))
+    assert task.paths == ["sub/a.jpg", "b.jpg"] and not task.problems
+    assert {c.taxon.scientific_name: c.taxon.common for c in task.classes} == {
+        "Pica hudsonia": "black-billed magpie", "Corvus corax": ""}
+
+
+def test_links_inside_the_root_may_point_to_the_image_store(tmp_path):
+    """A task folder that links to where the images really are is the user's own choice;
+    only the catalog's paths are kept from climbing out."""
+    store = tmp_path / "store"
+    store.mkdir()
+    Image.new("RGB", (8, 8)).save(store / "a.jpg")
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    (task_dir / "images").symlink_to(store, target_is_directory=True)
+    write_catalog(task_dir / "catalog.csv", [["images/a.jpg", *MAGPIE], ["images/../../store/a.jpg", *MAGPIE]])
+    task = load_task(spec(task_dir, GOOD))
+    assert task.paths == ["images/a.jpg"] and task.image_path(0).is_file()
+    assert len(task.problems) == 1 and "escapes the image root" in task.problems[0]
+
+
+def test_dataset_catalog_may_not_point_outside_the_dataset(tmp_path):
+    import pyarrow.parquet as pq
+
+    from treeclip.data import dataset
+    from treeclip.data.images import encode_jpeg
+    from treeclip.taxonomy.taxon import Taxon
+
+    taxon = Taxon.of(*MAGPIE[:7])
+    jpg = encode_jpeg(Image.new("RGB", (16, 16)))
+    dataset.write_dataset([dataset.Sample("k0", jpg, taxon, "val")], tmp_path / "ds", taxa=[taxon], build_info={})
+    table = pq.read_table(tmp_path / "ds" / "catalog.parquet")
+    table = table.set_column(table.column_names.index("shard"), "shard", [["../../elsewhere.tar"]])
+    pq.write_table(table, tmp_path / "ds" / "catalog.parquet")
+    with pytest.raises(TreeclipError, match="catalog.parquet: sample k0: .*escapes") as err:
+        load_task(spec(tmp_path, 'name = "d"\n[images]\ndataset = "ds"\n'))
+    assert "\n" not in str(err.value)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from treeclip.data.shards import SHARD_PATTERN, ShardWriter
-from treeclip.errors import TreeclipError
+from treeclip.errors import InputError, TreeclipError
 from treeclip.fsutil import atomic_path, write_json_atomic
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
@@ -242,10 +242,41 @@ def read_taxa(dataset_dir: str | os.PathLike) -> list[Taxon]:
 
 
 def read_catalog(dataset_dir: str | os.PathLike):
-    """catalog.parquet as a pyarrow Table."""
+    """catalog.parquet as a pyarrow Table; a one-line TreeclipError when it is missing or
+    unreadable."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(dataset_dir) / "catalog.parquet")
+    path = Path(dataset_dir) / "catalog.parquet"
+    if not path.is_file():
+        raise TreeclipError(f"{dataset_dir}: not a dataset dir (no catalog.parquet)")
+    try:
+        return pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types on a bad file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise TreeclipError(f"{path}: unreadable Parquet ({reason})") from None
+
+
+def split_samples(dataset_dir: str | os.PathLike, split: str) -> list[dict[str, str]]:
+    """The catalog rows of one split, in catalog order, as text: `key`, the 7 ranks,
+    `common`, and `shard` as the shard file's path (a catalog shard that points outside
+    the dataset dir is refused)."""
+    from treeclip.data.paths import safe_join
+
+    rows = []
+    for rec in read_catalog(dataset_dir).to_pylist():
+        if str(rec.get("split", "")) != split:
+            continue
+        shard = str(rec["shard"])  # `train/shard-000000.tar`; early datasets stored the name alone
+        rel = shard if "/" in shard else f"{split}/{shard}"
+        try:
+            safe_join(dataset_dir, rel)
+        except InputError as e:
+            raise TreeclipError(f"{Path(dataset_dir) / 'catalog.parquet'}: sample {rec['key']}: {e}") from None
+        shard_file = Path(dataset_dir) / rel  # as given, not resolved: it names the shard in caches and messages
+        row = {r: str(rec.get(r) or "") for r in RANKS}
+        row.update(key=str(rec["key"]), common=str(rec.get("common") or ""), shard=str(shard_file))
+        rows.append(row)
+    return rows
 
 
 def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[str]:

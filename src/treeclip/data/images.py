@@ -23,6 +23,13 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from treeclip.errors import InputError
 
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".avif",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+})
+"""File endings (lower case) that a folder scan takes for images: the photo and bitmap
+formats Pillow decodes (HEIC/HEIF would need a plugin, so they are not listed)."""
+
 MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused (about 10k x 10k; PIL warns at ~89M)."""
 

@@ -1,4 +1,5 @@
-"""Webdataset tar shards: a writer whose shards are byte-identical for the same samples.
+"""Webdataset tar shards: a writer whose shards are byte-identical for the same samples,
+and a reader of the images of given samples.
 
 A shard is written under a temporary name and renamed when whole; tar headers carry no
 timestamps or owners (ustar, mode 0444, time 0), and the archive is padded to tar's
@@ -13,7 +14,7 @@ import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 SHARD_PATTERN = "shard-%06d.tar"
 _UMASK = os.umask(0o022)
@@ -134,3 +135,27 @@ class ShardWriter:
             finally:
                 self._tmp.unlink(missing_ok=True)
                 self._tar = None
+
+
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+"""Member extensions that hold a sample's image."""
+
+
+def iter_shard_images(shard: str | os.PathLike, keys: Iterable[str]) -> Iterator[tuple[str, bytes | None, str]]:
+    """(key, image bytes or None, problem) for each of `keys` in one shard: the images in
+    shard order, then every key not found with the reason (an unreadable shard, or a
+    sample without an image)."""
+    wanted = set(keys)
+    try:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                if ext in IMAGE_MEMBERS and key in wanted:
+                    wanted.discard(key)
+                    yield key, tar.extractfile(member).read(), ""
+    except (OSError, tarfile.TarError) as e:
+        for key in sorted(wanted):
+            yield key, None, f"{shard}: unreadable shard ({e})"
+        return
+    for key in sorted(wanted):
+        yield key, None, f"{shard}: sample {key} has no image"

@@ -4,14 +4,13 @@ offline NCBI reference (`treeclip.taxonomy.resolve.resolve_table`), once per dis
 from __future__ import annotations
 
 from treeclip.data.sources import SourceItem
+from treeclip.data.tables import taxon_from_row
+from treeclip.taxonomy.names import parse_scientific_name
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 
 def _as_given(ranks: dict[str, str], common: str, name: str) -> Taxon:
     """A taxon from the names a source gives, cleaned but not checked against NCBI."""
-    from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_kingdom, clean_uninomial, \
-        parse_scientific_name
-
     r = dict(ranks)
     if name and not any(r.values()):
         parsed = parse_scientific_name(name)
@@ -19,10 +18,7 @@ def _as_given(ranks: dict[str, str], common: str, name: str) -> Taxon:
             r["genus"], r["species"] = parsed.genus, parsed.epithet
         elif parsed.genus:
             r["genus"] = parsed.genus
-    cleaned = {rank: clean_uninomial(r.get(rank, "")) for rank in RANKS[1:6]}
-    cleaned["kingdom"] = clean_kingdom(r.get("kingdom", ""))
-    cleaned["species"] = clean_epithet(r.get("species", ""), cleaned["genus"]) if r.get("species") else ""
-    return Taxon.from_ranks(cleaned, clean_common_name(common))
+    return taxon_from_row({**r, "common": common})
 
 
 def resolve_items(items: list[SourceItem], *, resolve: bool, keep_unresolved: bool,

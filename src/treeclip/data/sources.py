@@ -6,7 +6,8 @@ image path and the raw names the source gives it, before taxonomy resolution.
   leading number `00042_` ignored), or nested one folder per rank (`Animalia/Chordata/...`).
 - Catalog (CSV or Parquet): an image path column (`path`, `file`, `filename`, `image`, ...)
   relative to the catalog's folder or a given root, any subset of the 7 rank columns,
-  optionally `common`/`common_name`, `scientific_name`, `source_id`.
+  optionally a common name (`common`, `common_name`, `vernacular_name`, `vernacular`),
+  `scientific_name`, `source_id`.
 - iNat-2021-style JSON: `images` (id, file_name), `annotations` (image_id, category_id) and
   `categories` (kingdom .. genus, specific_epithet or species, common_name, name).
 
@@ -16,8 +17,6 @@ the item carries the reason in `error`, and the build reports and counts it.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -25,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from treeclip.data.images import IMAGE_EXTENSIONS
+from treeclip.data.paths import safe_join  # also re-exported from here
+from treeclip.data.tables import read_rows
 from treeclip.errors import InputError, TreeclipError
-from treeclip.fsutil import read_text
-from treeclip.taxonomy.taxon import RANKS
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"}
+from treeclip.taxonomy.taxon import COMMON_COLUMNS, RANKS
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path")
-COMMON_COLUMNS = ("common", "common_name", "vernacular_name", "vernacular")
 NAME_COLUMNS = ("scientific_name", "taxonomic_name", "name", "taxon")
 ID_COLUMNS = ("source_id", "id", "image_id")
 RANK_ALIASES = {"specific_epithet": "species", "epithet": "species", "class_": "class"}
@@ -58,19 +56,6 @@ class SourceItem:
     def label(self) -> tuple:
         """What identifies the taxon of this item (items sharing it resolve together)."""
         return (self.ranks, self.common, self.name)
-
-
-def safe_join(root: str | os.PathLike, rel: str, *, what: str = "") -> Path:
-    """`root/rel`, refused with InputError when it escapes `root` (after resolving `..`
-    and symlinks). Absolute paths are allowed only inside `root`."""
-    label = what or rel
-    if not rel or "\x00" in rel:
-        raise InputError(f"{label}: empty or invalid path")
-    root_real = Path(os.path.realpath(root))
-    candidate = Path(os.path.realpath(Path(root) / rel))  # an absolute rel replaces root here
-    if candidate != root_real and root_real not in candidate.parents:
-        raise InputError(f"{label}: path escapes the catalog root {root} (refused)")
-    return candidate
 
 
 # -- image folders ---------------------------------------------------------------------
@@ -122,30 +107,6 @@ def read_image_folder(root: str | os.PathLike) -> Iterator[SourceItem]:
 # -- catalogs --------------------------------------------------------------------------
 
 
-def _read_rows(path: Path) -> list[dict[str, object]]:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:
-            raise TreeclipError(f"{path}: unreadable Parquet ({' '.join(str(e).split())[:120]})") from None
-    text = read_text(path)
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    if not reader.fieldnames:
-        raise TreeclipError(f"{path}: empty catalog (no header row)")
-    rows = []
-    for i, row in enumerate(reader, start=2):
-        if None in row:
-            raise TreeclipError(f"{path}: line {i} has more fields than the header")
-        rows.append(row)
-    return rows
-
-
 def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
     return next((columns[n] for n in names if n in columns), None)
 
@@ -163,10 +124,10 @@ def read_catalog(path: str | os.PathLike, root: str | os.PathLike | None = None)
     if not path.is_file():
         raise TreeclipError(f"{path}: catalog not found")
     root = Path(root) if root is not None else path.parent
-    rows = _read_rows(path)
+    rows = read_rows(path, what="catalog")
     if not rows:
         return
-    columns = {str(c).strip().lower(): c for c in rows[0].keys()}
+    columns = {c: c for c in rows[0]}  # read_rows lower-cases the column names
     path_col = _pick(columns, PATH_COLUMNS)
     if path_col is None:
         raise TreeclipError(f"{path}: no image path column (one of {', '.join(PATH_COLUMNS)})")

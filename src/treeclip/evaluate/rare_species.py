@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from treeclip.data.tables import read_rows
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import write_json_atomic, write_text_atomic
 from treeclip.taxonomy.names import clean_epithet, clean_uninomial, parse_scientific_name
@@ -128,21 +129,12 @@ def select_rare_species(status_rows: Iterable[dict], image_rows: Iterable[dict],
     return Selection(species, sampled, counts)
 
 
-def _rows(path: str | Path) -> list[dict]:
-    from treeclip.taxonomy.resolve import read_catalog_table
-
-    table = read_catalog_table(path)
-    cols = {c: c.strip().lower() for c in table.column_names}
-    return [{cols[k]: ("" if v is None else str(v).strip()) for k, v in rec.items()}
-            for rec in table.to_pylist()]
-
-
 def training_species(path: str | Path) -> set[SpeciesKey]:
     """(genus, epithet) of every training row: a dataset dir (its catalog.parquet) or a catalog file."""
     p = Path(path)
     if p.is_dir():
         p = p / "catalog.parquet"
-    return {k for k in map(species_key, _rows(p)) if k is not None}
+    return {k for k in map(species_key, read_rows(p)) if k is not None}
 
 
 def _csv(rows: list[dict], columns: Sequence[str]) -> str:
@@ -163,7 +155,7 @@ def build_rare_species(status: str | Path, images: str | Path, training: str | P
     if not root.is_dir():
         raise TreeclipError(f"{root}: image root is not a folder")
     train_keys = training_species(training) if training is not None else set()
-    sel = select_rare_species(_rows(status), _rows(images), train_keys, categories=categories,
+    sel = select_rare_species(read_rows(status), read_rows(images), train_keys, categories=categories,
                               min_images=min_images, per_species=per_species, max_species=max_species, seed=seed)
     if not sel.species:
         raise TreeclipError(f"{status}: no species qualify ({json.dumps(sel.counts)})")

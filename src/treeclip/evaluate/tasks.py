@@ -14,10 +14,14 @@ taxa = "taxa.csv"         # optional: class name -> kingdom..species, common
 resolve = true            # resolve names without ranks with the NCBI resolver (if installed)
 ```
 
-Catalog columns: `path` (relative to root; it may not escape it), `kingdom`..`species`,
-`common`, optional `name` (the class as the dataset names it) and `split`. A row with only
-a `name` gets its taxonomy from the `taxa` table, else from the resolver, else it stays a
-named class without taxonomy (zero-shot then uses the name as given).
+Catalog and taxa table: CSV/TSV or Parquet (`treeclip.data.tables`). Catalog columns:
+`path` (relative to root; it may not escape it, though links inside the root may point
+anywhere), `kingdom`..`species`, a common name (`common`, `common_name`,
+`vernacular_name`), optional `name` (the class as the dataset names it) and `split`. A
+row with only a `name` gets its taxonomy from the `taxa` table, else from the resolver,
+else it stays a named class without taxonomy (zero-shot then uses the name as given).
+The rows come from `treeclip.evaluate.task_sources`; a dataset task reads the dataset
+dir through `treeclip.data` (`split_samples`, `iter_shard_images`).
 
 Any string value may use `${ENV_VAR}`; an unset variable is an error naming it. A bad
 spec raises one `TreeclipError` line naming the file and the problem; a bad catalog row
@@ -26,9 +30,7 @@ is one line in `Task.problems` and the rest of the task goes on.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import re
 import tomllib
@@ -38,17 +40,18 @@ from typing import Iterator
 
 import numpy as np
 
-from treeclip.errors import TreeclipError
-from treeclip.fsutil import read_text
+from treeclip.data.paths import safe_join
+from treeclip.data.tables import taxon_from_row
+from treeclip.errors import InputError, TreeclipError
+from treeclip.evaluate.task_sources import catalog_rows, dataset_rows, folder_rows, named_taxa, resolve_names
 from treeclip.evaluate.zeroshot import CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
-from treeclip.taxonomy.names import clean_common_name, clean_epithet, clean_kingdom, clean_uninomial
+from treeclip.fsutil import read_text
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 SPEC_NAME = "task.toml"
 DATA_ENV = "TREECLIP_DATA"
 """The environment variable the shipped specs read: the root of the user's copies."""
 SHIPPED_DIR = Path(__file__).with_name("tasks")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _TOP_KEYS = {"name", "description", "images", "classes"}
 _IMAGE_KEYS = {"catalog", "folder", "dataset", "root", "split"}
@@ -189,6 +192,29 @@ def _string(table: dict, key: str, where: str, spec: Path, default: str | None =
     return _interpolate(value, where, spec)
 
 
+def _image_rows(images: dict, spec: Path, base: Path) -> tuple[list[dict[str, str]], dict[str, list[str]] | None, Path]:
+    """(rows, shard file -> keys or None, image root) of the [images] table."""
+    sources = [k for k in ("catalog", "folder", "dataset") if k in images]
+    if len(sources) != 1:
+        raise TreeclipError(f"{spec}: [images] needs exactly one of catalog, folder, dataset (got {len(sources) or 'none'})")
+    source = sources[0]
+    split = _string(images, "split", "images.split", spec)
+    if source == "dataset":
+        dataset = _local_path(_string(images, "dataset", "images.dataset", spec), base)
+        rows, shards = dataset_rows(dataset, split or "val", spec)
+        return rows, shards, dataset
+    root = _local_path(_string(images, "root", "images.root", spec, "."), base)
+    if not root.is_dir():
+        raise TreeclipError(f"{spec}: image root {root} is not a folder")
+    if source == "catalog":
+        rows = catalog_rows(_local_path(_string(images, "catalog", "images.catalog", spec), base), spec)
+    else:
+        rows = folder_rows(root, _string(images, "folder", "images.folder", spec), spec)
+    if split is not None:
+        rows = [r for r in rows if r.get("split", "") == split]
+    return rows, None, root
+
+
 def load_task(ref: str | Path) -> Task:
     """Load a task from a shipped name, a folder or a spec file (see the module docstring)."""
     spec = find_task(str(ref))
@@ -211,144 +237,23 @@ def load_task(ref: str | Path) -> Task:
     resolve = classes.get("resolve", True)
     if not isinstance(resolve, bool):
         raise TreeclipError(f"{spec}: classes.resolve must be true or false")
-    sources = [k for k in ("catalog", "folder", "dataset") if k in images]
-    if len(sources) != 1:
-        raise TreeclipError(f"{spec}: [images] needs exactly one of catalog, folder, dataset (got {len(sources) or 'none'})")
-    source = sources[0]
-    split = _string(images, "split", "images.split", spec)
+    rows, shards, root = _image_rows(images, spec, base)
     table = None
     if "taxa" in classes:
-        table = _read_taxa_table(_local_path(_string(classes, "taxa", "classes.taxa", spec), base), spec)
-
-    if source == "dataset":
-        dataset = _local_path(_string(images, "dataset", "images.dataset", spec), base)
-        rows, shards, root = _dataset_rows(dataset, split or "val", spec)
-    else:
-        root = _local_path(_string(images, "root", "images.root", spec, "."), base)
-        if not root.is_dir():
-            raise TreeclipError(f"{spec}: image root {root} is not a folder")
-        shards = None
-        if source == "catalog":
-            rows = _catalog_rows(_local_path(_string(images, "catalog", "images.catalog", spec), base), spec)
-        else:
-            rows = _folder_rows(root, _string(images, "folder", "images.folder", spec), spec)
-        if split is not None:
-            rows = [r for r in rows if r.get("split", "") == split]
-
+        table = named_taxa(_local_path(_string(classes, "taxa", "classes.taxa", spec), base), spec)
     task = _build(name, description, spec, rank, text_type, root, rows, table, resolve, shards)
     if not task.paths:
         raise TreeclipError(f"{spec}: the task has no usable images" + (f" (first problem: {task.problems[0]})" if task.problems else ""))
     return task
 
 
-# -- sources ------------------------------------------------------------------------
-def _read_csv(path: Path, spec: Path, what: str) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise TreeclipError(f"{spec}: cannot read {what} {path} (no such file)")
-    text = read_text(path)
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
-    except csv.Error as e:
-        raise TreeclipError(f"{path}: malformed CSV ({e})") from None
-    if reader.fieldnames is None:
-        raise TreeclipError(f"{path}: empty {what}")
-    for i, row in enumerate(rows, start=2):
-        if None in row:
-            raise TreeclipError(f"{path}: line {i} has more fields than the header")
-    return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in rows]
-
-
-def _catalog_rows(catalog: Path, spec: Path) -> list[dict[str, str]]:
-    rows = _read_csv(catalog, spec, "catalog")
-    if rows and "path" not in rows[0]:
-        raise TreeclipError(f"{catalog}: catalog has no 'path' column")
-    for i, row in enumerate(rows, start=2):
-        row["_where"] = f"{catalog}:{i}"
-    return rows
-
-
-def _folder_rows(root: Path, folder: str, spec: Path) -> list[dict[str, str]]:
-    top = root / folder
-    if not top.is_dir():
-        raise TreeclipError(f"{spec}: images.folder {top} is not a folder")
-    rows = []
-    for class_dir in sorted(p for p in top.iterdir() if p.is_dir()):
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                rows.append({"path": f.relative_to(root).as_posix(), "name": class_dir.name, "_where": str(f)})
-    return rows
-
-
-def _dataset_rows(dataset: Path, split: str, spec: Path) -> tuple[list[dict[str, str]], dict[str, list[str]], Path]:
-    """Rows from a treeclip dataset dir (catalog.parquet + shards) for one split."""
-    import pyarrow.parquet as pq
-
-    catalog = dataset / "catalog.parquet"
-    if not catalog.is_file():
-        raise TreeclipError(f"{spec}: images.dataset {dataset} has no catalog.parquet")
-    try:
-        table = pq.read_table(catalog).to_pylist()
-    except Exception as e:  # pyarrow raises several types on a bad file
-        raise TreeclipError(f"{catalog}: unreadable Parquet ({e})") from None
-    rows, shards = [], {}
-    for rec in table:
-        if str(rec.get("split", "")) != split:
-            continue
-        shard = str(dataset / split / str(rec["shard"])) if "/" not in str(rec["shard"]) else str(dataset / str(rec["shard"]))
-        key = str(rec["key"])
-        shards.setdefault(shard, []).append(key)
-        row = {r: str(rec.get(r) or "") for r in RANKS}
-        row.update(path=key, common=str(rec.get("common") or ""), split=split, _where=f"{catalog}:{key}")
-        rows.append(row)
-    return rows, shards, dataset
-
-
-def _read_taxa_table(path: Path, spec: Path) -> dict[str, Taxon]:
-    rows = _read_csv(path, spec, "taxa table")
-    if rows and "name" not in rows[0]:
-        raise TreeclipError(f"{path}: taxa table has no 'name' column")
-    return {row["name"]: _row_taxon(row) for row in rows if row.get("name")}
-
-
-def _row_taxon(row: dict[str, str]) -> Taxon:
-    genus = clean_uninomial(row.get("genus", ""))
-    return Taxon((
-        clean_kingdom(row.get("kingdom", "")),
-        *(clean_uninomial(row.get(r, "")) for r in RANKS[1:5]),
-        genus,
-        clean_epithet(row.get("species", ""), genus),
-    ), clean_common_name(row.get("common", "")))
-
-
-def _resolve_names(names: list[str]) -> dict[str, Taxon]:
-    """Class names -> taxa with the offline NCBI resolver (`resolve_table`); names it
-    cannot place (unknown, ambiguous) are left out."""
-    try:
-        import pandas as pd
-
-        from treeclip.taxonomy.resolve import resolve_table
-    except ImportError:  # the resolver is optional at this level: names stay names
-        return {}
-    table, _ = resolve_table(pd.DataFrame({"scientific_name": names}))
-    found = {}
-    for name, row in zip(names, table.to_dict("records")):
-        if row["status"] in ("resolved", "filled", "conflict"):
-            taxon = Taxon.from_ranks(row, row.get("common") or "")
-            if not taxon.is_empty:
-                found[name] = taxon
-    return found
-
-
 # -- building -----------------------------------------------------------------------
-def _safe_relpath(path: str) -> str | None:
-    """The normalised relative path, or None when it is absolute or climbs out of root."""
-    if not path or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
-        return None
-    norm = os.path.normpath(path.replace("\\", "/"))
-    if norm == ".." or norm.startswith("../") or norm == ".":
-        return None
-    return Path(norm).as_posix()
+def _image_path(root: Path, path: str, where: str) -> str:
+    """A catalog path (`/` or Windows `\\` separators) as the normalised path under
+    `root`; InputError when it is empty or escapes. Links inside `root` are followed
+    later, when the image is read: a task folder may link to the user's image store."""
+    full = safe_join(root, path.replace("\\", "/"), what=f"{where}: path {path!r}", follow_links=False)
+    return Path(os.path.relpath(full, os.path.abspath(root))).as_posix()
 
 
 def _build(name: str, description: str, spec: Path, rank: str, text_type: str, root: Path,
@@ -358,11 +263,14 @@ def _build(name: str, description: str, spec: Path, rank: str, text_type: str, r
     kept: list[tuple[str, Taxon | None, str, str]] = []  # path, taxon, given name, split
     for row in rows:
         where = row.get("_where", str(spec))
-        rel = row.get("path", "") if shards is not None else _safe_relpath(row.get("path", ""))
-        if not rel:
-            problems.append(f"{where}: path {row.get('path', '')!r} is empty, absolute or escapes the image root")
-            continue
-        taxon = _row_taxon(row) if any(row.get(r) for r in RANKS) else None
+        rel = row.get("path", "")
+        if shards is None:  # a shard task's paths are sample keys, not files
+            try:
+                rel = _image_path(root, rel, where)
+            except InputError as e:
+                problems.append(str(e))
+                continue
+        taxon = taxon_from_row(row) if any(row.get(r) for r in RANKS) else None
         given = row.get("name", "")
         if taxon is None and given and table is not None:
             taxon = table.get(given)
@@ -373,7 +281,7 @@ def _build(name: str, description: str, spec: Path, rank: str, text_type: str, r
 
     if resolve:
         unknown = sorted({g for _, t, g, _ in kept if t is None})
-        found = _resolve_names(unknown) if unknown else {}
+        found = resolve_names(unknown) if unknown else {}
         kept = [(p, t if t is not None else found.get(g), g, s) for p, t, g, s in kept]
 
     # A class is the name the dataset gives it, when it gives one (two names that
@@ -409,24 +317,12 @@ def _build(name: str, description: str, spec: Path, rank: str, text_type: str, r
 
 def iter_shard_images(task: Task) -> Iterator[tuple[int, bytes | None, str]]:
     """(image index, JPEG bytes or None, problem) for a dataset task, read shard by shard."""
-    import tarfile
+    from treeclip.data.shards import iter_shard_images as shard_images
 
     position = {p: i for i, p in enumerate(task.paths)}
     for shard, keys in (task.shards or {}).items():
-        wanted = {k for k in keys if k in position}
-        try:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    key, _, ext = member.name.rpartition("/")[2].partition(".")
-                    if ext in ("jpg", "jpeg", "png", "webp") and key in wanted:
-                        wanted.discard(key)
-                        yield position[key], tar.extractfile(member).read(), ""
-        except (OSError, tarfile.TarError) as e:
-            for key in sorted(wanted):
-                yield position[key], None, f"{shard}: unreadable shard ({e})"
-            continue
-        for key in sorted(wanted):
-            yield position[key], None, f"{shard}: sample {key} has no image"
+        for key, data, problem in shard_images(shard, (k for k in keys if k in position)):
+            yield position[key], data, problem
 
 
 def describe(task: Task) -> dict:

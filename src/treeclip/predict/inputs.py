@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from treeclip.data.images import IMAGE_EXTENSIONS
 from treeclip.errors import TreeclipError
 from treeclip.runtime.images import Item
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
-                              ".jfif", ".ppm", ".pgm", ".pbm", ".heic", ".heif", ".avif"})
-"""File endings a folder scan picks up (case-insensitive); explicit files may have any."""
+# A folder scan picks up IMAGE_EXTENSIONS (case-insensitive); explicit files may have any ending.
 
 _GLOB_CHARS = set("*?[")
 

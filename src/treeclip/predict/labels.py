@@ -24,62 +24,9 @@ from treeclip.errors import TreeclipError
 from treeclip.fsutil import read_text
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
-COMMON_COLUMNS = ("common", "common_name")
+from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
 DEFAULT_TEXT_TYPE = "taxon_com"
 """BioCLIP's tree-of-life labels: the 7 ranks plus the common name."""
-
-
-# -- reading tables ------------------------------------------------------------------------
-def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    """A CSV or Parquet table as rows of lower-cased column -> string ('' for missing)."""
-    path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path).to_pydict()
-        except FileNotFoundError:
-            raise TreeclipError(f"{path}: file not found") from None
-        except Exception as e:
-            raise TreeclipError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:120]})") from None
-        cols = {k.strip().lower(): v for k, v in table.items()}
-        n = len(next(iter(cols.values()))) if cols else 0
-        return [{k: "" if v[i] is None else str(v[i]) for k, v in cols.items()} for i in range(n)]
-    text = read_text(path)
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        rows = []
-        for row in reader:
-            if None in row:
-                raise TreeclipError(f"{path}: line {reader.line_num}: more fields than the header has")
-            rows.append({(k or "").strip().lower(): (v or "").strip() for k, v in row.items()})
-    except csv.Error as e:
-        raise TreeclipError(f"{path}: malformed CSV ({e})") from None
-    return rows
-
-
-def taxon_from_row(row: dict[str, str]) -> Taxon:
-    """A taxon from a table row; `species` may be an epithet or `Genus epithet`, and a
-    `species_epithet` column (pybioclip's output) wins when present."""
-    from treeclip.taxonomy.names import clean_epithet
-
-    ranks = {r: row.get(r, "") for r in RANKS}
-    epithet = row.get("species_epithet") or ranks["species"]
-    ranks["species"] = clean_epithet(epithet, ranks["genus"]) if epithet else ""
-    common = next((row[c] for c in COMMON_COLUMNS if row.get(c)), "")
-    return Taxon.from_ranks(ranks, common)
-
-
-def read_taxa_table(path: str | os.PathLike) -> list[Taxon]:
-    """Distinct taxa of a CSV/Parquet table with rank columns, in file order."""
-    rows = read_rows(path)
-    if rows and not any(r in rows[0] for r in RANKS):
-        raise TreeclipError(f"{path}: no rank columns (need some of {', '.join(RANKS)})")
-    taxa = [taxon_from_row(row) for row in rows]
-    taxa = list(dict.fromkeys(t for t in taxa if not t.is_empty))
-    if not taxa:
-        raise TreeclipError(f"{path}: no taxa in the table")
-    return taxa
 
 
 def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | None = None) -> list[Taxon]:

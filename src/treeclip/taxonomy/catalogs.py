@@ -40,6 +40,16 @@ def _utf8_error(path: Path, chunk_size: int = 1 << 24) -> str | None:
             lines += chunk.count(b"\n")
 
 
+def csv_delimiter(path: str | Path, header: str) -> str:
+    """The delimiter of a CSV: tab for `.tsv`, else whichever of `,` tab `;` its header
+    line holds most of (`,` when tied or none)."""
+    if Path(path).suffix.lower() == ".tsv":
+        return "\t"
+    counts = {d: header.count(d) for d in (",", "\t", ";")}
+    best = max(counts, key=counts.__getitem__)  # the first of the most frequent: `,` wins ties
+    return best if counts[best] else ","
+
+
 def read_catalog_table(path: str | Path) -> "pa.Table":
     """Read a catalog (CSV, TSV or Parquet) with every CSV column as text.
 
@@ -63,7 +73,7 @@ def read_catalog_table(path: str | Path) -> "pa.Table":
         raise TreeclipError(f"{path}: not UTF-8 text ({bad_utf8}); save it as UTF-8")
     with open(path, encoding="utf-8-sig", newline="") as fh:
         header = fh.readline()
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in header and "," not in header) else ","
+    delimiter = csv_delimiter(path, header)
     names = [n.strip().strip('"') for n in header.rstrip("\r\n").split(delimiter)]
     if not header.strip():
         raise TreeclipError(f"{path}: empty file, expected a header row")

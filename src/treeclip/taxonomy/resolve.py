@@ -1,7 +1,8 @@
 """Resolve catalog rows with partial names against the offline NCBI reference.
 
 A row may carry any of the 7 rank columns, a `scientific_name` or `taxonomic_name`
-column, and a common name (`common` or `common_name`). Each row gets:
+column, and a common name (`common`, `common_name`, `vernacular_name` or `vernacular`:
+`COMMON_COLUMNS`). Each row gets:
 
 - its ranks cleaned (authors, markers, case) and the missing ones filled from NCBI;
   ranks the row has are kept unless `overwrite=True`; disagreements are reported;
@@ -34,7 +35,7 @@ from treeclip.taxonomy.names import (
     normalise_text,
     parse_scientific_name,
 )
-from treeclip.taxonomy.taxon import RANKS
+from treeclip.taxonomy.taxon import COMMON_COLUMNS, RANKS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 STATUSES: tuple[str, ...] = ("resolved", "filled", "conflict", "ambiguous", "unknown")
 NAME_COLUMNS: tuple[str, ...] = RANKS + ("scientific_name", "taxonomic_name")
-_ALIASES = {"common_name": "common", "vernacular_name": "common", "scientificname": "scientific_name",
+_ALIASES = {**{c: "common" for c in COMMON_COLUMNS[1:]}, "scientificname": "scientific_name",
             "taxonomicname": "taxonomic_name"}
 _RANK_INDEX = {r: i for i, r in enumerate(RANKS)}
 

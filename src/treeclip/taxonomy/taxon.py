@@ -20,6 +20,10 @@ TEXT_TYPES: tuple[str, ...] = ("com", "sci", "taxon", "sci_com", "taxon_com", "t
 MIXED_TEXT_TYPES: tuple[str, ...] = ("com", "sci", "taxon", "sci_com", "taxon_com")
 """The five text types BioCLIP mixes during training."""
 
+COMMON_COLUMNS: tuple[str, ...] = ("common", "common_name", "vernacular_name", "vernacular")
+"""Table columns that hold a taxon's common name (lower-cased), the first present wins;
+`vernacular_name` is Darwin Core's (GBIF, iNat exports)."""
+
 
 def rank_index(rank: str) -> int:
     """Position of `rank` in RANKS (0 = kingdom); a clear error for an unknown rank."""
