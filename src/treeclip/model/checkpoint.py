@@ -2,7 +2,9 @@
 
 A model dir is what open_clip's `local-dir:` schema reads:
 `open_clip_config.json` (`model_cfg` + `preprocess_cfg`) and `open_clip_model.safetensors`,
-plus `treeclip.json` (name, fingerprint, training metadata) that open_clip ignores.
+plus `treeclip.json` (name, fingerprint, training metadata) that open_clip ignores. A
+published open_clip repo (`hf-hub:imageomics/bioclip-2`) is a model dir too: its snapshot
+in the local Hugging Face cache, or the folder `huggingface-cli download --local-dir` wrote.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import torch
 from treeclip import fsutil
 from treeclip.errors import TreeclipError
 from treeclip.model.factory import ClipModel, build_clip, create_model
+from treeclip.model.hub import is_hub_spec
 from treeclip.model.registry import get_config, is_registered
-from treeclip.model.weights import LOCAL_DIR, WEIGHTS_FILE, strip_local_dir, weights_path
+from treeclip.model.weights import CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, resolve_source, weights_path
 
-CONFIG_FILE = "open_clip_config.json"
 META_FILE = "treeclip.json"
+
+
 def save_model(clip: ClipModel, out_dir: str | Path, meta: dict | None = None) -> Path:
     """Write `clip` as a model dir that plain `open_clip.create_model_and_transforms(
     'local-dir:OUT_DIR')` loads with no treeclip code. Each file is written atomically,
@@ -71,10 +75,11 @@ def read_config(model_dir: str | Path) -> dict:
 
 
 def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str = "fp32") -> ClipModel:
-    """A model from `spec`: a model dir, `local-dir:DIR`, a weights file with
-    `open_clip_config.json` beside it, or a registered name (random weights, seed 0)."""
+    """A model from `spec`: a model dir, `local-dir:DIR`, `hf-hub:ORG/NAME` (read from the
+    local Hugging Face cache, never downloaded; see `treeclip.model.hub`), a weights file
+    with `open_clip_config.json` beside it, or a registered name (random weights, seed 0)."""
     spec = str(spec)
-    path = strip_local_dir(spec)
+    path = resolve_source(spec)
     if path.is_dir():
         model_dir, weights = path, weights_path(path)
     elif path.is_file():
@@ -85,7 +90,7 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str 
     else:
         return create_model(spec, precision=precision, device=device)
     config = read_config(model_dir)
-    name = _model_name(model_dir)
+    name = spec if is_hub_spec(spec) else _model_name(model_dir)
     clip = ClipModel(model=build_clip(config, precision=precision), name=name, config=config)
     clip.load_weights(weights)
     clip.model.to(device)

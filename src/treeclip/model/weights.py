@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 
 from treeclip.errors import TreeclipError
+from treeclip.model import hub
 
 LOCAL_DIR = "local-dir:"
+CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # open_clip's own search order inside a dir, safetensors first
-_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
+DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
                 "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "pytorch_model.bin",
                 "pytorch_model.pth", "model.pth")
 
@@ -23,6 +25,16 @@ def strip_local_dir(spec: str | Path) -> Path:
     """The path of a spec, without open_clip's `local-dir:` schema."""
     text = str(spec)
     return Path(text[len(LOCAL_DIR):] if text.startswith(LOCAL_DIR) else text)
+
+
+def resolve_source(spec: str | Path) -> Path:
+    """The path a model spec names: `hf-hub:ORG/NAME` -> its snapshot folder in the local
+    Hugging Face cache (which must hold the config and a weights file; see `model.hub`),
+    `local-dir:DIR` -> DIR, anything else -> itself."""
+    if hub.is_hub_spec(spec):
+        return hub.find_snapshot(str(spec), "model", [(CONFIG_FILE,), DIR_WEIGHTS],
+                                 what=f"model files ({CONFIG_FILE} and a weights file, e.g. {WEIGHTS_FILE})")
+    return strip_local_dir(spec)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -54,9 +66,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def weights_path(source: str | Path) -> Path:
     """The weights file of `source`: a file, or the first of open_clip's names in a dir."""
-    path = strip_local_dir(source)
+    path = resolve_source(source)
     if path.is_dir():
-        for name in _DIR_WEIGHTS:
+        for name in DIR_WEIGHTS:
             if (path / name).is_file():
                 return path / name
         raise TreeclipError(f"{path}: no weights file in this model dir (expected {WEIGHTS_FILE})")
@@ -66,7 +78,8 @@ def weights_path(source: str | Path) -> Path:
 
 
 def load_state_into(model: torch.nn.Module, source: str | Path, *, name: str) -> None:
-    """Load the weights of `source` (a file, a model dir or `local-dir:DIR`) into `model`,
+    """Load the weights of `source` (a file, a model dir, `local-dir:DIR` or
+    `hf-hub:ORG/NAME` from the local cache) into `model`,
     strictly: every weight must fit the architecture `name`."""
     from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
 
