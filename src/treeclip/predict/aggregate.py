@@ -5,22 +5,45 @@ genus, family, order, ... sit side by side, so summing a rank is one `np.add.red
 over contiguous column segments: no Python loop over images or taxa. A group is the
 whole lineage down to the rank, so homonyms in two kingdoms stay apart, and a taxon with
 an empty intermediate rank still counts (its group has an empty name at that rank).
+
+The index works on the columnar form of the taxa (`TaxaColumns`: one int32 code per taxon
+and rank), so building the groups of a rank is a few vectorised comparisons even for the
+~867k taxa of a published label set, and a group's `Taxon` is only made when a row needs it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
 
 
 def sort_taxa(taxa: Sequence[Taxon]) -> np.ndarray:
     """The permutation that sorts `taxa` by lineage (then common name): `taxa[order]`."""
-    keys = [(t.lineage, t.common) for t in taxa]
-    return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    return TaxaColumns.from_taxa(taxa).lineage_order()
+
+
+class GroupTaxa(Sequence[Taxon]):
+    """The taxa naming the groups of one rank, built only when asked for: group g is
+    named by its first taxon cut to the rank (`Taxon.at`)."""
+
+    def __init__(self, columns: TaxaColumns, starts: np.ndarray, rank: str) -> None:
+        self.columns, self.starts, self.rank = columns, starts, rank
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, g):  # type: ignore[override]
+        if isinstance(g, slice):
+            return [self[i] for i in range(*g.indices(len(self)))]
+        return self.columns.taxon(int(self.starts[g])).at(self.rank)
+
+    def __iter__(self) -> Iterator[Taxon]:
+        return (self[g] for g in range(len(self)))
 
 
 @dataclass(frozen=True)
@@ -31,24 +54,32 @@ class RankGroups:
     rank: str
     starts: np.ndarray
     codes: np.ndarray
-    taxa: list[Taxon]
+    taxa: Sequence[Taxon]
 
     def __len__(self) -> int:
-        return len(self.taxa)
+        return len(self.starts)
 
 
 class RankIndex:
-    """Groups of every rank over a list of taxa that is already sorted by lineage."""
+    """Groups of every rank over taxa already sorted by lineage: a list of `Taxon` or
+    `TaxaColumns` (the columnar form, for label sets of hundreds of thousands of taxa)."""
 
-    def __init__(self, taxa: Sequence[Taxon]) -> None:
-        self.taxa = list(taxa)
-        lineages = [t.lineage for t in self.taxa]
-        if any(a > b for a, b in zip(lineages, lineages[1:])):
+    def __init__(self, taxa: Sequence[Taxon] | TaxaColumns) -> None:
+        self.columns = taxa if isinstance(taxa, TaxaColumns) else TaxaColumns.from_taxa(list(taxa))
+        if not self.columns.is_sorted():
             raise ValueError("RankIndex needs taxa sorted by lineage; use sort_taxa() first")
         self._groups: dict[str, RankGroups] = {}
+        self._taxa: list[Taxon] | None = taxa if isinstance(taxa, list) else None
 
     def __len__(self) -> int:
-        return len(self.taxa)
+        return len(self.columns)
+
+    @property
+    def taxa(self) -> list[Taxon]:
+        """The taxa as `Taxon` objects (built on first use)."""
+        if self._taxa is None:
+            self._taxa = self.columns.to_taxa()
+        return self._taxa
 
     def groups(self, rank: str) -> RankGroups:
         """The groups at `rank` (computed once, then cached)."""
@@ -57,28 +88,23 @@ class RankIndex:
         return self._groups[rank]
 
     def _build(self, rank: str) -> RankGroups:
-        depth = rank_index(rank) + 1
-        n = len(self.taxa)
-        starts: list[int] = []
-        codes = np.empty(n, dtype=np.int64)
-        previous = None
-        for i, taxon in enumerate(self.taxa):
-            key = taxon.lineage[:depth]
-            if key != previous:
-                starts.append(i)
-                previous = key
-            codes[i] = len(starts) - 1
-        # `at` keeps the common name only when nothing below the rank is cut away
-        names = [self.taxa[s].at(rank) for s in starts]
-        return RankGroups(rank, np.asarray(starts, dtype=np.int64), codes, names)
+        # a group starts wherever any rank down to `rank` changes from the taxon before
+        n = len(self.columns)
+        new = np.zeros(n, dtype=bool)
+        new[:1] = True
+        for r in RANKS[:rank_index(rank) + 1]:
+            codes = self.columns.codes[r]
+            new[1:] |= codes[1:] != codes[:-1]
+        starts = np.flatnonzero(new).astype(np.int64)
+        return RankGroups(rank, starts, np.cumsum(new, dtype=np.int64) - 1, GroupTaxa(self.columns, starts, rank))
 
     def aggregate(self, probs: np.ndarray, rank: str) -> np.ndarray:
         """(n_images, n_taxa) species probabilities -> (n_images, n_groups) at `rank`."""
         probs = np.asarray(probs)
-        if probs.shape[-1] != len(self.taxa):
-            raise ValueError(f"probabilities have {probs.shape[-1]} columns for {len(self.taxa)} taxa")
+        if probs.shape[-1] != len(self):
+            raise ValueError(f"probabilities have {probs.shape[-1]} columns for {len(self)} taxa")
         groups = self.groups(rank)
-        if len(groups) == len(self.taxa):
+        if len(groups) == len(self):
             return probs  # every taxon is its own group (the usual species case)
         return segment_sum(probs, groups.starts)
 

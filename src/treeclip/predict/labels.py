@@ -22,6 +22,7 @@ import numpy as np
 
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import read_text
+from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
@@ -62,19 +63,60 @@ def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | N
 
 
 # -- subsets -----------------------------------------------------------------------------
-def _rank_keys(taxon: Taxon, rank: str) -> set[str]:
-    """The lower-cased names a taxon answers to at `rank` (species: epithet or binomial)."""
+def _column(rank: str) -> str:
+    """The column of a rank or common-name column name."""
+    return "common" if rank in COMMON_COLUMNS else rank
+
+
+def _match_column(columns: TaxaColumns, column: str, wanted: set[str],
+                  where: np.ndarray | None = None) -> tuple[np.ndarray, set[str]]:
+    """Taxa whose lower-cased `column` name is in `wanted` (and `where`), and the wanted
+    names some such taxon has."""
+    per_taxon, index = columns.lower_codes(column)
+    hits = {index[w]: w for w in wanted if w and w in index}
+    mask = np.isin(per_taxon, list(hits)) if hits else np.zeros(len(columns), dtype=bool)
+    if where is not None:
+        mask &= where
+    return mask, {hits[c] for c in np.unique(per_taxon[mask]).tolist()}
+
+
+def _match_binomials(columns: TaxaColumns, wanted: set[str]) -> tuple[np.ndarray, set[str]]:
+    """Taxa whose lower-cased `genus epithet` is in `wanted`, and the names found."""
+    genus, genera = columns.lower_codes("genus")
+    epithet, epithets = columns.lower_codes("species")
+    pairs = {}
+    for w in wanted:
+        g, space, e = w.partition(" ")
+        if space and g and e and g in genera and e in epithets:
+            pairs[genera[g] * len(epithets) + epithets[e]] = w
+    if not pairs:
+        return np.zeros(len(columns), dtype=bool), set()
+    keys = genus.astype(np.int64) * len(epithets) + epithet
+    mask = np.isin(keys, list(pairs))
+    return mask, {pairs[k] for k in np.unique(keys[mask]).tolist()}
+
+
+def _match_rank(columns: TaxaColumns, rank: str, names: list[str]) -> tuple[np.ndarray, set[str]]:
+    """`RANK=NAMES`: a species answers to its epithet or its binomial."""
+    wanted = {n.lower() for n in names}
+    mask, found = _match_column(columns, _column(rank), wanted)
     if rank == "species":
-        return {taxon.species, f"{taxon.genus} {taxon.species}".lower()} if taxon.species else set()
-    if rank in COMMON_COLUMNS:
-        return {taxon.common.lower()} if taxon.common else set()
-    return {taxon[rank].lower()} if taxon[rank] else set()
+        more, also = _match_binomials(columns, wanted)
+        mask, found = mask | more, found | also
+    return mask, found
 
 
-def _name_keys(taxon: Taxon) -> set[str]:
+def _match_names(columns: TaxaColumns, names: list[str]) -> tuple[np.ndarray, set[str]]:
     """A bare name matches the scientific name, the common name or any rank's name."""
-    keys = {n.lower() for n in taxon.lineage[:-1] if n} | {taxon.scientific_name.lower()}
-    return keys | ({taxon.common.lower()} if taxon.common else set())
+    wanted = {n.lower() for n in names}
+    mask, found = _match_binomials(columns, wanted)
+    for column in (*RANKS[:-1], "common"):
+        more, also = _match_column(columns, column, wanted)
+        mask, found = mask | more, found | also
+    if columns.names["genus"][:1] == [""]:  # without a genus, the scientific name is the epithet
+        more, also = _match_column(columns, "species", wanted, where=columns.codes["genus"] == 0)
+        mask, found = mask | more, found | also
+    return mask, found
 
 
 def _row_key(row: dict[str, str], columns: tuple[str, ...]) -> tuple[str, ...]:
@@ -87,45 +129,65 @@ def _row_key(row: dict[str, str], columns: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(values.items()))
 
 
-def _taxon_key(taxon: Taxon, columns: tuple[str, ...]) -> tuple[str, ...]:
-    values = {c: (taxon.common if c in COMMON_COLUMNS else taxon[c]).lower() for c in columns}
-    return tuple(sorted(values.items()))
+def _match_rows(columns: TaxaColumns, rows: list[dict[str, str]]) -> np.ndarray:
+    """Taxa matching some row of a rank-header table on all of the row's non-empty cells."""
+    wanted: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+    for row in rows:
+        cells = tuple(c for c in (*RANKS, *COMMON_COLUMNS) if row.get(c, "").strip())
+        if cells:
+            key = _row_key(row, cells)
+            wanted.setdefault(tuple(k for k, _ in key), set()).add(tuple(v for _, v in key))
+    keep = np.zeros(len(columns), dtype=bool)
+    for cells, values in wanted.items():
+        keep |= _match_tuples(columns, cells, list(values))
+    return keep
 
 
-def subset_mask(taxa: Sequence[Taxon], spec: str) -> np.ndarray:
-    """Which taxa a `--subset` spec keeps (set look-ups: fast for 100k taxa and long lists).
+def _match_tuples(columns: TaxaColumns, cells: tuple[str, ...], values: list[tuple[str, ...]]) -> np.ndarray:
+    """Taxa whose lower-cased names in `cells` equal one of the `values` tuples: both sides
+    become one int64 key per row, refactorised after each cell so keys stay small."""
+    n = len(columns)
+    taxa_key, want_key = np.zeros(n, np.int64), np.zeros(len(values), np.int64)
+    known = np.ones(len(values), dtype=bool)
+    for j, cell in enumerate(cells):
+        per_taxon, index = columns.lower_codes(_column(cell))
+        codes = np.array([index.get(v[j], -1) for v in values], dtype=np.int64)
+        known &= codes >= 0
+        taxa_key = taxa_key * len(index) + per_taxon
+        want_key = want_key * len(index) + np.maximum(codes, 0)
+        _, inverse = np.unique(np.concatenate([taxa_key, want_key]), return_inverse=True)
+        taxa_key, want_key = inverse[:n], inverse[n:]
+    return np.isin(taxa_key, want_key[known])
+
+
+def subset_mask(taxa: Sequence[Taxon] | TaxaColumns, spec: str) -> np.ndarray:
+    """Which taxa a `--subset` spec keeps, vectorised over the taxa's columns (fast for the
+    ~867k taxa of a published label set and for long lists).
 
     - `RANK=NAME[,NAME...]`, e.g. `class=Insecta` or `order=Lepidoptera,Coleoptera`;
     - a CSV/Parquet file whose header names ranks (pybioclip style, e.g. a `family`
       column; a row matches when all its non-empty rank cells match);
     - a text file, one name per line: scientific names (`Pica hudsonia`), common names
       or names at any rank (`Corvidae`)."""
+    columns = taxa if isinstance(taxa, TaxaColumns) else TaxaColumns.from_taxa(list(taxa))
     rank, sep, values = spec.partition("=")
     rank = rank.strip().lower()
     if sep and (rank in RANKS or rank in COMMON_COLUMNS) and not Path(spec).exists():
         names = [v.strip() for v in next(csv.reader([values]), []) if v.strip()]
         if not names:
             raise TreeclipError(f"--subset {spec}: no names after '='")
-        keep = _match_names(spec, names, [_rank_keys(t, rank) for t in taxa])
+        keep = _report_missing(spec, names, *_match_rank(columns, rank, names))
     else:
         path = Path(spec)
         if not path.is_file():
             raise TreeclipError(f"--subset {spec}: neither RANK=NAME (rank one of {', '.join(RANKS)}) nor a file")
         if path.suffix.lower() in (".parquet", ".pq") or _has_rank_header(path):
-            keep = np.zeros(len(taxa), dtype=bool)
-            wanted: dict[tuple[str, ...], set] = {}
-            for row in read_rows(path):
-                columns = tuple(c for c in (*RANKS, *COMMON_COLUMNS) if row.get(c, "").strip())
-                if columns:
-                    key = _row_key(row, columns)
-                    wanted.setdefault(tuple(k for k, _ in key), set()).add(key)
-            for columns, keys in wanted.items():
-                keep |= np.fromiter((_taxon_key(t, columns) in keys for t in taxa), bool, len(taxa))
+            keep = _match_rows(columns, read_rows(path))
         else:
             names = [ln.strip() for ln in read_text(path).splitlines() if ln.strip() and not ln.startswith("#")]
-            keep = _match_names(spec, names, [_name_keys(t) for t in taxa])
+            keep = _report_missing(spec, names, *_match_names(columns, names))
     if not keep.any():
-        raise TreeclipError(f"--subset {spec}: matches none of the {len(taxa)} label taxa")
+        raise TreeclipError(f"--subset {spec}: matches none of the {len(columns)} label taxa")
     return keep
 
 
@@ -135,12 +197,9 @@ def _has_rank_header(path: Path) -> bool:
     return any(h.strip() in RANKS for h in first.split(","))
 
 
-def _match_names(spec: str, names: list[str], keys: list[set[str]]) -> np.ndarray:
-    """Taxa whose keys meet `names`; one stderr line lists names that matched nothing."""
-    wanted = {n.lower() for n in names}
-    keep = np.fromiter((bool(k & wanted) for k in keys), bool, len(keys))
-    seen = set().union(*keys) if keys else set()
-    missing = [n for n in names if n.lower() not in seen]
+def _report_missing(spec: str, names: list[str], keep: np.ndarray, found: set[str]) -> np.ndarray:
+    """`keep`, after one stderr line listing the names that matched no label taxon."""
+    missing = [n for n in names if n.lower() not in found]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         print(f"treeclip: --subset {spec}: no label taxa for {shown}", file=sys.stderr)
