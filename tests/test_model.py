@@ -130,3 +130,46 @@ def test_models_command_lists_parameter_counts():
     rows = {json.loads(line)["name"]: json.loads(line) for line in result.output.splitlines()}
     assert rows["bioclip-vit-b-16"]["parameters"] > 149_000_000
     assert rows["micro-vit-32"]["parameters"] < rows["tiny-vit-64"]["parameters"]
+
+
+def test_bioclip_2_architecture_is_registered_and_listed():
+    from click.testing import CliRunner
+
+    from treeclip.cli import cli
+
+    cfg = get_config("bioclip-2-vit-l-14")
+    mc, pp = cfg["model_cfg"], cfg["preprocess_cfg"]
+    assert mc["embed_dim"] == 768 and not mc.get("quick_gelu", False)  # LAION-2B ViT-L-14: plain GELU
+    assert mc["vision_cfg"] == {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14}
+    assert mc["text_cfg"]["width"] == 768 and mc["text_cfg"]["context_length"] == 77
+    assert pp["size"] == 224 and pp["mean"] == [0.48145466, 0.4578275, 0.40821073]
+    import open_clip
+
+    assert mc["vision_cfg"] == open_clip.get_model_config("ViT-L-14")["vision_cfg"]
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    rows = {json.loads(line)["name"]: json.loads(line) for line in result.output.splitlines()}
+    assert 427_000_000 < rows["bioclip-2-vit-l-14"]["parameters"] < 429_000_000
+    assert rows["bioclip-2-vit-l-14"]["embed_dim"] == 768
+
+
+def test_hub_spec_names_are_checked_and_resolved_from_refs_main(tmp_path, monkeypatch):
+    from treeclip.model import hub
+
+    for bad in ("hf-hub:", "hf-hub:org", "hf-hub:a/b/c", "hf-hub:../x", "hf-hub:a/..", "hf-hub:/abs"):
+        with pytest.raises(TreeclipError, match="not a Hugging Face repo id"):
+            hub.repo_id(bad)
+    repo = tmp_path / "models--org--name"
+    (repo / "snapshots" / "r1").mkdir(parents=True)
+    (repo / "snapshots" / "r2").mkdir(parents=True)
+    (repo / "snapshots" / "r2" / "x.json").write_text("{}")
+    monkeypatch.setenv("TREECLIP_HF_HUB", str(tmp_path))
+    with pytest.raises(TreeclipError, match=r"no refs/main, 2 snapshots"):
+        hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("r2\n")
+    assert hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x") == repo / "snapshots" / "r2"
+    (repo / "refs" / "main").write_text("../../../etc")
+    with pytest.raises(TreeclipError, match="not a revision"):
+        hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x")
+    assert hub.published_label_set("hf-hub:Imageomics/BioCLIP-2") == "hf-hub:imageomics/TreeOfLife-200M"
+    assert hub.published_label_set("hf-hub:org/name") is None

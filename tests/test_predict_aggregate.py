@@ -116,3 +116,45 @@ def test_roll_up_answers_at_the_deepest_confident_rank():
     assert answers[1].taxon.genus == "Pica" and answers[1].score == pytest.approx(0.9)
     assert answers[2].taxon.class_ == "Aves" and answers[2].score == pytest.approx(0.85)
     assert answers[3].taxon is None and answers[3].score == pytest.approx(0.5)
+
+
+def test_lineage_order_equals_sorting_taxon_tuples():
+    taxa = random_taxa(500, seed=3) + random_taxa(50, seed=3)  # with duplicates: a stable order
+    want = sorted(range(len(taxa)), key=lambda i: (taxa[i].lineage, taxa[i].common))
+    assert agg.sort_taxa(taxa).tolist() == want
+
+
+def test_columns_from_raw_names_equal_taxon_objects(tmp_path):
+    from treeclip.runtime.taxa_columns import TaxaColumns
+
+    raw = [["animalia", " Chordata", "AVES", "Passeriformes", "Corvidae", "Pica", "Hudsonia"],
+           ["Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Pica", "hudsonia"],
+           ["Plantae", None, "Magnoliopsida", "Rosales", "", "Rosa", "canina"]]
+    common = ["black-billed  magpie", None, "dog rose"]
+    columns = TaxaColumns.from_names({**{r: [row[i] for row in raw] for i, r in enumerate(RANKS)}, "common": common})
+    assert columns.to_taxa() == [Taxon(tuple(row), c or "") for row, c in zip(raw, common)]
+    assert columns.names["kingdom"] == ["Animalia", "Plantae"]  # "animalia" and "Animalia" are one name
+    columns.save(tmp_path / "c.npz", order=columns.lineage_order())
+    again, extra = TaxaColumns.load(tmp_path / "c.npz")
+    assert again.to_taxa() == columns.to_taxa() and extra["order"].tolist() == columns.lineage_order().tolist()
+
+
+def test_columnar_index_equals_the_dict_reference_on_many_taxa():
+    from treeclip.runtime.taxa_columns import TaxaColumns
+
+    taxa = random_taxa(3000, seed=5)
+    columns = TaxaColumns.from_taxa(taxa)
+    order = columns.lineage_order()
+    index = agg.RankIndex(columns.take(order))
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(len(taxa)) * 0.05, size=3)
+    for rank in ("genus", "order", "kingdom"):
+        summed = index.aggregate(probs[:, order], rank)
+        groups = index.groups(rank)
+        depth = RANKS.index(rank) + 1
+        for n, ref in enumerate(dict_reference(probs, taxa, rank)):
+            got = {groups.taxa[g].lineage[:depth]: summed[n, g] for g in range(len(groups))}
+            assert got.keys() == ref.keys()
+            assert all(got[key] == pytest.approx(v, abs=1e-12) for key, v in ref.items())
+    with pytest.raises(ValueError, match="sorted"):
+        agg.RankIndex(columns.take(order[::-1]))

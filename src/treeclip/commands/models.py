@@ -1,4 +1,5 @@
-"""`treeclip models`: the registered model configs with parameter counts."""
+"""`treeclip models`: the registered model configs with parameter counts, and with
+`--published` whether the published BioCLIP models and label sets are on this machine."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ import click
 
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
-def models(as_json: bool) -> None:
+@click.option("--published", is_flag=True,
+              help="Instead: the published models (hf-hub:imageomics/bioclip, bioclip-2) and their tree-of-life "
+                   "label sets, and where each was found offline (or every place looked).")
+@click.option("--hub-dir", type=click.Path(file_okay=False),
+              help="With --published: a Hugging Face hub folder to look in first (sets TREECLIP_HF_HUB).")
+def models(as_json: bool, published: bool, hub_dir: str | None) -> None:
     """List the registered model configs: parameters, image size, embedding size, context.
 
     Any name listed here (or an open_clip architecture name) can be given to
-    `treeclip train --model`; trained models are dirs loadable by plain open_clip."""
+    `treeclip train --model`; trained models are dirs loadable by plain open_clip.
+    `--published` checks an offline machine: nothing is downloaded."""
+    if published:
+        _published(as_json, hub_dir)
+        return
     from treeclip.model import count_parameters, get_config, list_models
 
     rows = []
@@ -33,3 +43,32 @@ def models(as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['name']:<18} {r['parameters'] / 1e6:>7.1f}M {r['image_size']:>5} {r['embed_dim']:>5} "
                    f"{r['context_length']:>4}  {r['description']}")
+
+
+def _published(as_json: bool, hub_dir: str | None) -> None:
+    """One row per published model and label set: found (where) or not (where looked)."""
+    import os
+
+    from treeclip.errors import TreeclipError
+    from treeclip.model.hub import HUB_ENV, HUB_PREFIX, PUBLISHED_LABEL_SETS
+    from treeclip.model.weights import resolve_source
+    from treeclip.runtime.labelsets import hub_label_set
+
+    if hub_dir:
+        os.environ[HUB_ENV] = hub_dir
+    rows = []
+    for model, dataset in PUBLISHED_LABEL_SETS.items():
+        for spec, kind, find in ((HUB_PREFIX + model, "model", resolve_source),
+                                 (HUB_PREFIX + dataset, "label set", lambda s: hub_label_set(s)[0].parent)):
+            try:
+                rows.append({"spec": spec, "kind": kind, "for": HUB_PREFIX + model, "found": True,
+                             "where": str(find(spec))})
+            except TreeclipError as err:
+                rows.append({"spec": spec, "kind": kind, "for": HUB_PREFIX + model, "found": False,
+                             "where": str(err)})
+    for r in rows:
+        if as_json:
+            click.echo(json.dumps(r))
+        else:
+            state = "found" if r["found"] else "MISSING"
+            click.echo(f"{r['spec']:<36} {r['kind']:<9} {state:<7}  {r['where']}")

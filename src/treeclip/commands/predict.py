@@ -36,10 +36,24 @@ def _add_options(fn: Callable, precision: str) -> Callable:
                           "fast = like auto, but int8 (ONNX Runtime) on CPUs without native bf16. "
                           "fp32 is exact; bf16/int8 are faster and near-exact (docs/predict.md#precision)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        click.option("--hub-dir", type=click.Path(file_okay=False),
+                     help="A Hugging Face hub folder (models--ORG--NAME/, datasets--ORG--NAME/) to look in for "
+                          "hf-hub:ORG/NAME before $HF_HUB_CACHE / ~/.cache/huggingface/hub; sets "
+                          "TREECLIP_HF_HUB. Nothing is ever downloaded."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _use_hub_dir(hub_dir: str | None) -> None:
+    """Make `--hub-dir` the first hub folder every layer looks in (model and label sets)."""
+    if hub_dir:
+        import os
+
+        from treeclip.model.hub import HUB_ENV
+
+        os.environ[HUB_ENV] = hub_dir
 
 
 def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
@@ -62,8 +76,10 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="Answers per image.")
 @click.option("--min-prob", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Leave out answers below this probability (each image keeps its best).")
-@click.option("--taxa", help="Label taxa: CSV/Parquet table, a dir with taxa.parquet, or ncbi:CLADE "
-                             "[default: the model dir's taxa.parquet].")
+@click.option("--taxa", help="Label taxa: CSV/Parquet table, a dir with taxa.parquet, ncbi:CLADE, or a "
+                             "precomputed label set (txt_emb_species.npy/.json, their folder, or hf-hub:ORG/NAME of a "
+                             "dataset repo in the local cache) [default: the model's own: its dir's label set or "
+                             "taxa.parquet; for hf-hub:imageomics/bioclip(-2) the published TreeOfLife-10M (200M) set].")
 @click.option("--ncbi-limit", type=click.IntRange(1), help="With --taxa ncbi:CLADE: at most this many species.")
 @click.option("--subset", multiple=True, help="Keep only these taxa: RANK=NAME[,NAME...] (class=Insecta) or a "
                                                 "species/taxa list file. Repeat to intersect.")
@@ -87,8 +103,8 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
 def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
-            rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...],
-            cls_spec: str | None, bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str,
+            hub_dir: str | None, rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None,
+            subset: tuple[str, ...], cls_spec: str | None, bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str,
             output: str | None, overwrite: bool, retry_errors: bool, cache_dir: str | None, compile_: bool) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
@@ -97,14 +113,17 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     treeclip predict MODEL photos/ --taxa ncbi:Insecta --subset order=Lepidoptera -o out.csv
     treeclip predict MODEL a.jpg --cls "crow,\\"magpie, black-billed\\"" --format table
     treeclip predict MODEL photos/ --rollup 0.8 --format jsonl -o out.jsonl
+    treeclip predict hf-hub:imageomics/bioclip-2 photos/ --rank family
 
-    MODEL is a model dir, `local-dir:DIR`, a checkpoint or a registered name. Rows carry
+    MODEL is a model dir, `local-dir:DIR`, `hf-hub:ORG/NAME` (from the local Hugging Face
+    cache, never downloaded; docs/predict.md#offline), a checkpoint or a registered name. Rows carry
     pybioclip's columns (file_name, kingdom..species, common_name, score; classification
     for --cls/--bins) plus `error` for inputs that could not be read. Exit 1 when some
     inputs failed.
     """
     from treeclip.errors import TreeclipError
 
+    _use_hub_dir(hub_dir)
     if (cls_spec or bins) and (taxa or subset or rollup is not None or rank != "species"):
         raise TreeclipError("--cls/--bins classify among custom labels; they do not mix with "
                             "--taxa, --subset, --rank or --rollup")
@@ -131,7 +150,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
 @click.option("--retry-errors", is_flag=True, help="When resuming, try the images that failed before again.")
 def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
           root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
-          output: str, normalize: bool, overwrite: bool, retry_errors: bool) -> None:
+          hub_dir: str | None, output: str, normalize: bool, overwrite: bool, retry_errors: bool) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
     \b
@@ -143,6 +162,7 @@ def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: 
     """
     from treeclip.predict.runner import run_embed
 
+    _use_hub_dir(hub_dir)
     sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root), output=output,
                        normalize=normalize, overwrite=overwrite, retry_errors=retry_errors, batch_size=batch_size,
                        workers=workers, device=device, precision=precision, progress=not quiet))

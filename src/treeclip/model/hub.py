@@ -79,11 +79,13 @@ def repo_folder(rid: str, kind: str = "model") -> str:
 
 def _snapshot(repo: Path) -> tuple[Path | None, str]:
     """The snapshot `refs/main` names (or the only one), and what was looked at."""
+    if not repo.is_dir():
+        return None, f"{repo} (absent)"
     ref = repo / "refs" / "main"
     try:
         rev = ref.read_text(encoding="utf-8").strip()
     except OSError:
-        snaps = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo.is_dir() else []
+        snaps = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir())
         if len(snaps) == 1:
             return snaps[0], str(snaps[0])
         what = "no refs/main" + (f", {len(snaps)} snapshots" if snaps else "")

@@ -24,12 +24,15 @@ from treeclip.runtime.labels import label_embeddings
 from treeclip.runtime.precision import VERB_DEFAULTS
 from treeclip.runtime.images import Item, iter_batches
 from treeclip.predict.inputs import as_items
-from treeclip.predict.labels import DEFAULT_TEXT_TYPE, load_taxa, subset_mask, taxon_texts
+from treeclip.predict.labels import DEFAULT_TEXT_TYPE, load_label_source, subset_mask, taxon_texts
+from treeclip.runtime.labelsets import DEFAULT_TEMPLATES, LabelMatrix, LabelSet, dense_rows
+from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
 from treeclip.taxonomy.templates import load_templates
 
-DEFAULT_TEMPLATES = "openai"
-"""OpenAI's 80 ImageNet templates, as BioCLIP's and pybioclip's label embeddings use."""
+DENSE_BYTES = 256 << 20
+"""Precomputed label embeddings up to this size are copied into memory (as a tensor on the
+classifier's device); larger ones are scored block by block from the memory-mapped file."""
 
 
 def _load_clip(model: Any):
@@ -114,38 +117,84 @@ def _keep(scores: np.ndarray, idx: np.ndarray, vals: np.ndarray, min_prob: float
 
 
 class TreeOfLifeClassifier(BaseClassifier):
-    """Classify over a taxa table at any rank: softmax over all (or a subset of the) taxa,
-    higher ranks = sums of the species probabilities (a vectorised segment sum).
+    """Classify over a label set of taxa at any rank: softmax over all (or a subset of the)
+    taxa, higher ranks = sums of the species probabilities (a vectorised segment sum).
 
-    `taxa`: a list of `Taxon`, a CSV/Parquet file, a dir with `taxa.parquet`, or
-    `ncbi:CLADE`; default the model dir's `taxa.parquet`. `subset`: one spec or a list
-    of specs all of which a taxon must pass (`class=Insecta`, a species-list file; see
-    `labels.subset_mask`). `text_type`: which name of each taxon fills the templates
-    (BioCLIP: `taxon_com`, the 7 ranks plus the common name)."""
+    `taxa`: a list of `Taxon`, a `LabelSet`, or a spec `load_label_source` reads (a
+    CSV/Parquet file, a dir with `taxa.parquet`, `ncbi:CLADE`, a `txt_emb_species` label
+    set: its file, its folder or `hf-hub:ORG/NAME` of a dataset repo); default the model's
+    own (its dir's label set or `taxa.parquet`, or the set published for a published
+    model). `subset`: one spec or a list of specs all of which a taxon must pass
+    (`class=Insecta`, a species-list file; see `labels.subset_mask`). `text_type`: which
+    name of each taxon fills the templates (BioCLIP: `taxon_com`, the 7 ranks plus the
+    common name); precomputed label sets come with their own."""
 
-    def __init__(self, model: Any, taxa: Sequence[Taxon] | str | None = None, *,
+    def __init__(self, model: Any, taxa: Sequence[Taxon] | LabelSet | str | None = None, *,
                  subset: str | Sequence[str] | None = None, text_type: str = DEFAULT_TEXT_TYPE,
                  ncbi_limit: int | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        model_dir = model if isinstance(model, str) else None
-        if taxa is None or isinstance(taxa, str):
-            taxa = load_taxa(taxa, model_dir, limit=ncbi_limit)
-        taxa = list(dict.fromkeys(taxa))
-        order = agg.sort_taxa(taxa)
-        taxa = [taxa[i] for i in order]
-        self._set_labels(taxon_texts(taxa, text_type))  # the full table: subsets reuse the cache
+        self.text_type = text_type
+        if isinstance(taxa, LabelSet):
+            labels = taxa
+        elif taxa is None or isinstance(taxa, str):
+            spec = model if isinstance(model, str) else getattr(self.clip, "name", None)
+            labels = load_label_source(taxa, spec, limit=ncbi_limit, templates=self.templates, text_type=text_type,
+                                       cache_dir=self.cache_dir, progress=self.progress)
+        else:
+            labels = LabelSet.of_taxa(taxa)
+        self.label_set = labels = self._encoded(labels)
         specs = [subset] if isinstance(subset, str) else list(subset or [])
-        keep = np.ones(len(taxa), dtype=bool)
+        keep = np.ones(len(labels), dtype=bool)
         for spec in specs:
-            keep &= subset_mask(taxa, spec)
+            keep &= subset_mask(labels.columns, spec)
         if not keep.any():
             raise TreeclipError(f"the subsets {', '.join(specs)} together match no taxa")
-        if not keep.all():
-            self._labels = self._labels[torch.from_numpy(np.flatnonzero(keep)).to(self._labels.device)]
-            taxa = [t for t, k in zip(taxa, keep) if k]
-        self.taxa = taxa
-        self.index = agg.RankIndex(taxa)
-        self.text_type = text_type
+        order = labels.columns.lineage_order()
+        self._use(labels, order[keep[order]])
+
+    def _encoded(self, labels: LabelSet) -> LabelSet:
+        """`labels` with label embeddings: as given when precomputed, else the distinct
+        taxa in lineage order, encoded once (cached; subsets reuse the full set's entry)."""
+        if labels.embeddings is not None:
+            if labels.embeddings.shape[0] != self.clip.embed_dim:
+                raise TreeclipError(f"{labels.source}: its label embeddings are {labels.embeddings.shape[0]}-d, "
+                                    f"but {self.clip.name} makes {self.clip.embed_dim}-d embeddings; "
+                                    "the label set belongs to another model")
+            return labels
+        taxa = list(dict.fromkeys(labels.taxa if labels.taxa is not None else labels.columns.to_taxa()))
+        taxa = [taxa[i] for i in agg.sort_taxa(taxa)]
+        emb = label_embeddings(self.clip, taxon_texts(taxa, self.text_type), self.templates,
+                               cache_dir=self.cache_dir, progress=self.progress)
+        return LabelSet(TaxaColumns.from_taxa(taxa), emb.T, labels.source, taxa)
+
+    def _use(self, labels: LabelSet, take: np.ndarray) -> None:
+        """Classify among the taxa `take` (label-set columns, in lineage order): their
+        embeddings in memory when small or already there, else scored from the file."""
+        emb = labels.embeddings
+        self.columns = labels.columns.take(take)
+        self.index = agg.RankIndex(self.columns)
+        self._matrix, self._take = None, None
+        self._taxa = [labels.taxa[i] for i in take] if labels.taxa is not None else None
+        if isinstance(emb, np.memmap) and len(take) * emb.shape[0] * 4 > DENSE_BYTES:
+            self._matrix, self._take = LabelMatrix(emb), take
+            return
+        dense = dense_rows(emb, take) if isinstance(emb, np.memmap) else np.ascontiguousarray(emb.T[take], np.float32)
+        self._labels = torch.from_numpy(dense).to(self.encoder.device)
+
+    @property
+    def taxa(self) -> list[Taxon]:
+        """The label taxa (after subsets) as `Taxon` objects, in lineage order; built on
+        first use (slow for huge label sets: prefer `columns`)."""
+        if self._taxa is None:
+            self._taxa = self.columns.to_taxa()
+        return self._taxa
+
+    def probabilities(self, features: torch.Tensor) -> np.ndarray:
+        """(n, dim) L2-normalised image embeddings -> (n, n_taxa) softmax probabilities,
+        columns in lineage order."""
+        if self._matrix is None:
+            return super().probabilities(features)
+        return self._matrix.probabilities(features.float().cpu().numpy(), self.logit_scale, self._take)
 
     def rows_for(self, probs: np.ndarray, rank: str = "species", k: int = 5, min_prob: float = 0.0,
                  rollup: float | None = None) -> list[list[dict]]:

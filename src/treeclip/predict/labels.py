@@ -1,12 +1,16 @@
 """Label sets: which taxa or labels a classifier chooses among.
 
-- Taxa tables for tree-of-life mode: the `taxa.parquet` shipped in a model or dataset dir,
-  a user's CSV/Parquet (columns kingdom..species, common or common_name; the species
-  column may hold the epithet or the binomial), or `ncbi:CLADE` (species of a clade from
-  the offline NCBI taxonomy).
-- Subsets (`class=Insecta`, a species list file) and custom labels (`--cls`, bins).
+- Tree-of-life label sources (`load_label_source`): the `taxa.parquet` shipped in a model
+  or dataset dir, a user's CSV/Parquet (columns kingdom..species, common or common_name;
+  the species column may hold the epithet or the binomial), `ncbi:CLADE` (species of a
+  clade from the offline NCBI taxonomy), or a label set with precomputed embeddings in the
+  published BioCLIP layout (`txt_emb_species.npy` + `.json`: a model dir treeclip wrote,
+  a TreeOfLife-10M/200M download, or the one published for `hf-hub:imageomics/bioclip-2`).
+- Subsets (`class=Insecta`, a species list file), vectorised over the taxa's columns, and
+  custom labels (`--cls`, bins).
 
-Their text embeddings and the cache are `treeclip.runtime.labels`.
+Their text embeddings and the cache are `treeclip.runtime.labels`; the layout of
+precomputed label sets is `treeclip.runtime.labelsets`.
 """
 
 from __future__ import annotations
@@ -20,46 +24,113 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import read_text
+from treeclip.runtime.labelsets import DEFAULT_TEMPLATES, DEFAULT_TEXT_TYPE, LabelSet
 from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
-from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
-DEFAULT_TEXT_TYPE = "taxon_com"
-"""BioCLIP's tree-of-life labels: the 7 ranks plus the common name."""
-
 
 def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | None = None) -> list[Taxon]:
-    """The label taxa of tree-of-life mode.
+    """The label taxa of tree-of-life mode as `Taxon` objects (see `load_label_source`;
+    for huge precomputed label sets prefer the columns `load_label_source` gives)."""
+    source = load_label_source(spec, model_spec, limit=limit)
+    return source.taxa if source.taxa is not None else source.columns.to_taxa()
 
-    `spec`: a CSV/Parquet file, a dataset or model dir holding `taxa.parquet`, or
-    `ncbi:CLADE` (species under CLADE in the offline NCBI taxonomy, at most `limit`).
-    Without `spec`, the model dir's own `taxa.parquet` (written at training time)."""
+
+def load_label_source(spec: str | None, model_spec: str | None = None, *, limit: int | None = None,
+                      templates: Sequence[str] | None = None, text_type: str = DEFAULT_TEXT_TYPE,
+                      cache_dir: str | None = None, progress: bool = True) -> LabelSet:
+    """The label set of tree-of-life mode. `spec` is one of:
+
+    - a CSV/Parquet taxa table, or `ncbi:CLADE` (species under CLADE in the offline NCBI
+      taxonomy, at most `limit`): taxa whose label embeddings are still to be encoded;
+    - a `txt_emb_species` pair: either file, or a folder holding them (or `embeddings/`
+      with them, as a TreeOfLife-10M/200M `--local-dir` download), or `hf-hub:ORG/NAME`
+      of such a dataset repo in the local Hugging Face cache: precomputed, memory-mapped;
+    - a dataset or model dir: its pair when treeclip wrote it there for the model saved
+      in it with these `templates` and `text_type`, else its `taxa.parquet`.
+
+    Without `spec`, the model's own: its dir as above, else the set published for a
+    published model (`hf-hub:imageomics/bioclip-2` -> TreeOfLife-200M, read offline)."""
+    from treeclip.taxonomy.templates import load_templates
+
+    templates = tuple(templates) if templates is not None else load_templates(DEFAULT_TEMPLATES)
+    read = {"cache_dir": cache_dir, "progress": progress}
     if spec and spec.startswith("ncbi:"):
-        from treeclip.taxonomy.ncbi import default_reference
-
-        clade = spec[len("ncbi:"):].strip()
-        taxa = list(default_reference().species_in(clade, limit=limit))
-        if not taxa:
-            raise TreeclipError(f"{spec}: NCBI has no species with clean names under {clade}")
-        return taxa
+        return LabelSet.of_taxa(_ncbi_taxa(spec, limit), spec)
     if spec is None:
-        if not model_spec:
-            raise TreeclipError("no taxa table: give taxa (a CSV/Parquet file, a dir with taxa.parquet "
-                                "or ncbi:CLADE), or load the model from a dir that has taxa.parquet")
-        base = Path(model_spec.removeprefix("local-dir:"))
-        found = (base if base.is_dir() else base.parent) / "taxa.parquet"
-        if not found.is_file():
-            raise TreeclipError(f"{model_spec}: the model has no taxa.parquet; give a taxa table "
-                                "with --taxa FILE (CSV/Parquet) or --taxa ncbi:CLADE")
-        return read_taxa_table(found)
+        return _model_labels(model_spec, templates, text_type, read)
+    from treeclip.model.hub import is_hub_spec
+
+    if is_hub_spec(spec):
+        return _hub_labels(spec, "the label set", read)
+    from treeclip.runtime.labelsets import find_pair, read_label_set
+
     path = Path(spec)
     if path.is_dir():
-        if not (path / "taxa.parquet").is_file():
-            raise TreeclipError(f"{spec}: folder has no taxa.parquet")
-        path = path / "taxa.parquet"
-    return read_taxa_table(path)
+        found = _dir_labels(path, templates, text_type, read)
+        if found is None:
+            raise TreeclipError(f"{spec}: folder has no taxa.parquet (nor a txt_emb_species label set)")
+        return found
+    pair = find_pair(path)
+    return read_label_set(*pair, **read) if pair else LabelSet.of_taxa(read_taxa_table(path), spec)
+
+
+def _ncbi_taxa(spec: str, limit: int | None) -> list[Taxon]:
+    from treeclip.taxonomy.ncbi import default_reference
+
+    clade = spec[len("ncbi:"):].strip()
+    taxa = list(default_reference().species_in(clade, limit=limit))
+    if not taxa:
+        raise TreeclipError(f"{spec}: NCBI has no species with clean names under {clade}")
+    return taxa
+
+
+def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: dict) -> LabelSet | None:
+    """A folder's label set: its pair when it fits (or when there is no taxa.parquet to
+    encode instead), else its taxa.parquet; None when it has neither."""
+    from treeclip.runtime.labelsets import META_FILE, TAXA_FILE, find_pair, pair_fits, read_label_set
+
+    pair = find_pair(folder)
+    table = folder / TAXA_FILE
+    if pair and not table.is_file():
+        return read_label_set(*pair, **read)
+    if pair and pair_fits(folder, templates, text_type):
+        return read_label_set(*pair, **read)
+    if not table.is_file():
+        return None
+    if pair and (folder / META_FILE).is_file():
+        print(f"treeclip: {folder}: its txt_emb_species pair was made by another model, templates or text "
+              "type; encoding its taxa.parquet instead", file=sys.stderr)
+    return LabelSet.of_taxa(read_taxa_table(table), str(table))
+
+
+def _hub_labels(spec: str, what: str, read: dict) -> LabelSet:
+    from treeclip.runtime.labelsets import hub_label_set, read_label_set
+
+    return read_label_set(*hub_label_set(spec, what), **read)
+
+
+def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: str, read: dict) -> LabelSet:
+    """The label set that comes with a model: see `load_label_source`."""
+    if not model_spec:
+        raise TreeclipError("no taxa table: give taxa (a CSV/Parquet file, a dir with taxa.parquet, a "
+                            "txt_emb_species label set or ncbi:CLADE), or load the model from a dir that has them")
+    from treeclip.model.hub import published_label_set
+    from treeclip.model.weights import resolve_source
+
+    base = resolve_source(model_spec)
+    folder = base if base.is_dir() else base.parent if base.is_file() else None
+    found = _dir_labels(folder, templates, text_type, read) if folder is not None else None
+    if found is not None:
+        return found
+    published = published_label_set(model_spec)
+    if published:
+        return _hub_labels(published, f"the label set published for {model_spec}", read)
+    raise TreeclipError(f"{model_spec}: the model has no taxa.parquet (nor a txt_emb_species label set); give "
+                        "a taxa table with --taxa FILE (CSV/Parquet), a label set with --taxa DIR, or --taxa ncbi:CLADE")
 
 
 # -- subsets -----------------------------------------------------------------------------
@@ -168,8 +239,15 @@ def subset_mask(taxa: Sequence[Taxon] | TaxaColumns, spec: str) -> np.ndarray:
     - a CSV/Parquet file whose header names ranks (pybioclip style, e.g. a `family`
       column; a row matches when all its non-empty rank cells match);
     - a text file, one name per line: scientific names (`Pica hudsonia`), common names
-      or names at any rank (`Corvidae`)."""
+      or names at any rank (`Corvidae`);
+    - `ncbi:CLADE`: the taxa whose binomial the offline NCBI taxonomy lists under CLADE,
+      a clade of any NCBI rank (`ncbi:Passeri`, a suborder the 7 ranks do not name)."""
     columns = taxa if isinstance(taxa, TaxaColumns) else TaxaColumns.from_taxa(list(taxa))
+    if spec.startswith("ncbi:"):
+        keep = _match_ncbi(columns, spec)
+        if not keep.any():
+            raise TreeclipError(f"--subset {spec}: none of the {len(columns)} label taxa is an NCBI species there")
+        return keep
     rank, sep, values = spec.partition("=")
     rank = rank.strip().lower()
     if sep and (rank in RANKS or rank in COMMON_COLUMNS) and not Path(spec).exists():
@@ -189,6 +267,12 @@ def subset_mask(taxa: Sequence[Taxon] | TaxaColumns, spec: str) -> np.ndarray:
     if not keep.any():
         raise TreeclipError(f"--subset {spec}: matches none of the {len(columns)} label taxa")
     return keep
+
+
+def _match_ncbi(columns: TaxaColumns, spec: str) -> np.ndarray:
+    """Taxa whose `genus epithet` NCBI lists among the species below the clade."""
+    binomials = {f"{t.genus} {t.species}".lower() for t in _ncbi_taxa(spec, None)}
+    return _match_binomials(columns, binomials)[0]
 
 
 def _has_rank_header(path: Path) -> bool:
