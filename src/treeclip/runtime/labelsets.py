@@ -26,8 +26,9 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -130,14 +131,14 @@ def read_names(path: Path) -> TaxaColumns:
         raise TreeclipError(f"{path}: not valid JSON ({str(err)[:120]})") from None
     if not isinstance(entries, list) or not entries:
         raise TreeclipError(f"{path}: expected a non-empty list of [[kingdom..species_epithet], common]")
-    n, width = len(entries), len(RANKS)
+    width = len(RANKS)
     for i, e in enumerate(entries):
         if not (type(e) is list and len(e) == 2 and type(e[0]) is list and len(e[0]) == width):
             raise TreeclipError(f"{path}: entry {i} is not [[{width} rank names], common name]: {str(e)[:80]}")
-    columns = {r: [e[0][d] for e in entries] for d, r in enumerate(RANKS)}
-    columns["common"] = [e[1] for e in entries]
-    del entries
-    return TaxaColumns.from_names(columns)
+    lineages = [e[0] for e in entries]
+    columns: dict[str, Iterable] = {r: map(itemgetter(d), lineages) for d, r in enumerate(RANKS)}
+    columns["common"] = map(itemgetter(1), entries)
+    return TaxaColumns.from_names(columns, len(entries))
 
 
 def _columns_key(path: Path) -> str:
@@ -220,7 +221,7 @@ class LabelMatrix:
             return np.concatenate([self.probabilities(features[i:i + self.images], scale, columns)
                                    for i in range(0, len(features), self.images)])
         logits = self.logits(features)
-        if columns is not None:
+        if columns is not None and len(columns) < logits.shape[1]:
             logits = np.take(logits, columns, axis=1)
         logits *= np.float32(scale)
         logits -= logits.max(axis=1, keepdims=True)

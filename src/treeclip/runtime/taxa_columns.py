@@ -12,6 +12,7 @@ built from the same names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -26,12 +27,22 @@ COLUMNS: tuple[str, ...] = (*RANKS, "common")
 
 
 def _normal_name(column: str) -> Callable[[object], str]:
-    """How `Taxon` normalises a name of `column` (one definition: Taxon's own)."""
+    """How `Taxon` normalises a name of `column` (one definition: Taxon's own), with a
+    shortcut for the names it leaves as they are: ASCII letters already in the rank's case
+    (`Corvidae`, `hudsonia`), or ASCII common names with single spaces."""
     if column == "common":
-        return normalise_text
+        return lambda name: name if type(name) is str and name.isascii() and " ".join(name.split()) == name \
+            else normalise_text(name)
     depth = RANKS.index(column)
     empty = ("",) * len(RANKS)
-    return lambda name: Taxon(empty[:depth] + (normalise_text(name),) + empty[depth + 1:]).lineage[depth]
+    clean = str.islower if column == "species" else (lambda n: n[:1].isupper() and (len(n) == 1 or n[1:].islower()))
+
+    def normal(name: object) -> str:
+        if type(name) is str and name.isascii() and name.isalpha() and clean(name):
+            return name
+        return Taxon(empty[:depth] + (normalise_text(name),) + empty[depth + 1:]).lineage[depth]
+
+    return normal
 
 
 def _factorize(values: Iterable, n: int) -> tuple[list, np.ndarray]:
@@ -58,25 +69,26 @@ class TaxaColumns:
 
     names: Mapping[str, list[str]]
     codes: Mapping[str, np.ndarray]
-    _lower: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_names(cls, columns: Mapping[str, Sequence], *, normalise: bool = True) -> "TaxaColumns":
-        """Columns from raw names per column (None = empty); `normalise` cleans them as
-        `Taxon` would (off for names taken from `Taxon` objects, which are clean)."""
-        n = len(columns[RANKS[0]])
+    def from_names(cls, columns: Mapping[str, Iterable], n: int, *, normalise: bool = True) -> "TaxaColumns":
+        """Columns from `n` raw names per column (None = empty; a missing column is empty);
+        `normalise` cleans them as `Taxon` would (off for names from `Taxon` objects)."""
         names, codes = {}, {}
         for c in COLUMNS:
-            names[c], codes[c] = _sorted_vocabulary(columns.get(c, [""] * n), n, _normal_name(c) if normalise else None)
+            values = columns.get(c, ("" for _ in range(n)))
+            names[c], codes[c] = _sorted_vocabulary(values, n, _normal_name(c) if normalise else None)
         return cls(names, codes)
 
     @classmethod
     def from_taxa(cls, taxa: Sequence[Taxon]) -> "TaxaColumns":
         """Columns of a list of taxa, in list order."""
-        columns = {r: [t.lineage[i] for t in taxa] for i, r in enumerate(RANKS)}
-        columns["common"] = [t.common for t in taxa]
-        return cls.from_names(columns, normalise=False)
+        lineages = [t.lineage for t in taxa]
+        columns: dict[str, Iterable] = {r: map(itemgetter(i), lineages) for i, r in enumerate(RANKS)}
+        columns["common"] = (t.common for t in taxa)
+        return cls.from_names(columns, len(taxa), normalise=False)
 
     # -- reading -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -98,11 +110,23 @@ class TaxaColumns:
         rows = np.asarray(rows, dtype=np.int64)
         return TaxaColumns(self.names, {c: self.codes[c][rows] for c in COLUMNS})
 
+    def order_of(self, rows: np.ndarray) -> np.ndarray:
+        """The lineage order of `take(rows)` for increasing `rows`, from this set's own order
+        (linear time: no new sort)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        position = np.full(len(self), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        kept = position[self.lineage_order()]
+        return kept[kept >= 0]
+
     # -- order -----------------------------------------------------------------------
     def lineage_order(self) -> np.ndarray:
-        """The stable permutation that sorts the taxa by lineage, then common name."""
-        keys = [self.codes[c] for c in reversed(COLUMNS)]  # lexsort: the last key is primary
-        return np.lexsort(keys).astype(np.int64) if len(self) else np.zeros(0, np.int64)
+        """The stable permutation that sorts the taxa by lineage, then common name (computed
+        once; `save` keeps it)."""
+        if "order" not in self._cache:
+            keys = [self.codes[c] for c in reversed(COLUMNS)]  # lexsort: the last key is primary
+            self._cache["order"] = np.lexsort(keys).astype(np.int64) if len(self) else np.zeros(0, np.int64)
+        return self._cache["order"]
 
     def is_sorted(self) -> bool:
         """Whether the taxa are in lineage order (ties in any order)."""
@@ -120,17 +144,17 @@ class TaxaColumns:
     # -- matching names, case-insensitively (subsets) ----------------------------------------
     def lower_codes(self, column: str) -> tuple[np.ndarray, dict[str, int]]:
         """(per-taxon code of the lower-cased name, lower-cased name -> that code)."""
-        if column not in self._lower:
+        if ("lower", column) not in self._cache:
             index: dict[str, int] = {}
             per_name = np.fromiter((index.setdefault(s.lower(), len(index)) for s in self.names[column]),
                                    np.int32, len(self.names[column]))
-            self._lower[column] = (per_name[self.codes[column]], index)
-        return self._lower[column]
+            self._cache["lower", column] = (per_name[self.codes[column]], index)
+        return self._cache["lower", column]
 
     # -- storage (no pickles: codes as int32, names as one NUL-joined UTF-8 blob) -----------
     def save(self, path: str | Path, **extra: np.ndarray) -> None:
-        """Write the columns (and `extra` arrays) to an `.npz` atomically."""
-        arrays = dict(extra)
+        """Write the columns, their lineage order (and `extra` arrays) to an `.npz` atomically."""
+        arrays = {**extra, "lineage_order": self.lineage_order()}
         for c in COLUMNS:
             if any("\0" in s for s in self.names[c]):
                 raise ValueError(f"a {c} name holds a NUL character")
@@ -146,8 +170,11 @@ class TaxaColumns:
             arrays = {k: data[k] for k in data.files}
         names = {c: bytes(arrays.pop(f"names_{c}")).decode("utf-8").split("\0") for c in COLUMNS}
         codes = {c: arrays.pop(f"codes_{c}").astype(np.int32, copy=False) for c in COLUMNS}
+        order = arrays.pop("lineage_order")
         n = len(codes[RANKS[0]])
         for c in COLUMNS:
             if len(codes[c]) != n or (n and (codes[c].min() < 0 or codes[c].max() >= len(names[c]))):
                 raise ValueError(f"{path}: column {c} does not fit its names")
-        return cls(names, codes), arrays
+        if len(order) != n:
+            raise ValueError(f"{path}: the lineage order does not fit the columns")
+        return cls(names, codes, {"order": order.astype(np.int64, copy=False)}), arrays
