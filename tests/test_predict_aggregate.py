@@ -129,11 +129,14 @@ def test_columns_from_raw_names_equal_taxon_objects(tmp_path):
 
     raw = [["animalia", " Chordata", "AVES", "Passeriformes", "Corvidae", "Pica", "Hudsonia"],
            ["Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Pica", "hudsonia"],
-           ["Plantae", None, "Magnoliopsida", "Rosales", "", "Rosa", "canina"]]
-    common = ["black-billed  magpie", None, "dog rose"]
-    columns = TaxaColumns.from_names({**{r: [row[i] for row in raw] for i, r in enumerate(RANKS)}, "common": common})
+           ["Plantae", None, "Magnoliopsida", "Rosales", "", "Rosa", "canina"],
+           ["x", "Tracheophyta", "Liliopsida", "Poales", "Poaceae", "×Triticosecale", "novae-angliae"],
+           ["Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "muscaria"]]
+    common = ["black-billed  magpie", None, "dog rose", "mésange\u0301", "fly agaric"]
+    columns = TaxaColumns.from_names({**{r: [row[i] for row in raw] for i, r in enumerate(RANKS)}, "common": common},
+                                     len(raw))
     assert columns.to_taxa() == [Taxon(tuple(row), c or "") for row, c in zip(raw, common)]
-    assert columns.names["kingdom"] == ["Animalia", "Plantae"]  # "animalia" and "Animalia" are one name
+    assert columns.names["kingdom"] == ["Animalia", "Fungi", "Plantae", "X"]  # "animalia" is "Animalia"
     columns.save(tmp_path / "c.npz", order=columns.lineage_order())
     again, extra = TaxaColumns.load(tmp_path / "c.npz")
     assert again.to_taxa() == columns.to_taxa() and extra["order"].tolist() == columns.lineage_order().tolist()
@@ -158,3 +161,31 @@ def test_columnar_index_equals_the_dict_reference_on_many_taxa():
             assert all(got[key] == pytest.approx(v, abs=1e-12) for key, v in ref.items())
     with pytest.raises(ValueError, match="sorted"):
         agg.RankIndex(columns.take(order[::-1]))
+
+
+def test_index_over_taxa_in_any_order_sums_like_the_sorted_one():
+    from treeclip.runtime.taxa_columns import TaxaColumns
+
+    taxa = random_taxa(800, seed=9)  # unsorted on purpose, as a published file may be
+    columns = TaxaColumns.from_taxa(taxa)
+    order = columns.lineage_order()
+    as_is, by_lineage = agg.RankIndex(columns, any_order=True), agg.RankIndex(columns.take(order))
+    probs = np.random.default_rng(4).dirichlet(np.ones(len(taxa)), size=4)
+    for rank in RANKS:
+        got, want = as_is.aggregate(probs, rank), by_lineage.aggregate(probs[:, order], rank)
+        g_names = [t.lineage for t in as_is.groups(rank).taxa]
+        w_names = [t.lineage for t in by_lineage.groups(rank).taxa]
+        assert sorted(g_names) == sorted(w_names)
+        position = {name: i for i, name in enumerate(w_names)}
+        np.testing.assert_allclose(got, want[:, [position[n] for n in g_names]], rtol=1e-6, atol=1e-12)
+
+
+def test_top_k_of_wide_rows_one_at_a_time_is_the_same(monkeypatch):
+    rng = np.random.default_rng(0)
+    scores = rng.random((4, 3000)).astype(np.float32)
+    scores[1, 10] = scores[1, 20] = 2.0  # a tie: the lower index first
+    want = agg.top_k(scores, 7)
+    monkeypatch.setattr(agg, "WIDE_ROWS", 100)
+    got = agg.top_k(scores, 7)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert got[0][1, :2].tolist() == [10, 20]

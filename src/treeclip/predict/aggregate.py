@@ -9,6 +9,8 @@ an empty intermediate rank still counts (its group has an empty name at that ran
 The index works on the columnar form of the taxa (`TaxaColumns`: one int32 code per taxon
 and rank), so building the groups of a rank is a few vectorised comparisons even for the
 ~867k taxa of a published label set, and a group's `Taxon` is only made when a row needs it.
+A label set read from a file keeps its own column order (`any_order=True`): reordering
+(batch x 867k) probabilities every batch costs more than summing them by group code.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
 
 
+WIDE_ROWS = 100_000
+"""Rows wider than this are ranked one at a time by `top_k`."""
+
+
 def sort_taxa(taxa: Sequence[Taxon]) -> np.ndarray:
     """The permutation that sorts `taxa` by lineage (then common name): `taxa[order]`."""
     return TaxaColumns.from_taxa(taxa).lineage_order()
@@ -29,18 +35,18 @@ def sort_taxa(taxa: Sequence[Taxon]) -> np.ndarray:
 
 class GroupTaxa(Sequence[Taxon]):
     """The taxa naming the groups of one rank, built only when asked for: group g is
-    named by its first taxon cut to the rank (`Taxon.at`)."""
+    named by its first taxon in lineage order (column `first[g]`) cut to the rank."""
 
-    def __init__(self, columns: TaxaColumns, starts: np.ndarray, rank: str) -> None:
-        self.columns, self.starts, self.rank = columns, starts, rank
+    def __init__(self, columns: TaxaColumns, first: np.ndarray, rank: str) -> None:
+        self.columns, self.first, self.rank = columns, first, rank
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.first)
 
     def __getitem__(self, g):  # type: ignore[override]
         if isinstance(g, slice):
             return [self[i] for i in range(*g.indices(len(self)))]
-        return self.columns.taxon(int(self.starts[g])).at(self.rank)
+        return self.columns.taxon(int(self.first[g])).at(self.rank)
 
     def __iter__(self) -> Iterator[Taxon]:
         return (self[g] for g in range(len(self)))
@@ -48,8 +54,9 @@ class GroupTaxa(Sequence[Taxon]):
 
 @dataclass(frozen=True)
 class RankGroups:
-    """The groups of one rank over lineage-sorted taxa: group g spans columns
-    `starts[g]:starts[g+1]`; `codes[i]` is taxon i's group; `taxa[g]` names the group."""
+    """The groups of one rank: `codes[i]` is taxon i's group, `taxa[g]` names group g.
+    In lineage order group g spans sorted positions `starts[g]:starts[g+1]` (the columns
+    themselves when the taxa are sorted)."""
 
     rank: str
     starts: np.ndarray
@@ -61,13 +68,18 @@ class RankGroups:
 
 
 class RankIndex:
-    """Groups of every rank over taxa already sorted by lineage: a list of `Taxon` or
-    `TaxaColumns` (the columnar form, for label sets of hundreds of thousands of taxa)."""
+    """Groups of every rank over taxa sorted by lineage: a list of `Taxon` or
+    `TaxaColumns` (the columnar form, for label sets of hundreds of thousands of taxa).
+    `any_order=True` takes columns in any order (`order`: their lineage order, if known);
+    when every taxon is its own group the group ids are then the column indices."""
 
-    def __init__(self, taxa: Sequence[Taxon] | TaxaColumns) -> None:
+    def __init__(self, taxa: Sequence[Taxon] | TaxaColumns, *, any_order: bool = False,
+                 order: np.ndarray | None = None) -> None:
         self.columns = taxa if isinstance(taxa, TaxaColumns) else TaxaColumns.from_taxa(list(taxa))
-        if not self.columns.is_sorted():
+        self.sorted = self.columns.is_sorted()
+        if not (self.sorted or any_order):
             raise ValueError("RankIndex needs taxa sorted by lineage; use sort_taxa() first")
+        self.order = None if self.sorted else (order if order is not None else self.columns.lineage_order())
         self._groups: dict[str, RankGroups] = {}
         self._taxa: list[Taxon] | None = taxa if isinstance(taxa, list) else None
 
@@ -76,7 +88,7 @@ class RankIndex:
 
     @property
     def taxa(self) -> list[Taxon]:
-        """The taxa as `Taxon` objects (built on first use)."""
+        """The taxa as `Taxon` objects, in column order (built on first use)."""
         if self._taxa is None:
             self._taxa = self.columns.to_taxa()
         return self._taxa
@@ -88,15 +100,24 @@ class RankIndex:
         return self._groups[rank]
 
     def _build(self, rank: str) -> RankGroups:
-        # a group starts wherever any rank down to `rank` changes from the taxon before
+        # in lineage order a group starts wherever any rank down to `rank` changes
         n = len(self.columns)
         new = np.zeros(n, dtype=bool)
         new[:1] = True
         for r in RANKS[:rank_index(rank) + 1]:
-            codes = self.columns.codes[r]
+            codes = self.columns.codes[r] if self.order is None else self.columns.codes[r][self.order]
             new[1:] |= codes[1:] != codes[:-1]
         starts = np.flatnonzero(new).astype(np.int64)
-        return RankGroups(rank, starts, np.cumsum(new, dtype=np.int64) - 1, GroupTaxa(self.columns, starts, rank))
+        in_order = np.cumsum(new, dtype=np.int64) - 1
+        if self.order is None:
+            codes, first = in_order, starts
+        elif len(starts) == n:  # one taxon a group: group g is column g
+            codes = first = np.arange(n, dtype=np.int64)
+        else:
+            codes = np.empty(n, dtype=np.int64)
+            codes[self.order] = in_order
+            first = self.order[starts]
+        return RankGroups(rank, starts, codes, GroupTaxa(self.columns, first, rank))
 
     def aggregate(self, probs: np.ndarray, rank: str) -> np.ndarray:
         """(n_images, n_taxa) species probabilities -> (n_images, n_groups) at `rank`."""
@@ -106,7 +127,9 @@ class RankIndex:
         groups = self.groups(rank)
         if len(groups) == len(self):
             return probs  # every taxon is its own group (the usual species case)
-        return segment_sum(probs, groups.starts)
+        if self.order is None:
+            return segment_sum(probs, groups.starts)
+        return group_sum(probs, groups.codes, len(groups))
 
 
 def segment_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -119,22 +142,30 @@ def segment_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def group_sum(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    """Column sums by arbitrary group codes (bins): `out[:, g] = values[:, codes == g].sum(1)`,
-    computed as a sparse one-hot product so it stays vectorised in any column order."""
-    values = np.asarray(values, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+    """Column sums by arbitrary group codes (bins, or the groups of taxa in any order):
+    `out[:, g] = values[:, codes == g].sum(1)`, one `np.bincount` per row (summed in
+    float64), so memory stays (rows x groups) however many columns there are."""
+    values = np.atleast_2d(np.asarray(values))
+    dtype = np.float64 if values.dtype == np.float64 else np.float32
     codes = np.asarray(codes, dtype=np.int64)
-    onehot = np.zeros((values.shape[-1], n_groups), dtype=values.dtype)
-    onehot[np.arange(len(codes)), codes] = 1
-    return values @ onehot
+    out = np.empty((len(values), n_groups), dtype=dtype)
+    for i, row in enumerate(values):
+        out[i] = np.bincount(codes, weights=row, minlength=n_groups)
+    return out
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest scores per row, best first (ties: lower index)."""
+    """Indices and values of the k largest scores per row, best first (ties: lower index).
+    Wide rows (a published label set's 867k taxa) are done one at a time, so the index
+    temporaries stay one row long."""
     scores = np.asarray(scores)
     k = max(0, min(k, scores.shape[-1]))
     if k == 0:
         empty = np.zeros(scores.shape[:-1] + (0,), dtype=np.int64)
         return empty, np.zeros(scores.shape[:-1] + (0,), dtype=scores.dtype)
+    if scores.ndim == 2 and scores.shape[1] > WIDE_ROWS and len(scores) > 1:
+        parts = [top_k(row[None], k) for row in scores]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if k < scores.shape[-1]:
         part = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
     else:
