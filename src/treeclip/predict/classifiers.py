@@ -149,8 +149,7 @@ class TreeOfLifeClassifier(BaseClassifier):
             keep &= subset_mask(labels.columns, spec)
         if not keep.any():
             raise TreeclipError(f"the subsets {', '.join(specs)} together match no taxa")
-        order = labels.columns.lineage_order()
-        self._use(labels, order[keep[order]])
+        self._use(labels, np.flatnonzero(keep))
 
     def _encoded(self, labels: LabelSet) -> LabelSet:
         """`labels` with label embeddings: as given when precomputed, else the distinct
@@ -168,11 +167,11 @@ class TreeOfLifeClassifier(BaseClassifier):
         return LabelSet(TaxaColumns.from_taxa(taxa), emb.T, labels.source, taxa)
 
     def _use(self, labels: LabelSet, take: np.ndarray) -> None:
-        """Classify among the taxa `take` (label-set columns, in lineage order): their
-        embeddings in memory when small or already there, else scored from the file."""
+        """Classify among the taxa `take` (increasing label-set columns): their embeddings
+        in memory when small or already there, else scored from the file."""
         emb = labels.embeddings
         self.columns = labels.columns.take(take)
-        self.index = agg.RankIndex(self.columns)
+        self.index = agg.RankIndex(self.columns, any_order=True, order=labels.columns.order_of(take))
         self._matrix, self._take = None, None
         self._taxa = [labels.taxa[i] for i in take] if labels.taxa is not None else None
         if isinstance(emb, np.memmap) and len(take) * emb.shape[0] * 4 > DENSE_BYTES:
@@ -183,15 +182,15 @@ class TreeOfLifeClassifier(BaseClassifier):
 
     @property
     def taxa(self) -> list[Taxon]:
-        """The label taxa (after subsets) as `Taxon` objects, in lineage order; built on
-        first use (slow for huge label sets: prefer `columns`)."""
+        """The label taxa (after subsets) as `Taxon` objects, in label-set order (lineage
+        order for encoded tables); built on first use (slow for huge sets: see `columns`)."""
         if self._taxa is None:
             self._taxa = self.columns.to_taxa()
         return self._taxa
 
     def probabilities(self, features: torch.Tensor) -> np.ndarray:
         """(n, dim) L2-normalised image embeddings -> (n, n_taxa) softmax probabilities,
-        columns in lineage order."""
+        columns in the order of `columns`."""
         if self._matrix is None:
             return super().probabilities(features)
         return self._matrix.probabilities(features.float().cpu().numpy(), self.logit_scale, self._take)
