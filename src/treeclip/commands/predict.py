@@ -104,8 +104,8 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
             hub_dir: str | None, rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None,
-            subset: tuple[str, ...], cls_spec: str | None, bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str,
-            output: str | None, overwrite: bool, retry_errors: bool, cache_dir: str | None, compile_: bool) -> None:
+            subset: tuple[str, ...], cls_spec: str | None, bins: str | None, rollup: float | None, templates: str,
+            text_type: str, fmt: str, output: str | None, overwrite: bool, retry_errors: bool, cache_dir: str | None, compile_: bool) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
     \b

@@ -163,7 +163,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         taxa = list(dict.fromkeys(labels.taxa if labels.taxa is not None else labels.columns.to_taxa()))
         taxa = [taxa[i] for i in agg.sort_taxa(taxa)]
         emb = label_embeddings(self.clip, taxon_texts(taxa, self.text_type), self.templates,
-                               cache_dir=self.cache_dir, progress=self.progress)
+                               cache_dir=self.cache_dir, persist=self.label_cache, progress=self.progress)
         return LabelSet(TaxaColumns.from_taxa(taxa), emb.T, labels.source, taxa)
 
     def _use(self, labels: LabelSet, take: np.ndarray) -> None:
