@@ -1,9 +1,11 @@
-"""Rank aggregation, bins, top-k and roll-up against plain per-image dict computations."""
+"""Rank aggregation, bins, top-k and roll-up against plain per-image dict computations, and
+scoring against a memory-mapped label matrix a block at a time."""
 
 from __future__ import annotations
 
 import collections
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +191,32 @@ def test_top_k_of_wide_rows_one_at_a_time_is_the_same(monkeypatch):
     got = agg.top_k(scores, 7)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     assert got[0][1, :2].tolist() == [10, 20]
+
+
+def _resident_bytes(path: Path) -> int:
+    """Resident bytes of this process's mappings of `path` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps", encoding="utf-8"):
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and first == "Rss:":
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+def test_scoring_keeps_only_a_block_of_the_mapped_matrix_resident(tmp_path):
+    from treeclip.runtime.labelsets import LabelMatrix
+
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((64, 40_000)).astype(np.float32)  # 10 MB
+    np.save(tmp_path / "m.npy", matrix)
+    mapped = np.load(tmp_path / "m.npy", mmap_mode="r")
+    features = rng.standard_normal((3, 64)).astype(np.float32)
+    scorer = LabelMatrix(mapped, block_bytes=8 * 40_000 * 4)  # 8 rows (1.3 MB) at a time
+    assert scorer.rows == 8
+    np.testing.assert_allclose(scorer.logits(features), features @ matrix, rtol=1e-5, atol=1e-4)
+    assert _resident_bytes(tmp_path / "m.npy") < 2 * 8 * 40_000 * 4
+    np.asarray(mapped).sum()  # reading it whole makes it resident: the measure sees pages
+    assert _resident_bytes(tmp_path / "m.npy") > 9_000_000

@@ -355,35 +355,6 @@ def test_cli_predicts_with_the_published_set(offline, photos, tmp_path, monkeypa
     assert len(rows) == 2 * len(photos) and set(rows[0]) == {"file_name", *RANKS[:6], "score"}
 
 
-def _resident_bytes(path: Path) -> int:
-    """Resident bytes of this process's mappings of `path` (Linux /proc/self/smaps)."""
-    total, inside = 0, False
-    for line in open("/proc/self/smaps", encoding="utf-8"):
-        first = line.split(maxsplit=1)[0]
-        if "-" in first and not first.endswith(":"):  # a mapping's header line
-            inside = line.rstrip().endswith(str(path))
-        elif inside and first == "Rss:":
-            total += int(line.split()[1]) * 1024
-    return total
-
-
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
-def test_scoring_keeps_only_a_block_of_the_mapped_matrix_resident(tmp_path):
-    from treeclip.runtime.labelsets import LabelMatrix
-
-    rng = np.random.default_rng(0)
-    matrix = rng.standard_normal((64, 40_000)).astype(np.float32)  # 10 MB
-    np.save(tmp_path / "m.npy", matrix)
-    mapped = np.load(tmp_path / "m.npy", mmap_mode="r")
-    features = rng.standard_normal((3, 64)).astype(np.float32)
-    scorer = LabelMatrix(mapped, block_bytes=8 * 40_000 * 4)  # 8 rows (1.3 MB) at a time
-    assert scorer.rows == 8
-    np.testing.assert_allclose(scorer.logits(features), features @ matrix, rtol=1e-5, atol=1e-4)
-    assert _resident_bytes(tmp_path / "m.npy") < 2 * 8 * 40_000 * 4
-    np.asarray(mapped).sum()  # reading it whole makes it resident: the measure sees pages
-    assert _resident_bytes(tmp_path / "m.npy") > 9_000_000
-
-
 # -- the same layout written by treeclip ---------------------------------------------------------
 def _cli_rows(args: list[str], out: Path) -> tuple[list[dict], str]:
     result = CliRunner().invoke(cli, ["predict", *args, "--format", "jsonl", "-o", str(out), "--overwrite",
