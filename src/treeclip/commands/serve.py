@@ -51,10 +51,14 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
               help="Seconds a request may take; later it gets 503 and its work not yet started is dropped.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--hub-dir", type=click.Path(file_okay=False),
+              help="A Hugging Face hub folder to look in for hf-hub:ORG/NAME models and label sets first "
+                   "(see treeclip predict --help). Nothing is ever downloaded.")
 def serve(model: str, taxa: str | None, templates: str, host: str, port: int, device: str, precision: str,
           embed_precision: str, max_batch: int, max_wait_ms: float, max_files: int, max_file_mb: float,
           max_pixels: int, max_request_mb: float, cache_dir: str | None, allow_hosts: tuple[str, ...],
-          allow_origins: tuple[str, ...], max_concurrent: int, request_timeout: float, log_level: str) -> None:
+          allow_origins: tuple[str, ...], max_concurrent: int, request_timeout: float, log_level: str,
+          hub_dir: str | None) -> None:
     """Serve a web page and HTTP API that classify photos with MODEL.
 
     MODEL is a model dir (as `treeclip train` writes), `local-dir:DIR`, a checkpoint or a
@@ -67,6 +71,9 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
     Example:
       treeclip serve runs/demo/model --taxa runs/demo/data
     """
+    from treeclip.commands.predict import _use_hub_dir
+
+    _use_hub_dir(hub_dir)
     import uvicorn
 
     from treeclip.serve import Access, UploadLimits, create_app

@@ -12,6 +12,7 @@ an unreadable input gives one row with `error` set and the run goes on.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -143,13 +144,24 @@ class TreeOfLifeClassifier(BaseClassifier):
         else:
             labels = LabelSet.of_taxa(taxa)
         self.label_set = labels = self._encoded(labels)
+        self._use(labels, self._subset_take(subset))
+
+    def restricted(self, subset: str | Sequence[str]) -> "TreeOfLifeClassifier":
+        """This classifier over the taxa of its label set that `subset` keeps: the model,
+        the image encoder and the label embeddings are shared, nothing is encoded again."""
+        clone = copy.copy(self)
+        clone._use(self.label_set, self._subset_take(subset))
+        return clone
+
+    def _subset_take(self, subset: str | Sequence[str] | None) -> np.ndarray:
+        """The label-set columns every spec of `subset` keeps (all without one)."""
         specs = [subset] if isinstance(subset, str) else list(subset or [])
-        keep = np.ones(len(labels), dtype=bool)
+        keep = np.ones(len(self.label_set), dtype=bool)
         for spec in specs:
-            keep &= subset_mask(labels.columns, spec)
+            keep &= subset_mask(self.label_set.columns, spec)
         if not keep.any():
             raise TreeclipError(f"the subsets {', '.join(specs)} together match no taxa")
-        self._use(labels, np.flatnonzero(keep))
+        return np.flatnonzero(keep)
 
     def _encoded(self, labels: LabelSet) -> LabelSet:
         """`labels` with label embeddings: as given when precomputed, else the distinct

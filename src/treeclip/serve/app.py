@@ -120,7 +120,7 @@ def _add_routes(app: FastAPI, engine: ServeEngine, slots: RequestSlots) -> None:
         return {"status": "ok", "model": engine.model_name, "fingerprint": engine.clip.fingerprint()[:16],
                 "embed_dim": engine.clip.embed_dim, "image_size": engine.clip.image_size,
                 "precision": engine.precisions, "cpu_features": cpu_features().describe(),
-                "taxa": len(engine.tree.taxa), "cached_images": len(engine.embeddings),
+                "taxa": len(engine.tree.columns), "cached_images": len(engine.embeddings),
                 "label_sets": len(engine.classifiers), "limits": limits.describe(),
                 "requests": slots.as_dict(), "batching": engine.batcher.stats.as_dict()}
 

@@ -55,13 +55,15 @@ class ServeEngine:
         device = str(resolve_device(device))
         self.model_spec, self.clip = _load(model, device)
         self.model_name = _public_name(self.clip)
-        if taxa is None or isinstance(taxa, (str, Path)):
-            from treeclip.predict.labels import load_taxa
-
-            taxa = load_taxa(str(taxa) if taxa is not None else None, self.model_spec)
         self._options = {"device": device, "precision": precision, "templates": _templates(templates),
                          "cache_dir": str(label_cache_dir) if label_cache_dir else None}
-        self.tree = TreeOfLifeClassifier(self.clip, list(taxa), **self._options)
+        if taxa is None or isinstance(taxa, (str, Path)):
+            from treeclip.predict.labels import load_label_source
+
+            # the model's own label set (its dir's, or the published one) or the one named
+            taxa = load_label_source(str(taxa) if taxa is not None else None, self.model_spec,
+                                     templates=self._options["templates"], cache_dir=self._options["cache_dir"])
+        self.tree = TreeOfLifeClassifier(self.clip, taxa, **self._options)
         self.pipeline = ImagePipeline(self.clip, self._encoders(embed_precision), self.limits, cache_size=cache_size,
                                       max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                                       decode_threads=decode_threads)
@@ -70,7 +72,7 @@ class ServeEngine:
         self._label_options = {**self._options, "precision": "fp32"}
         self.classifiers = LabelSetCache(label_sets)
         self._label_worker: ThreadPoolExecutor | None = None
-        self._search_names: list[str] | None = None
+        self._search_names: np.ndarray | None = None
 
     def _encoders(self, embed_precision: str) -> dict[str, Any]:
         """{"predict": the tree's encoder, "embed": one at `embed_precision`}."""
@@ -97,6 +99,7 @@ class ServeEngine:
 
     @property
     def taxa(self) -> list[Taxon]:
+        """The label taxa as `Taxon` objects (built on first use: slow for huge sets)."""
         return self.tree.taxa
 
     @property
@@ -171,10 +174,11 @@ class ServeEngine:
                 raise TreeclipError(f"subset {subset!r}: unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
             return f"{rank}={names.strip()}"
         low = " ".join(subset.split()).lower()
-        for depth, rank in enumerate(RANKS[:-1]):
-            if any(t.lineage[depth].lower() == low for t in self.tree.taxa):
+        columns = self.tree.label_set.columns
+        for rank in RANKS[:-1]:
+            if low in columns.lower_codes(rank)[1]:
                 return f"{rank}={subset.strip()}"
-        if any(t.scientific_name.lower() == low for t in self.tree.taxa):
+        if (self._scientific_names() == low).any():
             return f"species={subset.strip()}"
         raise TreeclipError(f"subset {subset!r}: no taxon of that name in the label set")
 
@@ -200,14 +204,13 @@ class ServeEngine:
         return self.classifiers.get_or_make(_classifier_key(subset, labels), lambda: self._make(subset, labels))
 
     def _make(self, subset: str | None, labels: Sequence[str] | None):
-        from treeclip.predict.classifiers import CustomLabelsClassifier, TreeOfLifeClassifier
+        from treeclip.predict.classifiers import CustomLabelsClassifier
 
         if labels:
             # a client's labels never reach the shared label cache: encoded in memory, their
             # embeddings live on in the LRU only
             return CustomLabelsClassifier(self.clip, list(labels), label_cache=False, **self._label_options)
-        spec = self.subset_spec(subset or "")
-        return TreeOfLifeClassifier(self.clip, self.tree.taxa, subset=spec, **self._label_options)
+        return self.tree.restricted(self.subset_spec(subset or ""))
 
     def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
                  subset: str | None = None, labels: Sequence[str] | None = None,
@@ -233,26 +236,44 @@ class ServeEngine:
         return out
 
     # -- label set search ------------------------------------------------------------
+    def _scientific_names(self) -> np.ndarray:
+        """Each label taxon's lower-cased `Genus epithet` (built once, from the columns)."""
+        if self._search_names is None:
+            columns = self.tree.label_set.columns
+            genus, epithet = (columns.lower_codes(r) for r in ("genus", "species"))
+            genus_names, epithet_names = (sorted(codes, key=codes.get) for _, codes in (genus, epithet))
+            self._search_names = np.array([f"{genus_names[g]} {epithet_names[e]}".strip()
+                                           for g, e in zip(genus[0], epithet[0])], dtype=object)
+        return self._search_names
+
     def search_taxa(self, q: str, *, limit: int = 20) -> tuple[int, list[dict]]:
         """Taxa whose scientific name, any rank name or common name contains `q`
         (case-insensitive); exact, then prefix, then substring matches, each in label-set
-        order. Returns (total, the first `limit`)."""
+        order. Returns (total, the first `limit`). Names are matched once per distinct name
+        (the columns' vocabularies), so a keystroke costs little on 867k taxa."""
         q = " ".join(q.lower().split())
         if not q:
             return 0, []
-        if self._search_names is None:
-            # one lower-cased line per name and taxon, built once: a substring test per
-            # taxon is then a C-level scan, fast enough per keystroke on 450k taxa
-            self._search_names = [
-                "\n".join(n.lower() for n in (t.scientific_name, t.common, *t.lineage) if n) for t in self.taxa]
-        scored = []
-        for i, names in enumerate(self._search_names):
-            if q in names:
-                lines = names.split("\n")
-                best = 0 if q in lines else 1 if any(n.startswith(q) for n in lines) else 2
-                scored.append((best, i))
-        scored.sort()
-        return len(scored), [taxon_json(self.taxa[i]) for _, i in scored[:limit]]
+        columns = self.tree.label_set.columns
+        best = np.full(len(columns), 3, dtype=np.int8)  # 3: no match
+        for column in (*RANKS, "common"):
+            per_taxon, vocabulary = columns.lower_codes(column)
+            score = np.fromiter((_match_score(name, q) for name in sorted(vocabulary, key=vocabulary.get)),
+                                np.int8, len(vocabulary))
+            np.minimum(best, score[per_taxon], out=best)
+        scientific = self._scientific_names()
+        for i in np.flatnonzero(np.fromiter((q in n for n in scientific), bool, len(scientific))):
+            best[i] = min(best[i], _match_score(scientific[i], q))
+        found = np.flatnonzero(best < 3)
+        ranked = found[np.argsort(best[found], kind="stable")]
+        return len(found), [taxon_json(columns.taxon(int(i))) for i in ranked[:limit]]
+
+
+def _match_score(name: str, q: str) -> int:
+    """0 an exact match, 1 a prefix, 2 a substring, 3 none (empty names never match)."""
+    if not name or q not in name:
+        return 3
+    return 0 if name == q else 1 if name.startswith(q) else 2
 
 
 def taxon_json(t: Taxon) -> dict:
