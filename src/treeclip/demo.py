@@ -4,15 +4,20 @@ seeds, evaluate them on seen species, unseen species and unseen genera (zero-, 1
 5-shot, the hierarchy measure, t-SNE panels), run `predict` on a few held-out images and
 write `report.md`, which answers the paper's central question with the numbers measured.
 
-Every stage is skipped when its output is already complete, so an interrupted demo
-resumes where it stopped.
+Every stage's output carries the settings that made it (`synth.json` for the data,
+`demo-stage.json` in each training run and in `eval/`). A stage whose output is complete
+and made with the same settings is skipped, so an interrupted demo resumes where it
+stopped; a stage whose settings changed (another `--steps`, other synth settings, a model
+that was retrained) is done again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -80,20 +85,60 @@ def _synthesize(profile: DemoProfile, data_dir: Path) -> dict:
     return synthesize(data_dir, cfg, progress=True)
 
 
-def _train(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: str, seed: int) -> Path:
-    """Train one (variant, seed) model unless it is already done; return its model dir
-    (the best checkpoint on the seen-species validation split, else the last)."""
+# -- what made each stage's output ---------------------------------------------------------
+STAGE_RECORD = "demo-stage.json"
+
+
+def _changes(stage_dir: Path, settings: dict) -> list[str] | None:
+    """None when `stage_dir` records exactly `settings`; else what differs, in words."""
+    try:
+        old = json.loads((stage_dir / STAGE_RECORD).read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["no record of its settings"]
+    new = json.loads(json.dumps(settings))  # tuples -> lists, as the record holds them
+    if old == new:
+        return None
+    keys = sorted(set(old) | set(new), key=str)
+    return [k if isinstance(old.get(k), dict) else f"{k} {old.get(k)} -> {new.get(k)}"
+            for k in keys if old.get(k) != new.get(k)]
+
+
+def _record(stage_dir: Path, settings: dict) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage_dir / STAGE_RECORD, {"settings": settings})
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _data_identity(synth: dict) -> dict:
+    """What the synthetic data is a function of (its generator settings and name table)."""
+    return {"config": synth.get("config"), "table_sha256": synth.get("table_sha256")}
+
+
+def _train(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: str, seed: int,
+           data: dict) -> tuple[Path, dict]:
+    """Train one (variant, seed) model unless it is already done with the same settings
+    (retrained from scratch when they changed; resumed when it was interrupted). Returns
+    its model dir (the best checkpoint on the seen-species validation split, else the
+    last) and the settings that made it."""
     from treeclip.train import make_config, train
 
-    done = run_dir / "model" / "open_clip_model.safetensors"
-    if not done.exists():
-        cfg = make_config(preset="cpu-demo", data=str(data_dir), out=str(run_dir), model=profile.model,
-                          seed=seed, steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr,
-                          warmup=profile.warmup, text_type=variant, save_every=max(profile.steps // 4, 1),
-                          val_every=max(profile.steps // 4, 1))
+    cfg = make_config(preset="cpu-demo", data=str(data_dir), out=str(run_dir), model=profile.model,
+                      seed=seed, steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr,
+                      warmup=profile.warmup, text_type=variant, save_every=max(profile.steps // 4, 1),
+                      val_every=max(profile.steps // 4, 1))
+    settings = {**{k: v for k, v in cfg.as_dict().items() if k not in ("data", "out", "progress")}, "data": data}
+    changes = _changes(run_dir, settings)
+    if changes is not None or not (run_dir / "model" / "open_clip_model.safetensors").exists():
+        if changes is not None and run_dir.exists():
+            _say(f"{run_dir.name}: trained with other settings ({'; '.join(changes)}); training it again")
+            shutil.rmtree(run_dir)
+        _record(run_dir, settings)
         train(cfg, resume="latest")
     best = run_dir / "best"
-    return best if (best / "open_clip_model.safetensors").exists() else run_dir / "model"
+    return (best if (best / "open_clip_model.safetensors").exists() else run_dir / "model"), settings
 
 
 def _link(target: Path, link: Path) -> Path:
@@ -107,17 +152,22 @@ def _link(target: Path, link: Path) -> Path:
     return link
 
 
-def _evaluate(profile: DemoProfile, data_dir: Path, models: Sequence[Path], out: Path) -> dict:
+def _evaluate(profile: DemoProfile, data_dir: Path, models: dict[Path, dict], out: Path) -> dict:
+    """Evaluate `models` ({model dir: the settings that trained it}) on the three tasks,
+    unless `out` holds the results of these very models, tasks and settings."""
     from treeclip.evaluate.runner import EvalConfig, run_evaluation
 
-    results_path = out / "results.json"
-    wanted = [str(m) for m in models]
-    if results_path.exists():
-        done = json.loads(results_path.read_text(encoding="utf-8"))
-        if [m["spec"] for m in done.get("models", [])] == wanted:
-            return done
     cfg = EvalConfig(shots=(0, 1, 5), tsne_points=profile.tsne_points, batch_size=256)
-    return run_evaluation(wanted, [str(data_dir / "tasks" / t) for t in TASKS], cfg, out)
+    tasks = [str(data_dir / "tasks" / t) for t in TASKS]
+    settings = {"eval": {k: v for k, v in asdict(cfg).items() if k != "progress"}, "tasks": tasks,
+                "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
+    results_path = out / "results.json"
+    if results_path.exists() and _changes(out, settings) is None:
+        return json.loads(results_path.read_text(encoding="utf-8"))
+    (out / STAGE_RECORD).unlink(missing_ok=True)  # the record vouches for finished results only
+    results = run_evaluation([str(m) for m in models], tasks, cfg, out)
+    _record(out, settings)
+    return results
 
 
 def _predict_examples(model_dir: Path, data_dir: Path, n: int = 6) -> list[dict]:
@@ -136,18 +186,22 @@ def _predict_examples(model_dir: Path, data_dir: Path, n: int = 6) -> list[dict]
     picked = firsts[:: max(len(firsts) // n, 1)][:n]  # one image each of species spread over the set
     paths = [str(unseen.image_path(i)) for i in picked]
     clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, cache_dir=str(model_dir.parent / "label-cache"))
-    top = clf.predict(paths, rank="species", k=3)
-    rolled = clf.predict(paths, rollup=0.5)
-    examples = []
-    for i, roll in zip(picked, rolled):
-        truth = unseen.taxa[i]
-        guesses = [r for r in top if r["file_name"] == roll["file_name"]]
-        rank = roll.get("rank", "unknown")
-        examples.append({"image": Path(unseen.paths[i]).name, "truth": truth.scientific_name,
-                         "truth_common": truth.common_name,
-                         "top3": [(g["species"], g.get("common_name", ""), g["score"]) for g in guesses],
-                         "rollup": (rank, roll.get(rank, ""), roll["score"])})
+    examples: list[dict] = []
+    start = 0
+    for batch, probs, ok, _errors in clf.encoded_batches(paths):  # each image encoded once
+        if probs is not None:  # top-3 and roll-up from the same probabilities
+            tops, rolls = clf.rows_for(probs, rank="species", k=3), clf.rows_for(probs, rollup=0.5)
+            examples += [_example(unseen, picked[start + pos], top, roll) for pos, top, (roll,) in zip(ok, tops, rolls)]
+        start += len(batch)
     return examples
+
+
+def _example(task, i: int, top: list[dict], roll: dict) -> dict:
+    """One row of the report's predict table: image `i` of `task`, its truth and answers."""
+    truth, rank = task.taxa[i], roll.get("rank", "unknown")
+    return {"image": Path(task.paths[i]).name, "truth": truth.scientific_name, "truth_common": truth.common_name,
+            "top3": [(g["species"], g.get("common_name", ""), g["score"]) for g in top],
+            "rollup": (rank, roll.get(rank, ""), roll["score"])}
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -310,15 +364,16 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", profile: str | DemoProfil
     data_dir = out / "data"
     _say(f"profile {prof.name}: synthesising the tree of life into {data_dir}")
     synth = _synthesize(prof, data_dir)
-    models = []
+    models: dict[Path, dict] = {}
     for variant in prof.variants:
         for seed in prof.seeds:
             _say(f"training {variant} (seed {seed}), {prof.steps} steps")
-            model_dir = _train(prof, data_dir, out / "train" / f"{variant}-s{seed}", variant, seed)
-            models.append(_link(model_dir, out / "models" / f"{variant}-s{seed}"))
+            model_dir, trained = _train(prof, data_dir, out / "train" / f"{variant}-s{seed}", variant, seed,
+                                        _data_identity(synth))
+            models[_link(model_dir, out / "models" / f"{variant}-s{seed}")] = trained
     _say("evaluating every model on seen species, unseen species and unseen genera")
     results = _evaluate(prof, data_dir, models, out / "eval")
-    showcase = next((m for m in models if "mixed" in m.name), models[0])
+    showcase = next((m for m in models if "mixed" in m.name), next(iter(models)))
     _say(f"predicting a few unseen-species images with {showcase.name}")
     examples = _predict_examples(showcase, data_dir)
     report = write_report(out, prof, synth, results, examples, time.perf_counter() - started)
