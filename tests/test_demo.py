@@ -11,8 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from treeclip import demo
-from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, summarise
+from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, stages, summarise
 
 TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_species=7, model="micro-vit-32",
                    steps=3, batch_size=32, lr=1e-3, warmup=1, variants=("com", "mixed-sample"), seeds=(0,),
@@ -103,10 +102,10 @@ def test_demo_redoes_the_stages_whose_settings_changed(demo_run, tmp_path):
     synth = json.loads(synth_before)
     run = out / "train" / labels[0]
     trained = (run / "model" / "open_clip_model.safetensors").stat().st_mtime_ns
-    demo._train(replace(TINY, steps=4), out / "data", run, TINY.variants[0], 0, demo._data_identity(synth))
+    stages._train(replace(TINY, steps=4), out / "data", run, TINY.variants[0], 0, stages._data_identity(synth))
     assert (run / "model" / "open_clip_model.safetensors").stat().st_mtime_ns == trained
     other = {**synth, "config": {**synth["config"], "images_per_species": 7}}
-    demo._train(replace(TINY, steps=4), out / "data", run, TINY.variants[0], 0, demo._data_identity(other))
+    stages._train(replace(TINY, steps=4), out / "data", run, TINY.variants[0], 0, stages._data_identity(other))
     assert (run / "model" / "open_clip_model.safetensors").stat().st_mtime_ns != trained
 
 
@@ -124,7 +123,7 @@ def test_predict_examples_encode_each_image_once(demo_run, monkeypatch):
         return real(self, pixels, **kw)
 
     monkeypatch.setattr(ImageEncoder, "__call__", counting)
-    examples = demo._predict_examples(model_dir, out / "data", n=4)
+    examples = stages._predict_examples(model_dir, out / "data", n=4)
     assert examples and sum(encoded) == len(examples)  # one image per example, encoded once
     monkeypatch.undo()
 
