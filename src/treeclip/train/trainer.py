@@ -72,7 +72,8 @@ class Trainer:
         self.index = ShardIndex.build(split_shards(cfg.data, "train"))
         self.plan = Plan(len(self.index), cfg.batch_size, cfg.seed, world_size=info.world_size, rank=info.rank,
                          accum_steps=cfg.accum_steps, text_type=cfg.text_type, text_types=tuple(cfg.text_types))
-        self.total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch))
+        self.total_steps = (cfg.steps if cfg.steps is not None
+                            else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch)))
         # made when the run starts (they depend on the step it starts at)
         self.towers: torch.nn.Module = Towers(self.model)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=None, enabled=False)
