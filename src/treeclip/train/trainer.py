@@ -74,7 +74,8 @@ class Trainer:
                          accum_steps=cfg.accum_steps, text_type=cfg.text_type, text_types=tuple(cfg.text_types))
         self.total_steps = (cfg.steps if cfg.steps is not None
                             else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch)))
-        # made when the run starts (they depend on the step it starts at)
+        # replaced when the run starts: the towers wrapped (DDP, compile) after a resume has
+        # loaded the weights, the log cut back to the resumed step, the validator on rank 0
         self.towers: torch.nn.Module = Towers(self.model)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=None, enabled=False)
         self.validator: Validator | None = None
