@@ -1,14 +1,17 @@
 """The end-to-end demo on a very small profile: every stage runs, the report holds the
-measured numbers, and a second run resumes instead of redoing the work."""
+measured numbers, a second run resumes instead of redoing the work, a run with other
+settings redoes the stages they change, and predict examples are encoded once."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+from dataclasses import replace
 
 import pytest
 
-from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, summarise
+from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, stages, summarise
 
 TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_species=7, model="micro-vit-32",
                    steps=3, batch_size=32, lr=1e-3, warmup=1, variants=("com", "mixed-sample"), seeds=(0,),
@@ -61,3 +64,81 @@ def test_profiles_compare_common_names_with_mixed_text():
     for profile in PROFILES.values():
         assert "com" in profile.variants and any(v.startswith("mixed") for v in profile.variants)
         assert len(profile.seeds) >= 2
+
+
+def _trained_steps(out, label: str) -> int:
+    meta = json.loads((out / "train" / label / "model" / "treeclip.json").read_text(encoding="utf-8"))
+    return meta["meta"]["summary"]["steps"]
+
+
+def _evaluated_fingerprints(out) -> dict[str, str]:
+    results = json.loads((out / "eval" / "results.json").read_text(encoding="utf-8"))
+    return {m["label"]: m["fingerprint"] for m in results["models"]}
+
+
+def _current_fingerprints(out) -> dict[str, str]:
+    from treeclip.model import load_model
+
+    labels = [f"{v}-s{s}" for v in TINY.variants for s in TINY.seeds]
+    return {lab: load_model(str(out / "models" / lab)).fingerprint() for lab in labels}
+
+
+def test_demo_redoes_the_stages_whose_settings_changed(demo_run, tmp_path):
+    first, _ = demo_run
+    out = tmp_path / "demo"
+    shutil.copytree(first, out, symlinks=True)
+    labels = [f"{v}-s0" for v in TINY.variants]
+    synth_before = (out / "data" / "synth.json").read_bytes()
+
+    # other --steps: the models are trained again (with 4 steps) and evaluated again; the data is kept
+    run_demo(out, replace(TINY, steps=4))
+    assert [_trained_steps(out, lab) for lab in labels] == [4, 4]
+    assert (out / "data" / "synth.json").read_bytes() == synth_before
+    assert _evaluated_fingerprints(out) == _current_fingerprints(out) != _evaluated_fingerprints(first)
+    assert "4 steps of batch" in (out / "report.md").read_text(encoding="utf-8")
+
+    # other synth settings make other data (synthesize regenerates it, tests/test_synth.py):
+    # a model trained on the old data is trained again; the same data keeps it
+    synth = json.loads(synth_before)
+    run = out / "train" / labels[0]
+    trained = (run / "model" / "open_clip_model.safetensors").stat().st_mtime_ns
+    stages._train(replace(TINY, steps=4), out / "data", run, TINY.variants[0], 0, stages._data_identity(synth))
+    assert (run / "model" / "open_clip_model.safetensors").stat().st_mtime_ns == trained
+    other = {**synth, "config": {**synth["config"], "images_per_species": 7}}
+    stages._train(replace(TINY, steps=4), out / "data", run, TINY.variants[0], 0, stages._data_identity(other))
+    assert (run / "model" / "open_clip_model.safetensors").stat().st_mtime_ns != trained
+
+
+def test_predict_examples_encode_each_image_once(demo_run, monkeypatch):
+    from treeclip.predict import TreeOfLifeClassifier
+    from treeclip.runtime.encoder import ImageEncoder
+
+    out, _ = demo_run
+    model_dir = out / "models" / "mixed-sample-s0"
+    encoded: list[int] = []
+    real = ImageEncoder.__call__
+
+    def counting(self, pixels, **kw):
+        encoded.append(len(pixels))
+        return real(self, pixels, **kw)
+
+    monkeypatch.setattr(ImageEncoder, "__call__", counting)
+    examples = stages._predict_examples(model_dir, out / "data", n=4)
+    assert examples and sum(encoded) == len(examples)  # one image per example, encoded once
+    monkeypatch.undo()
+
+    # the same answers as predicting top-3 and roll-up separately
+    from treeclip.evaluate.tasks import load_task
+
+    tasks = [load_task(str(out / "data" / "tasks" / t)) for t in TASKS]
+    taxa = list(dict.fromkeys(t for task in tasks for t in task.taxa if t is not None))
+    unseen = tasks[TASKS.index("synth-unseen")]
+    by_name = {p.name: str(p) for p in map(unseen.image_path, range(len(unseen)))}
+    paths = [by_name[ex["image"]] for ex in examples]
+    clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, cache_dir=str(out / "models" / "label-cache"))
+    top = clf.predict(paths, rank="species", k=3)
+    rolled = clf.predict(paths, rollup=0.5)
+    for ex, path, roll in zip(examples, paths, rolled):
+        guesses = [r for r in top if r["file_name"] == path]
+        assert ex["top3"] == [(r["species"], r.get("common_name", ""), r["score"]) for r in guesses]
+        assert ex["rollup"] == (roll["rank"], roll.get(roll["rank"], ""), roll["score"])

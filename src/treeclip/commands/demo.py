@@ -19,7 +19,8 @@ def demo(out_dir: str, profile: str | None, steps: int | None, seeds: str | None
     """Generate the synthetic tree of life, train small models with mixed text types and
     with common names only (two seeds each), evaluate them on seen species, unseen species
     and unseen genera (zero-, 1- and 5-shot, hierarchy per rank, t-SNE panels), run
-    predict on held-out images, and write OUT/report.md. Resumes where it stopped.
+    predict on held-out images, and write OUT/report.md. Resumes where it stopped; a
+    stage whose settings changed since it ran in OUT (e.g. another --steps) is redone.
 
     Example: treeclip demo --quick --out runs/quick
     """

@@ -60,16 +60,22 @@ def _seed(*parts: int) -> int:
     return s
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A raw webdataset sample (bytes per extension) to treeclip's sample dict."""
+def decode_sample(sample: dict[str, Any], *, draft_size: int | None = None) -> dict[str, Any]:
+    """A raw webdataset sample (bytes per extension) to treeclip's sample dict.
+    `draft_size`: let the JPEG decode at reduced scale for a model of that input size
+    (see `decode_image`). A sample without an image is an `InputError` naming it."""
     from treeclip.data.images import decode_image
+    from treeclip.errors import InputError
 
     key = sample["__key__"]
+    name = f"{sample.get('__url__', '')}:{key}.jpg"
+    if "jpg" not in sample:
+        raise InputError(f"{name}: no image member")
     # webdataset lower-cases extensions: `taxonTag.txt` arrives as `taxontag.txt`.
     texts = {t: sample[f"{t.lower()}.txt"].decode("utf-8") for t in TEXT_TYPES if f"{t.lower()}.txt" in sample}
     return {
         "key": key,
-        "image": decode_image(sample["jpg"], name=f"{sample.get('__url__', '')}:{key}.jpg"),
+        "image": decode_image(sample["jpg"], name=name, draft_size=draft_size),
         "texts": texts,
         "cls": int(sample["cls"]),
         "meta": json.loads(sample["json"]) if "json" in sample else {},

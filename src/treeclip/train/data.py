@@ -185,9 +185,17 @@ class BatchSampler(torch.utils.data.Sampler):
 
 class ShardSamples(torch.utils.data.Dataset):
     """Map-style access to the samples of an index: item (index, text type, epoch) ->
-    (pixels, caption, class, key). A sample that cannot be decoded is reported on one
-    line and replaced by the next decodable one, so batches keep their size on every
-    rank (distributed training gathers equal-sized batches)."""
+    (pixels, caption, class, key, failures). A sample that cannot be decoded is reported
+    on one line and replaced by the next decodable one, so batches keep their size on
+    every rank (distributed training gathers equal-sized batches).
+
+    Why training does not use the shared readers: `treeclip.data.reader.TreeDataset`
+    streams shards and cannot restart at "sample 123,456 of epoch 3", and
+    `treeclip.runtime.images.iter_batches` (inference) turns a bad input into an error row
+    and a shorter batch. Training needs reads addressed by position (exact resume), a
+    replacement for a bad sample (equal batches on every rank) and augmentation drawn from
+    (seed, epoch, sample). What a sample *is* stays shared: its members are decoded by
+    `treeclip.data.reader.decode_sample` (the same `decode_image` every stage uses)."""
 
     def __init__(self, index: ShardIndex, transform: Callable, *, seed: int = 0, augment: bool = False,
                  draft_size: int | None = None, max_tries: int = 16) -> None:
@@ -209,12 +217,14 @@ class ShardSamples(torch.utils.data.Dataset):
         return self._files
 
     def load(self, i: int, text_type: str, epoch: int = 0):
+        """Sample `i` (or the next readable one) with its caption of `text_type`."""
+        from treeclip.data.reader import decode_sample
+
         failures = 0
         for attempt in range(self.max_tries):
             j = (i + attempt) % len(self.index)
             try:
-                raw = self.index.read(j, self._open_files())
-                sample = _decode(raw, self.draft_size)
+                sample = decode_sample(self.index.read(j, self._open_files()), draft_size=self.draft_size)
                 caption = sample["texts"][text_type]
             except (InputError, KeyError, ValueError, OSError, tarfile.TarError) as err:
                 failures += 1
@@ -222,31 +232,19 @@ class ShardSamples(torch.utils.data.Dataset):
                 print(f"treeclip: {self.index.shards[int(self.index.shard[j])]}: sample {j}: {reason}; skipped",
                       file=sys.stderr)
                 continue
-            if self.augment:  # augmentation drawn from (seed, epoch, sample): same after resume
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(mix_seed(self.seed, epoch, j, 3))
-                    pixels = self.transform(sample["image"])
-            else:
-                pixels = self.transform(sample["image"])
-            return pixels, caption, sample["cls"], sample["key"], failures
+            return self._pixels(sample["image"], epoch, j), caption, sample["cls"], sample["key"], failures
         raise TreeclipError(f"{self.max_tries} samples in a row could not be read near sample {i}; "
                             "is the dataset damaged? (`treeclip data verify`)")
 
+    def _pixels(self, image, epoch: int, j: int) -> torch.Tensor:
+        if not self.augment:
+            return self.transform(image)
+        with torch.random.fork_rng(devices=[]):  # augmentation drawn from (seed, epoch, sample): same after resume
+            torch.manual_seed(mix_seed(self.seed, epoch, j, 3))
+            return self.transform(image)
+
     def __getitem__(self, item: tuple[int, str, int]):
         return self.load(*item)
-
-
-def _decode(raw: dict, draft_size: int | None) -> dict:
-    """Raw members -> image (JPEG decoded at reduced scale when the model is small),
-    captions by text type, class."""
-    from treeclip.data.images import decode_image
-
-    name = f"{raw.get('__url__', '')}:{raw.get('__key__', '?')}.jpg"
-    if "jpg" not in raw:
-        raise InputError(f"{name}: no image member")
-    image = decode_image(raw["jpg"], name=name, draft_size=draft_size)
-    texts = {t: raw[f"{t.lower()}.txt"].decode("utf-8") for t in TEXT_TYPES if f"{t.lower()}.txt" in raw}
-    return {"key": raw["__key__"], "image": image, "texts": texts, "cls": int(raw["cls"])}
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""What a run logs: `metrics.jsonl` (one JSON object per line, `"type": "train"` or
+`"val"`), the throughput window behind each train line, and the mean of a number over
+all processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from treeclip import fsutil
+
+
+class MetricsLog:
+    """metrics.jsonl: appended line by line; on resume, lines after the resumed step go."""
+
+    def __init__(self, path: Path, *, resume_step: int | None, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            fsutil.write_text_atomic(path, "".join(line + "\n" for line in kept))
+        elif resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class ThroughputWindow:
+    """The steps since the last train line: samples, seconds waiting for data and
+    computing, and the summed loss."""
+
+    started: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    loss_sum: float = 0.0
+    steps: int = 0
+
+    def add(self, samples: int, data_s: float, compute_s: float, loss: float) -> None:
+        self.samples += samples
+        self.data_s += data_s
+        self.compute_s += compute_s
+        self.loss_sum += loss
+        self.steps += 1
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.steps
+
+    def samples_per_s(self) -> float:
+        return self.samples / (time.perf_counter() - self.started)
+
+
+def mean_across_ranks(value: float) -> float:
+    """The mean of `value` over all processes (`value` itself in a single process). A
+    collective: every rank must call it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()

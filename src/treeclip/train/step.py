@@ -1,0 +1,94 @@
+"""One optimizer step: both towers in one module (what DistributedDataParallel wraps) and
+the contrastive step on a global batch, exact under gradient accumulation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from treeclip.runtime.precision import autocast as precision_autocast
+from treeclip.train.data import Batch
+from treeclip.train.loss import contrastive_loss
+
+
+class Towers(torch.nn.Module):
+    """Both encoders in one module (what DistributedDataParallel wraps): normalised
+    image features, normalised features of each distinct caption mapped back to the
+    samples, and the log temperature."""
+
+    def __init__(self, clip_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip_model
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor, caption_index: torch.Tensor):
+        from treeclip.model.factory import encode_tokens
+
+        images = F.normalize(self.clip.encode_image(pixels), dim=-1)
+        texts = F.normalize(encode_tokens(self.clip, tokens), dim=-1)[caption_index]
+        return images, texts, self.clip.logit_scale
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """`batch` with its tensors on `device` (asynchronous copies from pinned memory on GPU)."""
+    nb = device.type == "cuda"
+    batch.pixels = batch.pixels.to(device, non_blocking=nb)
+    batch.tokens = batch.tokens.to(device, non_blocking=nb)
+    batch.caption_index = batch.caption_index.to(device, non_blocking=nb)
+    batch.labels = batch.labels.to(device, non_blocking=nb)
+    return batch
+
+
+def train_step(towers: torch.nn.Module, batches: list[Batch], optimizer: torch.optim.Optimizer, *,
+               scaler=None, taxon_aware: bool = False, precision: str = "fp32",
+               device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """One optimizer step on a global batch given as this rank's micro-batches; returns
+    the (last) loss, detached.
+
+    With several micro-batches (gradient accumulation) the contrastive loss still sees the
+    whole batch: features of all micro-batches are first computed without gradients, then
+    each micro-batch is recomputed with gradients against the others' cached features
+    (exact for models without dropout). The log temperature gets its gradient once."""
+    optimizer.zero_grad(set_to_none=True)
+    autocast = precision_autocast(precision, device)
+    labels = torch.cat([b.labels for b in batches])
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    if len(batches) == 1:
+        b = batches[0]
+        with autocast:
+            images, texts, scale = towers(b.pixels, b.tokens, b.caption_index)
+        loss = contrastive_loss(images.float(), texts.float(), scale.float(), labels, taxon_aware=taxon_aware)
+        backward(loss)
+    else:
+        loss = _accumulate(towers, batches, labels, autocast, backward, taxon_aware)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()
+
+
+def _accumulate(towers: torch.nn.Module, batches: list[Batch], labels: torch.Tensor, autocast,
+                backward, taxon_aware: bool) -> torch.Tensor:
+    """Backward of the whole-batch loss one micro-batch at a time (see `train_step`);
+    gradients are synchronised across ranks on the last micro-batch only."""
+    with torch.no_grad(), autocast:
+        cached = [towers(b.pixels, b.tokens, b.caption_index)[:2] for b in batches]
+    last = len(batches) - 1
+    for j, b in enumerate(batches):
+        sync = towers.no_sync() if hasattr(towers, "no_sync") and j < last else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                images, texts, scale = towers(b.pixels, b.tokens, b.caption_index)
+            all_images = torch.cat([images if i == j else c[0] for i, c in enumerate(cached)]).float()
+            all_texts = torch.cat([texts if i == j else c[1] for i, c in enumerate(cached)]).float()
+            if j > 0:  # the temperature's gradient is taken once, at j = 0
+                scale = scale.detach() + 0.0 * scale
+            loss = contrastive_loss(all_images, all_texts, scale.float(), labels, taxon_aware=taxon_aware)
+            backward(loss)
+    return loss

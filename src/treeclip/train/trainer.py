@@ -1,0 +1,226 @@
+"""The `Trainer`: one training run as an object with explicit state.
+
+    trainer = Trainer(cfg, info)          # model, optimizer, scaler, data plan
+    trainer.resume(checkpoint)            # optional: weights, optimizer, RNG, step, best
+    summary = trainer.run()               # loader, validator, the steps, the final model
+
+What a run has done is `trainer.progress` (a `Progress`): the step, the best validation,
+skipped samples, the last loss. Everything else is fixed by the config. The order of the
+calls matters for exactness: the RNG state a checkpoint restores is the one the data
+loader's workers are seeded from when `run` starts iterating.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from treeclip import fsutil
+from treeclip.runtime.precision import resolve_train_precision
+from treeclip.train.config import TrainConfig
+from treeclip.train.data import Batch, BatchSampler, Plan, ShardIndex, ShardSamples, make_loader, split_shards
+from treeclip.train.distributed import DistInfo, barrier
+from treeclip.train.loss import clamp_logit_scale
+from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
+from treeclip.train.optim import lr_at, make_optimizer, set_lr
+from treeclip.train.state import load_checkpoint, read_meta, save_checkpoint, set_rng_state
+from treeclip.train.step import Towers, to_device, train_step
+from treeclip.train.validate import Validator, has_val_split
+
+
+@dataclass
+class Progress:
+    """What a run has done so far (all a checkpoint adds to the config, besides weights,
+    optimizer and RNG states)."""
+
+    step: int = 0                       # optimizer steps done
+    best: dict | None = None            # the best validation so far: {"step", "zeroshot_top1", ...}
+    last_val: dict | None = None        # the latest validation result
+    skipped_samples: int = 0            # samples replaced because they could not be read
+    loss: torch.Tensor = field(default_factory=lambda: torch.tensor(float("nan")))
+    resumed_from: Path | None = None
+
+
+class Trainer:
+    """Set up on construction (model, optimizer, scaler, data plan); `resume`, then `run`.
+    `step`, `validate`, `save` and `log_train` are the pieces `run` is made of."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
+        from treeclip.model import create_model
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.out = Path(cfg.out)
+        self.progress = Progress()
+        torch.manual_seed(cfg.seed)
+        self.clip = create_model(cfg.model, pretrained=cfg.pretrained, seed=cfg.seed)
+        self.model = self.clip.model.to(self.device)
+        self.model.train()
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.optimizer = make_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                        eps=cfg.eps)
+        self.precision = resolve_train_precision(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
+        self.index = ShardIndex.build(split_shards(cfg.data, "train"))
+        self.plan = Plan(len(self.index), cfg.batch_size, cfg.seed, world_size=info.world_size, rank=info.rank,
+                         accum_steps=cfg.accum_steps, text_type=cfg.text_type, text_types=tuple(cfg.text_types))
+        self.total_steps = (cfg.steps if cfg.steps is not None
+                            else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch)))
+        # replaced when the run starts: the towers wrapped (DDP, compile) after a resume has
+        # loaded the weights, the log cut back to the resumed step, the validator on rank 0
+        self.towers: torch.nn.Module = Towers(self.model)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=None, enabled=False)
+        self.validator: Validator | None = None
+
+    # -- resume --------------------------------------------------------------------------
+
+    def resume(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint` (a `checkpoints/step-*` dir): weights, optimizer,
+        gradient scaler, RNG states, the step and the best validation so far."""
+        weights, state = load_checkpoint(checkpoint)
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.progress.step = int(state["step"])
+        self.progress.best = read_meta(checkpoint).get("best")
+        self.progress.resumed_from = checkpoint
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train from the current step to the last, validating and checkpointing as the
+        config says; then the final validation, checkpoint and model. Returns the summary."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        batches = self._start()
+        bar = tqdm(total=self.total_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
+                   file=sys.stderr, disable=not (self.info.is_main and cfg.progress), desc="train")
+        window = ThroughputWindow()
+        for _ in range(self.progress.step, self.total_steps):
+            t0 = time.perf_counter()
+            micro = [to_device(next(batches), self.device) for _ in range(cfg.accum_steps)]
+            t1 = time.perf_counter()
+            lr = self.step(micro)
+            window.add(cfg.batch_size, t1 - t0, time.perf_counter() - t1, float(self.progress.loss))
+            done = self.progress.step
+            if done % cfg.log_every == 0 or done == self.total_steps:
+                record = self.log_train(window, lr)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_s']:.0f}")
+                window = ThroughputWindow()
+            bar.update(1)
+            if cfg.val_every and done % cfg.val_every == 0 and done != self.total_steps:
+                self.validate(done)
+            if cfg.save_every and done % cfg.save_every == 0 and done != self.total_steps:
+                self.save(done)
+        bar.close()
+        return self.finish()
+
+    def _start(self) -> Iterator[Batch]:
+        """The run dir (config.json, metrics.jsonl cut back to the resumed step), the
+        towers, the validator and the batches from the current step on."""
+        cfg, info, resumed = self.cfg, self.info, self.progress.resumed_from
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fsutil.write_json_atomic(self.out / "config.json", cfg.as_dict())
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.progress.step if resumed else None,
+                                  enabled=info.is_main)
+        if info.is_main and resumed is not None:
+            print(f"treeclip: resuming {self.out} at step {self.progress.step} from {resumed}", file=sys.stderr)
+        if info.distributed:
+            self.towers = torch.nn.parallel.DistributedDataParallel(
+                self.towers, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.towers = torch.compile(self.towers)
+        transform = self.clip.train_transform() if cfg.augment else self.clip.preprocess
+        samples = ShardSamples(self.index, transform, seed=cfg.seed, augment=cfg.augment,
+                               draft_size=self.clip.image_size)
+        loader = make_loader(samples, BatchSampler(self.plan, self.progress.step, self.total_steps),
+                             self.clip.tokenizer, workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        if info.is_main and has_val_split(cfg.data):
+            self.validator = Validator(cfg.data, self.clip, cfg)
+        return iter(loader)
+
+    def step(self, micro: list[Batch]) -> float:
+        """One optimizer step on this rank's micro-batches of the next global batch;
+        returns the learning rate it used."""
+        cfg = self.cfg
+        lr = lr_at(self.progress.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=self.total_steps,
+                   min_lr=cfg.min_lr)
+        set_lr(self.optimizer, lr)
+        self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
+                                        taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
+                                        device=self.device)
+        clamp_logit_scale(self.model)
+        self.progress.skipped_samples += sum(b.failures for b in micro)
+        self.progress.step += 1
+        return lr
+
+    def log_train(self, window: ThroughputWindow, lr: float) -> dict[str, Any]:
+        """Write the train line of the steps in `window` (the loss averaged over ranks:
+        every rank must call this)."""
+        done = self.progress.step
+        samples_per_s = window.samples_per_s()
+        record = {"type": "train", "step": done, "samples": done * self.cfg.batch_size,
+                  "epoch": round(done / self.plan.batches_per_epoch, 4), "loss": mean_across_ranks(window.mean_loss),
+                  "lr": lr, "logit_scale": float(self.model.logit_scale.detach().exp()),
+                  "samples_per_s": samples_per_s, "data_s": window.data_s, "compute_s": window.compute_s,
+                  "text_type": self.cfg.text_type, "skipped_samples": self.progress.skipped_samples}
+        self.metrics.write(record)
+        return record
+
+    def validate(self, step: int) -> dict | None:
+        """Validate on rank 0 (others wait); keep the best model by zero-shot top-1 in
+        `OUT/best/`. Returns the result (None without a val split, and on other ranks)."""
+        result = None
+        if self.validator is not None:
+            from treeclip.model import save_model
+
+            result = self.validator(self.device)
+            self.metrics.write({"type": "val", "step": step, **result})
+            best = self.progress.best
+            if best is None or result["zeroshot_top1"] > best["zeroshot_top1"]:
+                self.progress.best = {"step": step, **result}
+                self.clip.name = self.out.resolve().name
+                save_model(self.clip, self.out / "best", meta={"architecture": self.cfg.model,
+                                                               "best": self.progress.best})
+        barrier()
+        self.progress.last_val = result
+        return result
+
+    def save(self, step: int) -> None:
+        """Checkpoint `step` on rank 0 (others wait), keeping the newest `keep_checkpoints`."""
+        if self.info.is_main:
+            save_checkpoint(self.out, step, self.model, self.optimizer, self.scaler,
+                            meta={"best": self.progress.best, "config": self.cfg.as_dict()},
+                            keep=self.cfg.keep_checkpoints)
+        barrier()
+
+    def finish(self) -> dict[str, Any]:
+        """The final validation and checkpoint, `OUT/model/` and `OUT/summary.json`."""
+        from treeclip.model import save_model
+
+        self.validate(self.total_steps)
+        self.save(self.total_steps)
+        final_loss = mean_across_ranks(float(self.progress.loss))  # every rank's local loss -> the global batch's
+        summary = {"steps": self.total_steps, "samples": self.total_steps * self.cfg.batch_size,
+                   "final_loss": final_loss, "precision": self.precision,
+                   "skipped_samples": self.progress.skipped_samples, "model_dir": str(self.out / "model"),
+                   **(self.progress.last_val or {})}
+        if self.info.is_main:
+            self.clip.name = self.out.resolve().name
+            save_model(self.clip, self.out / "model",
+                       meta={"architecture": self.cfg.model, "train": self.cfg.as_dict(), "summary": summary})
+            fsutil.write_json_atomic(self.out / "summary.json", summary)
+        barrier()
+        return summary
