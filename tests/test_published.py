@@ -369,15 +369,14 @@ def test_train_then_predict_with_no_taxa(tmp_path, photos):
     from train_helpers import TAXA as TRAINED_TAXA
     from train_helpers import make_dataset
     from treeclip.model import create_model, save_model
-    from treeclip.runtime.labelsets import write_model_labels
     from treeclip.train import make_config, train
 
     data = make_dataset(tmp_path / "ds", per_class=4, val_per_class=1)
     run = tmp_path / "run"
     train(make_config(data=str(data), out=str(run), model="micro-vit-32", steps=3, batch_size=16, workers=0,
                       threads=1, progress=False, save_every=0, val_every=0, val_samples=8))
-    model_dir = run / "model"
-    write_model_labels(load_model(str(model_dir)), model_dir, data)  # what `treeclip train` calls after saving
+    model_dir = run / "model"  # train wrote the label set into model/ and best/
+    assert (run / "best" / "txt_emb_species.npy").is_file()
 
     assert pq.read_table(model_dir / "taxa.parquet").equals(pq.read_table(data / "taxa.parquet"))
     array = np.load(model_dir / "txt_emb_species.npy")

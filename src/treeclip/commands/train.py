@@ -43,6 +43,9 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--val-every", type=int, help="Validate every N steps (and at the end).")
 @click.option("--val-samples", type=int, help="Validation samples to score.")
 @click.option("--log-every", type=int, help="Write a metrics line every N steps (default 10).")
+@click.option("--label-set/--no-label-set", default=None,
+              help="Write the training taxa and their label embeddings (taxa.parquet, txt_emb_species.npy/.json) "
+                   "into model/ and best/, so `treeclip predict RUN/model photos/` needs no --taxa. Default on.")
 @click.option("--resume", help="`latest` (the newest checkpoint in --out) or a checkpoint dir.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(data, out, preset, config_file, resume, no_progress, compile_, **flags) -> None:

@@ -57,6 +57,7 @@ class TrainConfig:
     val_samples: int = 1000
     val_text_type: str = "taxon_com"   # BioCLIP is queried with taxon + common name
     log_every: int = 10
+    label_set: bool = True             # write taxa.parquet + txt_emb_species.{npy,json} into model/ and best/
     progress: bool = True
 
     def as_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from treeclip.errors import TreeclipError
 from treeclip.train.config import TrainConfig
-from treeclip.train.distributed import cleanup, init_distributed
+from treeclip.runtime.distributed import cleanup, init_distributed
 from treeclip.train.state import find_checkpoint
 from treeclip.train.step import Towers, train_step
 from treeclip.train.trainer import Trainer

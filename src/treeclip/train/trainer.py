@@ -25,7 +25,7 @@ from treeclip import fsutil
 from treeclip.runtime.precision import resolve_train_precision
 from treeclip.train.config import TrainConfig
 from treeclip.train.data import Batch, BatchSampler, Plan, ShardIndex, ShardSamples, make_loader, split_shards
-from treeclip.train.distributed import DistInfo, barrier
+from treeclip.runtime.distributed import DistInfo, barrier
 from treeclip.train.loss import clamp_logit_scale
 from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
 from treeclip.train.optim import lr_at, make_optimizer, set_lr
@@ -221,6 +221,19 @@ class Trainer:
             self.clip.name = self.out.resolve().name
             save_model(self.clip, self.out / "model",
                        meta={"architecture": self.cfg.model, "train": self.cfg.as_dict(), "summary": summary})
+            if self.cfg.label_set:
+                self._write_label_sets()
             fsutil.write_json_atomic(self.out / "summary.json", summary)
         barrier()
         return summary
+
+    def _write_label_sets(self) -> None:
+        """The training taxa and their label embeddings in `model/` and `best/` (once, at
+        the end: a best model found mid-run is not encoded for every new best)."""
+        from treeclip.model import load_model
+        from treeclip.runtime.labelsets import write_model_labels
+
+        write_model_labels(self.clip, self.out / "model", self.cfg.data, progress=self.cfg.progress)
+        best = self.out / "best"
+        if (best / "open_clip_model.safetensors").is_file():
+            write_model_labels(load_model(str(best)), best, self.cfg.data, progress=self.cfg.progress)
