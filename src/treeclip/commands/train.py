@@ -46,9 +46,13 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--label-set/--no-label-set", default=None,
               help="Write the training taxa and their label embeddings (taxa.parquet, txt_emb_species.npy/.json) "
                    "into model/ and best/, so `treeclip predict RUN/model photos/` needs no --taxa. Default on.")
-@click.option("--resume", help="`latest` (the newest checkpoint in --out) or a checkpoint dir.")
+@click.option("--resume", help="`latest` (the newest readable checkpoint in --out) or a checkpoint dir.")
+@click.option("--overwrite", is_flag=True, help="Clear the run files of another run in --out first.")
+@click.option("--allow-changed-settings", "allow_changes", is_flag=True,
+              help="Resume even with settings other than the run's own (e.g. more --steps).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(data, out, preset, config_file, resume, no_progress, compile_, **flags) -> None:
+def train(data: str | None, out: str | None, preset: str | None, config_file: str | None, resume: str | None,
+          overwrite: bool, allow_changes: bool, no_progress: bool, compile_: bool | None, **flags: object) -> None:
     """Train a CLIP model on a treeclip dataset DATA (a dir made by `treeclip data`).
 
     \b
@@ -56,6 +60,11 @@ def train(data, out, preset, config_file, resume, no_progress, compile_, **flags
       treeclip train data/synth --out runs/demo --preset cpu-demo
       torchrun --nproc_per_node 2 -m treeclip train data/synth --out runs/ddp --preset cpu-demo
       treeclip train --out runs/demo --resume latest
+
+    A run dir holds one run: a fresh run into a used --out is refused (--overwrite clears
+    it), and a resume keeps the run's own settings (--allow-changed-settings to change
+    ones that alter the result). A damaged latest checkpoint is passed over for the one
+    before it.
     """
     from treeclip.errors import TreeclipError
     from treeclip.train.config import make_config
@@ -85,5 +94,5 @@ def train(data, out, preset, config_file, resume, no_progress, compile_, **flags
 
     from treeclip.train.loop import train as run
 
-    summary = run(cfg, resume=resume)
+    summary = run(cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
     click.echo(json.dumps(summary))

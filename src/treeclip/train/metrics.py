@@ -5,6 +5,7 @@ all processes."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,7 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line, record in _records(path) if record.get("step", 0) <= resume_step]
             fsutil.write_text_atomic(path, "".join(line + "\n" for line in kept))
         elif resume_step is None and path.exists():
             path.unlink()
@@ -33,6 +33,25 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each readable line; a line a kill cut short (or any line that is
+    not a JSON object) is dropped with a note, not a traceback."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            out.append((line, record))
+        else:
+            print(f"treeclip: {path}: line {n} is not a whole metrics record (a killed write?); dropped",
+                  file=sys.stderr)
+    return out
 
 
 @dataclass

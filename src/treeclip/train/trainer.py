@@ -92,7 +92,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.progress.step = int(state["step"])
-        self.progress.best = read_meta(checkpoint).get("best")
+        meta = read_meta(checkpoint)
+        self.progress.best = meta.get("best")
+        self.progress.loss = torch.tensor(float(meta.get("loss", float("nan"))))
         self.progress.resumed_from = checkpoint
 
     # -- the run -------------------------------------------------------------------------
@@ -202,7 +204,8 @@ class Trainer:
         """Checkpoint `step` on rank 0 (others wait), keeping the newest `keep_checkpoints`."""
         if self.info.is_main:
             save_checkpoint(self.out, step, self.model, self.optimizer, self.scaler,
-                            meta={"best": self.progress.best, "config": self.cfg.as_dict()},
+                            meta={"best": self.progress.best, "config": self.cfg.as_dict(),
+                                  "loss": float(self.progress.loss)},
                             keep=self.cfg.keep_checkpoints)
         barrier()
 
