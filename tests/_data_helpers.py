@@ -44,3 +44,20 @@ def make_folder(root: Path, per_class: int = 4, classes=(PICA, MORUS, AMANITA), 
         for i in range(per_class):
             save(scene(seed0 + 100 * c + i), root / name / f"img{i}.jpg")
     return root
+
+
+def zeros_png(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of `width` x `height` black pixels, written by hand: the
+    zero rows compress to almost nothing, so any size costs a few kB and no pixel memory
+    (a 2,000,000 x 25 aspect-ratio bomb is about 6 kB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
