@@ -78,6 +78,42 @@ def test_resume_after_interruption_gives_identical_dataset(tmp_path):
     assert len(cat["key"]) == len(set(cat["key"])) == 15
 
 
+def test_interrupted_rebuild_is_refused_by_every_reader(tmp_path):
+    from treeclip.data.dataset import read_catalog, split_samples
+    from treeclip.data.info import dataset_summary
+    from treeclip.data.reader import TreeDataset
+
+    src = make_folder(tmp_path / "src", per_class=3)
+    out = tmp_path / "out"
+    build_dataset([("folder", str(src))], out, BuildOptions(**OPTS), progress=False)
+    old_catalog = read_catalog(out)
+    # a source that is not there fails before anything changes: the old dataset stays whole
+    with pytest.raises(TreeclipError, match="not a folder"):
+        build_dataset([("folder", str(tmp_path / "gone"))], out, BuildOptions(**OPTS), progress=False)
+    assert read_catalog(out).equals(old_catalog) and verify_shards(out) == []
+
+    class Killed(Exception):
+        pass
+
+    def killed(index):
+        raise Killed()
+
+    rebuild = BuildOptions(**{**OPTS, "seed": 5})
+    with pytest.raises(Killed):
+        build_dataset([("folder", str(src))], out, rebuild, progress=False, on_chunk_done=killed)
+    assert (out / "train" / "shard-000000.tar").exists()  # the old shards are still there ...
+    readers = [read_manifest, read_taxa, read_catalog, lambda d: split_samples(d, "train"),
+               lambda d: shard_paths(d, "train"), lambda d: TreeDataset(d), dataset_summary, verify_shards]
+    for read in readers:  # ... but no reader takes the dir for a finished dataset
+        with pytest.raises(TreeclipError) as e:
+            read(out)
+        msg = str(e.value)
+        assert msg.startswith(f"{out}: unfinished dataset") and "--resume" in msg and "\n" not in msg
+    build_dataset([("folder", str(src))], out, rebuild, progress=False, resume=True)
+    build_dataset([("folder", str(src))], tmp_path / "fresh", rebuild, progress=False)
+    assert _tree(out) == _tree(tmp_path / "fresh")
+
+
 def test_no_usable_image_is_a_clear_error(tmp_path):
     (tmp_path / "src" / "Pica pica").mkdir(parents=True)
     (tmp_path / "src" / "Pica pica" / "a.jpg").write_bytes(b"")
