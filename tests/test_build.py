@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from _data_helpers import AMANITA, MORUS, PICA, encoded, make_folder, save, scene
+from _data_helpers import AMANITA, HEIC, MORUS, PICA, encoded, make_folder, save, scene, zeros_png
 from treeclip.data.build import BuildOptions, build_dataset
 from treeclip.data.dataset import read_manifest, read_taxa, shard_paths, verify_shards
 from treeclip.errors import TreeclipError
@@ -185,6 +185,21 @@ def test_every_bad_input_is_skipped_with_its_reason(tmp_path):
     assert sorted(s.rsplit("/", 1)[-1] for s in cat["source_id"]) == ["cmyk.jpg", "i16.png", "la.png", "p.gif",
                                                                        "rgba.png"]
     assert result.failed == len(expected) + 3 and verify_shards(tmp_path / "out") == []
+
+
+def test_heic_and_aspect_bombs_in_a_folder_get_report_rows(tmp_path, monkeypatch):
+    from treeclip.data import images
+
+    monkeypatch.setattr(images, "heif_supported", lambda: False)  # as where pillow-heif is not installed
+    src = make_folder(tmp_path / "src", per_class=2)
+    (src / PICA / "IMG_0001.heic").write_bytes(HEIC)
+    (src / PICA / "strip.png").write_bytes(zeros_png(2_000_000, 25))
+    result = build_dataset([("folder", str(src))], tmp_path / "out", BuildOptions(**OPTS), progress=False)
+    by_file = {r["source_id"].rsplit("/", 1)[-1]: r for r in _report(tmp_path / "out")}
+    assert by_file["IMG_0001.heic"]["stage"] == "image"
+    assert by_file["IMG_0001.heic"]["reason"].endswith("IMG_0001.heic: HEIC needs pillow-heif: pip install pillow-heif")
+    assert by_file["strip.png"]["stage"] == "image" and "too large to resize" in by_file["strip.png"]["reason"]
+    assert result.failed == 2 and result.counts["samples"] == 6
 
 
 def test_mixed_sources_resolved_against_ncbi(tmp_path):

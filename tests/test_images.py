@@ -3,7 +3,6 @@ with a one-line reason that names the file."""
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from _data_helpers import zeros_png
+from _data_helpers import HEIC, zeros_png
 from treeclip.data import images
 from treeclip.data.images import decode_image, encode_jpeg, normalize_image, pixel_sha256, resize_image
 from treeclip.errors import InputError
@@ -266,16 +265,6 @@ def test_runtime_decode_item_normalises_pil_images():
 
 # -- HEIC / HEIF ------------------------------------------------------------------------
 
-HEIC = base64.b64decode(  # 64 x 48, red on top of blue, saved by pillow-heif
-    "AAAAHGZ0eXBoZWljAAAAAG1pZjFoZWljbWlhZgAAAX1tZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAAAAAAAAAAAAAA"
-    "ACJpbG9jAAAAAERAAAEAAQAAAAABoQABAAAAAAAAALkAAAAjaWluZgAAAAAAAQAAABVpbmZlAgAAAAABAABodmMxAAAAAA5waXRt"
-    "AAAAAAABAAAA/WlwcnAAAADdaXBjbwAAAHZodmNDAQNwAAAAkAAAAAAAHvAA/P34+AAADwNgAAEAGEABDAH//wNwAAADAJAAAAMA"
-    "AAMAHroCQGEAAQAqQgEBA3AAAAMAkAAAAwAAAwAeoCCBBZbq5Ka5uAhoMCAAAAMDIAAAAwAhYgABAAZEAcFzwIkAAAATY29scm5j"
-    "bHgAAQANAAaAAAAAFGlzcGUAAAAAAAAAQAAAAEAAAAAoY2xhcAAAAEAAAAABAAAAMAAAAAEAAAAAAAAAAv////AAAAACAAAAEHBp"
-    "eGkAAAAAAwgICAAAABhpcG1hAAAAAAAAAAEAAQWBAgMFhAAAAMFtZGF0AAAAtSgBrwY48Je97bfySB///U7Hof0l/on7OpadV8k0"
-    "b78yVf/8A7CS9xHv+Vn3E+jr18QufLn43zWkE/7N2hdSt8u1jKsZf1qcG2iROwOXE2Exii2cvwBMw33XqkRuH6UbJoH7+p5U5Ca4"
-    "5esU1X06EAxRDKNBJ0ypho9uV3CQgsUS/zVICd4y51yomfx4Xr1l4leeN/8XVLGJUivvp42GDd54DQ6dvpjCR73pMczYzMJgTZ8e"
-    "l4A=")
 
 
 def test_heic_without_pillow_heif_is_a_clear_error(monkeypatch, tmp_path):
