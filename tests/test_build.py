@@ -256,31 +256,3 @@ def test_cli_build_and_info_in_parallel(tmp_path):
     info = runner.invoke(cli, ["data", "info", str(tmp_path / "out")])
     assert info.exit_code == 1 and "failed" in info.output
     assert serial.counts["samples"] == 12
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_of_the_cli(tmp_path):
-    """A real kill -9 of `treeclip data build` in the middle, then --resume."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    src = tmp_path / "src"
-    for i in range(60):
-        save(scene(i, 1200, 900), src / (PICA, MORUS, AMANITA)[i % 3] / f"p{i}.jpg")
-    args = [sys.executable, "-m", "treeclip", "data", "build", "--folder", str(src), "--no-resolve", "--size", "32",
-            "--workers", "1", "--chunk-size", "2", "--shard-size", "7", "-q"]
-    subprocess.run(args[:5] + [str(tmp_path / "full")] + args[5:], check=True, capture_output=True)
-    proc = subprocess.Popen(args[:5] + [str(tmp_path / "killed")] + args[5:], stderr=subprocess.DEVNULL)
-    work = tmp_path / "killed" / ".build"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.glob("chunk-*.json"))) < 5:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    staged = len(list(work.glob("chunk-*.json")))
-    assert 5 <= staged < 30 and not (tmp_path / "killed" / "manifest.json").exists()
-    subprocess.run(args[:5] + [str(tmp_path / "killed")] + args[5:] + ["--resume"], check=True, capture_output=True)
-    assert _tree(tmp_path / "full") == _tree(tmp_path / "killed")
