@@ -129,6 +129,7 @@ def test_resume_refuses_changed_inputs(tmp_path):
     with pytest.raises(TreeclipError, match="changed since the interrupted build"):
         build_dataset([("folder", str(src))], tmp_path / "out", BuildOptions(**{**OPTS, "size": 40}),
                       progress=False, resume=True)
+    assert read_manifest(tmp_path / "out") and verify_shards(tmp_path / "out") == []  # a refusal changes nothing
 
 
 def test_split_is_seeded(tmp_path):

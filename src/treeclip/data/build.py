@@ -206,17 +206,17 @@ def plan_chunks(state: BuildState, resume: bool) -> None:
     chunks; a fresh work dir, or on resume the old one if it was planned the same way.
     The first stage that changes OUT: an earlier dataset there stops being one first."""
     opts, work = state.opts, state.work
-    invalidate(state.out)  # from here on OUT changes: no reader may take it for finished
-    remove_stale_temporaries(state.out, REPORT)
     state.plan = [(k, it.path) for k, it in state.by_key.items()]
     state.chunks = [state.plan[i:i + opts.chunk_size] for i in range(0, len(state.plan), opts.chunk_size)]
     fingerprint = plan_fingerprint(state.plan, opts.image_options())
     plan_file = work / "plan.json"
-    if resume and plan_file.exists():
-        old = json.loads(plan_file.read_text(encoding="utf-8"))
-        if old.get("fingerprint") != fingerprint:
-            raise TreeclipError(f"{state.out}: the sources or image options changed since the interrupted build; "
-                                "run again without --resume")
+    resuming = resume and plan_file.exists()
+    if resuming and json.loads(plan_file.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        raise TreeclipError(f"{state.out}: the sources or image options changed since the interrupted build; "
+                            "run again without --resume")
+    invalidate(state.out)  # from here on OUT changes: no reader may take it for finished
+    remove_stale_temporaries(state.out, REPORT)
+    if resuming:
         return
     if work.exists():
         shutil.rmtree(work)
