@@ -4,12 +4,15 @@ with a one-line reason that names the file."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from treeclip.data.images import decode_image, encode_jpeg, pixel_sha256, resize_image
+from _data_helpers import HEIC, zeros_png
+from treeclip.data import images
+from treeclip.data.images import decode_image, encode_jpeg, normalize_image, pixel_sha256, resize_image
 from treeclip.errors import InputError
 
 
@@ -131,3 +134,155 @@ def test_encode_roundtrip_and_pixel_hash():
     a = decode_image(jpg)
     assert pixel_sha256(a) == pixel_sha256(decode_image(jpg))
     assert pixel_sha256(a) != pixel_sha256(a.transpose(Image.Transpose.FLIP_TOP_BOTTOM))
+
+
+# -- caps: what a later resize would allocate, bytes read, PIL images from Python ---------
+
+
+@pytest.fixture
+def no_pixel_decoding(monkeypatch):
+    """Any attempt to decode pixels fails the test: refusals must come from the header."""
+    def load(self):
+        raise AssertionError(f"pixels of a {self.size} image were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def test_aspect_ratio_bomb_refused_from_the_header(no_pixel_decoding):
+    # 2,000,000 x 25: 50 M pixels, under the pixel cap, but a shorter-side resize to 224 px
+    # would allocate 224 x 17.9 M pixels
+    bomb = zeros_png(2_000_000, 25)
+    assert len(bomb) < 10_000
+    for size in (None, 32, 224):
+        with pytest.raises(InputError) as e:
+            decode_image(bomb, name="bomb.png", draft_size=size)
+        msg = str(e.value)
+        assert msg.startswith("bomb.png: too large") and "2000000x25" in msg and "\n" not in msg
+    with pytest.raises(InputError, match="too large"):  # standing up, the same
+        decode_image(zeros_png(25, 2_000_000), name="tall.png")
+
+
+def test_aspect_cap_boundary_and_the_resize_cap():
+    assert decode_image(zeros_png(1000, 10)).size == (1000, 10)  # 100:1 is allowed
+    with pytest.raises(InputError, match="too large to resize .*1010x10"):
+        decode_image(zeros_png(1010, 10))
+    assert decode_image(zeros_png(1010, 10), max_aspect=200).size == (1010, 10)
+    # 6:1 is a fine panorama for a 224 px model; resized to 4096 px it would pass 100 M pixels
+    wide = zeros_png(6000, 1000)
+    assert decode_image(wide, draft_size=224).size == (6000, 1000)
+    with pytest.raises(InputError, match=r"resized to 4096 px .* 100,663,296 pixels > 100,000,000"):
+        decode_image(wide, draft_size=4096)
+    # a small pixel cap never makes the resize cap refuse ordinary images
+    assert decode_image(zeros_png(100, 100), max_pixels=20_000, draft_size=224).size == (100, 100)
+
+
+def test_file_over_the_byte_cap_is_refused_before_it_is_read(tmp_path):
+    import tracemalloc
+
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(images.MAX_FILE_BYTES + 1)  # sparse: no disk, and reading it would cost 200 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"huge.jpg: file too large \(209,715,201 bytes > 209,715,200\)"):
+            decode_image(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # not read
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(_encode(Image.new("RGB", (64, 64), (9, 99, 199)), "JPEG"))
+    size = photo.stat().st_size
+    assert decode_image(photo, max_bytes=size).size == (64, 64)
+    with pytest.raises(InputError, match="photo.jpg: file too large"):
+        decode_image(photo, max_bytes=size - 1)
+    with pytest.raises(InputError, match="upload: file too large"):
+        decode_image(photo.read_bytes(), name="upload", max_bytes=size - 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_pipes_and_devices_are_not_read(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(InputError, match="pipe.jpg: not a regular file"):
+        decode_image(fifo)
+    if os.path.exists("/dev/zero"):  # endless, and its size says 0
+        with pytest.raises(InputError, match="not a regular file"):
+            decode_image("/dev/zero")
+
+
+def _rotated_jpeg() -> Image.Image:
+    """A lazily opened 20 x 10 JPEG whose EXIF says: turn 90 degrees to display."""
+    img = Image.new("RGB", (20, 10), (0, 200, 0))
+    img.paste((200, 0, 0), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return Image.open(io.BytesIO(_encode(img, "JPEG", exif=exif.tobytes())))
+
+
+def test_pil_images_from_python_get_the_same_normalisation():
+    turned = normalize_image(_rotated_jpeg())
+    assert turned.mode == "RGB" and turned.size == (10, 20)
+    assert turned.size == decode_image(_encode(_rotated_jpeg(), "JPEG", exif=_rotated_jpeg().info["exif"])).size
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert normalize_image(rgba).getpixel((1, 1)) == (255, 255, 255)  # on white, as files are
+    i16 = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert normalize_image(i16).getpixel((0, 0)) == (255, 255, 255)  # not clipped as convert() would
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))
+    assert normalize_image(cmyk).getpixel((0, 0)) == (255, 0, 0)
+    plain = Image.new("RGB", (8, 8), (1, 2, 3))
+    assert normalize_image(plain) is plain  # nothing to do: no copy
+
+
+def test_pil_input_is_not_changed_and_bombs_are_refused_unloaded(no_pixel_decoding):
+    lazy = Image.open(io.BytesIO(zeros_png(2_000_000, 25)))
+    with pytest.raises(InputError, match="^photo-3: too large to resize"):
+        normalize_image(lazy, name="photo-3")
+    with pytest.raises(InputError, match="too many pixels"):
+        normalize_image(Image.open(io.BytesIO(zeros_png(5000, 5000))), max_pixels=10_000_000)
+
+
+def test_caller_image_is_left_as_it_was():
+    img = _rotated_jpeg()
+    img.load()
+    before = (img.size, img.mode, img.getexif().get(0x0112), img.tobytes())
+    normalize_image(img)
+    assert (img.size, img.mode, img.getexif().get(0x0112), img.tobytes()) == before
+    pal = Image.new("P", (4, 4))
+    normalize_image(pal)
+    assert pal.mode == "P"
+
+
+def test_runtime_decode_item_normalises_pil_images():
+    from treeclip.runtime.images import Item, decode_item
+
+    pixels, err = decode_item(Item("field.jpg", _rotated_jpeg()), lambda im: im)
+    assert err == "" and pixels.size == (10, 20) and pixels.mode == "RGB"
+    pixels, err = decode_item(Item("strip.png", Image.open(io.BytesIO(zeros_png(2_000_000, 25)))), lambda im: im,
+                              draft_size=32)
+    assert pixels is None and err.startswith("strip.png: too large")
+
+
+# -- HEIC / HEIF ------------------------------------------------------------------------
+
+
+
+def test_heic_without_pillow_heif_is_a_clear_error(monkeypatch, tmp_path):
+    assert {".heic", ".heif"} <= images.IMAGE_EXTENSIONS  # a folder scan finds them
+    monkeypatch.setattr(images, "heif_supported", lambda: False)
+    (tmp_path / "IMG_0001.HEIC").write_bytes(HEIC)
+    with pytest.raises(InputError) as e:
+        decode_image(tmp_path / "IMG_0001.HEIC")
+    assert str(e.value) == f"{tmp_path / 'IMG_0001.HEIC'}: HEIC needs pillow-heif: pip install pillow-heif"
+    avif_like = HEIC[:8] + b"avif" + HEIC[12:16] + b"mif1avif" + HEIC[24:]
+    with pytest.raises(InputError) as e:  # AVIF is Pillow's own: never the HEIC hint
+        decode_image(avif_like, name="x.avif")
+    assert "pillow-heif" not in str(e.value)
+
+
+def test_heic_decodes_with_pillow_heif():
+    pytest.importorskip("pillow_heif", reason="pillow-heif not installed (the optional HEIC decoder)")
+    img = decode_image(HEIC, name="IMG_0001.HEIC", draft_size=32)
+    assert img.mode == "RGB" and img.size == (64, 48)
+    top, bottom = np.asarray(img)[4, 4].astype(int), np.asarray(img)[40, 4].astype(int)
+    assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0]

@@ -317,3 +317,59 @@ def test_embed_resumes_from_its_chunks(setup, tmp_path):
     assert not parts.exists()
     result = CliRunner().invoke(cli, args[:-1] + ["--normalize", "-q"])  # other settings: refused
     assert result.exit_code == 2 and "other settings (normalize differ)" in result.output
+
+
+# Two predict runs in one fresh process: the first (a good image) loads and warms
+# everything; the peak RSS it leaves is the baseline the second run (the bomb among good
+# images) must not pass by much. pillow-heif is hidden, as where it is not installed.
+_BOMB_RUN = r"""
+import json, resource, sys
+sys.modules["pillow_heif"] = None
+from treeclip.cli import cli
+
+def predict(args):
+    try:
+        cli.main(args, prog_name="treeclip", standalone_mode=False)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+peaks, codes = [], []
+for args in json.loads(sys.argv[1]):
+    codes.append(predict(args))
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps({"codes": codes, "peak_mb": peaks}))
+"""
+MAX_BOMB_GROWTH_MB = 100
+"""Measured: about 25 MB of peak RSS growth (the second run loads the model again; the bomb
+is refused from its header). Before the aspect-ratio cap the 2,000,000 x 25 PNG was decoded
+and resized to 32 x 2.56 M pixels by the 32 px test model: 870 MB more, and the bomb got a
+prediction row (3.1 GB with a 64 px model; tens of GB at BioCLIP's 224 px)."""
+
+
+def test_aspect_ratio_bomb_and_heic_get_error_rows_with_bounded_memory(setup, tmp_path):
+    from _data_helpers import HEIC, zeros_png
+
+    root, images, model = setup
+    folder = tmp_path / "field"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(images[0].read_bytes())
+    (folder / "b-strip.png").write_bytes(zeros_png(2_000_000, 25))  # 50 M pixels, 6 kB
+    (folder / "c.HEIC").write_bytes(HEIC)
+    (folder / "d.jpg").write_bytes(images[1].read_bytes())
+    common = ["--templates", "single", "--cache", str(root / "cache"), "--workers", "0", "-q", "--k", "1"]
+    warm = ["predict", str(model), str(images[0]), "-o", str(tmp_path / "warm.csv"), *common]
+    field = ["predict", str(model), str(folder), "-o", str(tmp_path / "field.csv"), *common]
+    proc = subprocess.run([sys.executable, "-c", _BOMB_RUN, json.dumps([warm, field])], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["codes"] == [0, 1]  # the run finished; some inputs failed
+    rows = {r["file_name"].rsplit("/", 1)[-1]: r for r in rows_of(tmp_path / "field.csv")}
+    assert list(rows) == ["a.jpg", "b-strip.png", "c.HEIC", "d.jpg"]  # the folder scan found all four, in order
+    assert not rows["a.jpg"]["error"] and not rows["d.jpg"]["error"] and rows["d.jpg"]["species"]
+    assert rows["b-strip.png"]["error"] == (f"{folder / 'b-strip.png'}: too large to resize (2000000x25: one side is "
+                                            "80,000 times the other, more than 100; aspect-ratio bomb refused)")
+    assert rows["c.HEIC"]["error"] == f"{folder / 'c.HEIC'}: HEIC needs pillow-heif: pip install pillow-heif"
+    growth = report["peak_mb"][1] - report["peak_mb"][0]
+    assert growth < MAX_BOMB_GROWTH_MB, f"peak RSS grew {growth:.0f} MB"

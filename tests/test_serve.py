@@ -285,6 +285,50 @@ def test_any_decode_failure_is_that_files_error(model_dir, monkeypatch):
         assert_serving(base)
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The high-water mark of a process's resident memory (Linux: VmHWM)."""
+    for line in open(f"/proc/{pid}/status", encoding="ascii"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM line")
+
+
+MAX_BOMB_GROWTH_MB = 100
+"""Measured: 0.2 MB of the server's peak RSS (the bomb is refused from its header). Before
+the aspect-ratio cap the 2,000,000 x 25 PNG was decoded and resized to 32 x 2.56 M pixels
+by the 32 px test model (as predict: about 870 MB) and answered 200; at 224 px it would
+take tens of GB."""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak RSS is read from /proc")
+def test_aspect_ratio_bomb_is_that_files_error_and_memory_stays_bounded(model_dir):
+    """The 2,000,000 x 25 PNG (50 M pixels: under the default pixel cap of 50 M) through a
+    server with the default limits: 413 alone, that file's error among good ones."""
+    from _data_helpers import zeros_png
+
+    proc, url = start_cli_server(model_dir)
+    try:
+        base = url.replace("localhost", "127.0.0.1")
+        assert_serving(base)  # warm: the model, the label embeddings, the decode threads
+        before = _peak_rss_mb(proc.pid)
+        bomb = zeros_png(2_000_000, 25)
+        status, body = post(base, files=[("strip.png", bomb)])
+        assert status == 413 and body["detail"].startswith("strip.png: too large to resize (2000000x25"), body
+        status, body = post(base, files=[("good.jpg", jpeg((200, 100, 50))), ("strip.png", bomb)], fields={"k": 1})
+        assert status == 200 and body["failed"] == 1, body
+        good, strip = body["images"]
+        assert good["error"] is None and len(good["predictions"]) == 1
+        assert strip["file"] == "strip.png" and "too large" in strip["error"] and strip["predictions"] == []
+        status, body = post(base, "/embed", files=[("strip.png", bomb)])
+        assert status == 413 and "too large" in body["detail"]
+        assert_serving(base)
+        growth = _peak_rss_mb(proc.pid) - before
+        assert growth < MAX_BOMB_GROWTH_MB, f"the server's peak RSS grew {growth:.0f} MB"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def test_taxa_search(server):
     status, body = request(server["base"] + "/taxa?q=magpie")
     assert status == 200 and body["total"] == 2

@@ -87,8 +87,9 @@ def test_every_stage_scans_folders_for_the_same_image_files(tmp_path):
                      (".tif", "TIFF")):
         Image.new("RGB", (8, 8), (10, 200, 30)).save(cls / f"x{ext}", format=fmt)
     (cls / "notes.txt").write_text("not an image")
-    (cls / "raw.heic").write_bytes(b"Pillow cannot decode this without a plugin")
-    expected = {"x.jpg", "x.JFIF", "x.png", "x.ppm", "x.webp", "x.tif"}
+    (cls / "raw.cr2").write_bytes(b"a camera raw file: not an ending treeclip scans for")
+    (cls / "IMG_1.heic").write_bytes(b"HEIC is scanned for: decoded with pillow-heif, else an error row")
+    expected = {"x.jpg", "x.JFIF", "x.png", "x.ppm", "x.webp", "x.tif", "IMG_1.heic"}
     assert {p.name for p in scan_folder(tmp_path / "imgs")} == expected
     assert {it.source_id.rsplit("/", 1)[-1] for it in read_image_folder(tmp_path / "imgs")} == expected
     assert {r["path"].rsplit("/", 1)[-1] for r in folder_rows(tmp_path, "imgs", tmp_path / "task.toml")} == expected

@@ -31,6 +31,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporary files that writes of `name` (a glob; default: any file) left in
+    `folder` when a run was killed before its rename (`atomic_path` names them
+    `.NAME.<random>.tmp`). Returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """Flush a file's data, or a folder's entries, to disk (best effort on folders)."""
     try:

@@ -19,6 +19,11 @@ Why stage then assemble: deduplication needs every image's hash before any shard
 final, and a staged chunk is the unit of resume. `resume=True` skips the chunks already
 staged; everything after stage 3 is a pure function of the staged records, so a resumed
 build writes byte-identical shards and catalog, with no sample lost or doubled.
+
+A build into an existing dataset dir first takes away what makes it a dataset (the
+manifest, then the tables: `dataset.invalidate`), before stage 2 changes anything in OUT,
+so an interrupted rebuild is refused by every reader until a `--resume` finishes it. A
+build that fails earlier (a missing source, a bad catalog) leaves the old dataset whole.
 """
 
 from __future__ import annotations
@@ -33,13 +38,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from treeclip.data.dataset import Sample, write_dataset
+from treeclip.data.dataset import Sample, invalidate, write_dataset
 from treeclip.data.images import MAX_PIXELS
 from treeclip.data.sources import SourceItem, read_source
 from treeclip.data.source_taxa import resolve_items
 from treeclip.data.staging import ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
 from treeclip.errors import TreeclipError
-from treeclip.fsutil import write_json_atomic, write_text_atomic
+from treeclip.fsutil import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from treeclip.taxonomy.taxon import Taxon
 
 if TYPE_CHECKING:
@@ -198,17 +203,20 @@ def gather(state: BuildState, reference=None) -> None:
 
 def plan_chunks(state: BuildState, resume: bool) -> None:
     """Stage 2: the items in reading order (the first copy of a duplicate wins), cut into
-    chunks; a fresh work dir, or on resume the old one if it was planned the same way."""
+    chunks; a fresh work dir, or on resume the old one if it was planned the same way.
+    The first stage that changes OUT: an earlier dataset there stops being one first."""
     opts, work = state.opts, state.work
     state.plan = [(k, it.path) for k, it in state.by_key.items()]
     state.chunks = [state.plan[i:i + opts.chunk_size] for i in range(0, len(state.plan), opts.chunk_size)]
     fingerprint = plan_fingerprint(state.plan, opts.image_options())
     plan_file = work / "plan.json"
-    if resume and plan_file.exists():
-        old = json.loads(plan_file.read_text(encoding="utf-8"))
-        if old.get("fingerprint") != fingerprint:
-            raise TreeclipError(f"{state.out}: the sources or image options changed since the interrupted build; "
-                                "run again without --resume")
+    resuming = resume and plan_file.exists()
+    if resuming and json.loads(plan_file.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        raise TreeclipError(f"{state.out}: the sources or image options changed since the interrupted build; "
+                            "run again without --resume")
+    invalidate(state.out)  # from here on OUT changes: no reader may take it for finished
+    remove_stale_temporaries(state.out, REPORT)
+    if resuming:
         return
     if work.exists():
         shutil.rmtree(work)

@@ -12,6 +12,9 @@ A shard sample is `KEY.jpg`, one `KEY.<type>.txt` per text type holding exactly
 (the class index into taxa.parquet, in decimal). Shards are written under a temporary name
 and renamed when whole; tar headers carry no timestamps or owners, so the same samples
 always give byte-identical shards (the tar writer: `treeclip.data.shards`).
+
+The manifest says the dir is complete: a writer removes it (`invalidate`) before it
+changes anything and writes it last, and every reader here refuses a dir without one.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from typing import Any, Iterable, Sequence
 
 from treeclip.data.shards import SHARD_PATTERN, ShardWriter
 from treeclip.errors import InputError, TreeclipError
-from treeclip.fsutil import atomic_path, write_json_atomic
+from treeclip.fsutil import atomic_path, fsync_path, remove_stale_temporaries, write_json_atomic
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 FORMAT = "treeclip-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+TABLES = ("catalog.parquet", "taxa.parquet")
 CATALOG_COLUMNS = ("key", "split", "shard", *RANKS, "common", "cls", "source", "source_id", "sha256", "phash")
 
 
@@ -115,9 +120,9 @@ def write_dataset(
     """Write `samples` (any order, splits interleaved) as a dataset dir and return its
     manifest. The class index of a sample is its taxon's position in `taxa`. Files of an
     earlier dataset in `out_dir` are replaced; the manifest is written last, so a dataset
-    dir with a manifest is complete."""
+    dir with a manifest is complete (it is removed before anything else changes)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    invalidate(out)
     cls_of = {t: i for i, t in enumerate(taxa)}
     if len(cls_of) != len(taxa):
         raise ValueError("taxa must be distinct")
@@ -157,8 +162,27 @@ def write_dataset(
     write_catalog(out, rows)
     write_taxa(out, taxa, counts)
     manifest = make_manifest(taxa, counts, shards, build_info)
-    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     return manifest
+
+
+def invalidate(out_dir: str | os.PathLike) -> None:
+    """Make `out_dir` stop looking like a finished dataset before a build changes it: the
+    manifest goes first (and that is flushed to disk), then the catalog and taxa tables,
+    so a run killed at any later point leaves a dir that every reader refuses. Temporary
+    files of an earlier killed run are removed too. Shards stay until replaced."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()
+        fsync_path(out)
+    for name in TABLES:
+        (out / name).unlink(missing_ok=True)
+    for name in (MANIFEST, *TABLES):
+        remove_stale_temporaries(out, name)
+    for split in SPLITS:
+        if (out / split).is_dir():
+            remove_stale_temporaries(out / split, "shard-*.tar")
 
 
 def _remove_stale_shards(out: Path, shards: dict[str, list[dict]]) -> None:
@@ -217,12 +241,16 @@ def make_manifest(taxa: Sequence[Taxon], counts: Sequence[int], shards: dict[str
 
 
 def read_manifest(dataset_dir: str | os.PathLike) -> dict:
-    """The manifest of a dataset dir; a one-line TreeclipError when it is not one."""
-    path = Path(dataset_dir) / "manifest.json"
+    """The manifest of a dataset dir; a one-line TreeclipError when it is not one (no
+    manifest: not a dataset, or a build that did not finish)."""
+    path = Path(dataset_dir) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise TreeclipError(f"{dataset_dir}: not a dataset dir (no manifest.json; an unfinished build?)") from None
+        if (Path(dataset_dir) / ".build").is_dir():
+            raise TreeclipError(f"{dataset_dir}: unfinished dataset (no {MANIFEST}: a build was interrupted; "
+                                "run the same `treeclip data build` again with --resume)") from None
+        raise TreeclipError(f"{dataset_dir}: not a dataset dir (no {MANIFEST}; an unfinished build?)") from None
     except (OSError, ValueError) as e:
         raise TreeclipError(f"{path}: unreadable manifest ({e})") from None
     if manifest.get("format") != FORMAT:
@@ -234,6 +262,7 @@ def read_taxa(dataset_dir: str | os.PathLike) -> list[Taxon]:
     """The classes of a dataset, in class-index order."""
     import pyarrow.parquet as pq
 
+    read_manifest(dataset_dir)  # a dir without one is not finished
     path = Path(dataset_dir) / "taxa.parquet"
     if not path.exists():
         raise TreeclipError(f"{dataset_dir}: not a dataset dir (no taxa.parquet)")
@@ -242,10 +271,11 @@ def read_taxa(dataset_dir: str | os.PathLike) -> list[Taxon]:
 
 
 def read_catalog(dataset_dir: str | os.PathLike):
-    """catalog.parquet as a pyarrow Table; a one-line TreeclipError when it is missing or
-    unreadable."""
+    """catalog.parquet as a pyarrow Table; a one-line TreeclipError when it (or the
+    manifest) is missing, or it is unreadable."""
     import pyarrow.parquet as pq
 
+    read_manifest(dataset_dir)  # a dir without one is not finished
     path = Path(dataset_dir) / "catalog.parquet"
     if not path.is_file():
         raise TreeclipError(f"{dataset_dir}: not a dataset dir (no catalog.parquet)")

@@ -38,11 +38,11 @@ def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None)
     """(pixels, "") or (None, "<name>: <reason>") for one input."""
     from PIL import Image
 
-    from treeclip.data.images import decode_image
+    from treeclip.data.images import decode_image, normalize_image
 
     try:
         if isinstance(item.source, Image.Image):
-            img = item.source if item.source.mode == "RGB" else item.source.convert("RGB")
+            img = normalize_image(item.source, name=item.name, draft_size=draft_size)
         else:
             img = decode_image(item.source, name=item.name, draft_size=draft_size)
         return preprocess(img), ""

@@ -1,0 +1,184 @@
+"""Fault injection: the real CLI killed with SIGKILL at chosen points of its work, then the
+same command again with `--resume`; the output must be byte-identical to a run that was
+never interrupted.
+
+`run_killed` runs a command in its own process group and steps it: it lets it run for a
+moment, stops the whole group (SIGSTOP), checks the kill condition on what is on disk,
+and either lets it go on (SIGCONT) or kills the group (SIGKILL). So the state a test sees
+after the kill is exactly the state the condition saw, and a condition that is never met
+(the command finished first) fails the test instead of passing it unkilled. To add a
+command: a reference run, a condition on its output folder, and a check that the kill
+really happened mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from _data_helpers import AMANITA, MORUS, PICA, save, scene
+from treeclip.errors import TreeclipError
+
+pytestmark = [pytest.mark.faults, pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX signals")]
+
+STEP_S = 0.002
+"""How long the command runs between two checks of the kill condition."""
+
+
+# -- the helper -------------------------------------------------------------------------
+
+
+def treeclip(*args: str) -> list[str]:
+    """The command line of `treeclip ARGS` as a user runs it (this checkout's code)."""
+    return [sys.executable, "-m", "treeclip", *args]
+
+
+def run(args: list[str], log: Path) -> int:
+    """Run a command to its end; its exit status (stdout and stderr go to `log`)."""
+    with open(log, "ab") as f:
+        return subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, timeout=600).returncode
+
+
+def run_killed(args: list[str], kill_when: Callable[[], bool], log: Path, *, timeout_s: float = 600) -> None:
+    """Run `args`, stepping it, and SIGKILL its process group (workers too) the first time
+    `kill_when()` holds while it is stopped. Fails the test if the command ends first."""
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s  # a guard against a hung command, not a timing assert
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(STEP_S)
+            os.killpg(proc.pid, signal.SIGSTOP)
+            status = _stopped(proc.pid)
+            if status is not None and not os.WIFSTOPPED(status):
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                pytest.fail(f"{' '.join(args[2:])} finished (exit {proc.returncode}) before the kill "
+                            f"condition held:\n{log.read_text(errors='replace')[-2000:]}")
+            if status is not None and kill_when():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                assert proc.returncode == -signal.SIGKILL
+                return
+            os.killpg(proc.pid, signal.SIGCONT)
+        pytest.fail(f"{' '.join(args[2:])} still running after {timeout_s} s")
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _stopped(pid: int, patience_s: float = 0.2) -> int | None:
+    """The wait status once `pid` has stopped (or ended), or None if it does not stop in
+    time: a process inside vfork() (Python starts helpers that way) cannot stop until its
+    child has exec'd, and that child may be the one stopped. Then it goes on a step."""
+    give_up = time.monotonic() + patience_s
+    while True:
+        got, status = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)
+        if got:
+            return status
+        if time.monotonic() > give_up:
+            return None
+        time.sleep(0.0005)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (hidden ones too) by relative path, with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- data build ---------------------------------------------------------------------------
+
+N_IMAGES = 60
+CHUNK = 2
+N_CHUNKS = -(-(N_IMAGES + 1) // CHUNK)  # the good images and one broken file
+BUILD = ("--no-resolve", "--size", "32", "--chunk-size", str(CHUNK), "--shard-size", "1", "--val-fraction", "0.05",
+         "-q")
+
+
+@pytest.fixture(scope="module")
+def build_src(tmp_path_factory) -> dict[str, Path]:
+    """Source images (one of them broken, so the report has a row), a reference build
+    never interrupted, and another finished dataset (other seed) to rebuild over."""
+    root = tmp_path_factory.mktemp("faults-build")
+    src = root / "src"
+    for i in range(N_IMAGES):
+        save(scene(i, 320, 240), src / (PICA, MORUS, AMANITA)[i % 3] / f"p{i:03d}.jpg")
+    (src / PICA / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    log = root / "log.txt"
+    for name, seed in (("reference", "0"), ("other", "1")):
+        code = run(treeclip("data", "build", str(root / name), "--folder", str(src), *BUILD, "--workers", "1",
+                            "--seed", seed), log)
+        assert code == 1, log.read_text()  # finished, one input failed
+    return {"src": src, "reference": root / "reference", "other": root / "other"}
+
+
+def _staged(out: Path) -> int:
+    return len(list((out / ".build").glob("chunk-*.json")))
+
+
+def _shards(out: Path) -> list[Path]:
+    return list((out / "train").glob("shard-*.tar")) if (out / "train").is_dir() else []
+
+
+def _shard_temporaries(out: Path) -> list[Path]:
+    return list((out / "train").glob(".shard-*.tmp")) if (out / "train").is_dir() else []
+
+
+def _refused_as_unfinished(out: Path) -> None:
+    from treeclip.data.dataset import read_manifest, read_taxa
+
+    for read in (read_manifest, read_taxa):
+        with pytest.raises(TreeclipError, match="unfinished dataset .*--resume"):
+            read(out)
+
+
+def _check_early(out: Path) -> None:
+    assert (out / ".build" / "plan.json").exists() and _staged(out) < N_CHUNKS
+    assert _shards(out), "the old dataset's shards are still there ..."
+    _refused_as_unfinished(out)  # ... but it no longer passes for a finished dataset
+
+
+def _check_processing(out: Path) -> None:
+    assert 5 <= _staged(out) < N_CHUNKS and not _shards(out)
+    _refused_as_unfinished(out)
+
+
+def _check_writing(out: Path) -> None:
+    assert _staged(out) == N_CHUNKS and 10 <= len(_shards(out)) < N_IMAGES
+    assert _shard_temporaries(out), "killed while a shard was being written"
+    assert not (out / "catalog.parquet").exists()
+    _refused_as_unfinished(out)
+
+
+BUILD_KILLS = {
+    # a rebuild over a finished dataset, killed once the plan is written
+    "early-rebuild": (1, lambda out: (out / ".build" / "plan.json").exists(), _check_early),
+    "processing": (1, lambda out: _staged(out) >= 5, _check_processing),
+    "processing-parallel": (2, lambda out: _staged(out) >= 5, _check_processing),
+    # in the final write: 10 shards renamed into place and the next one half-written
+    "final-write": (1, lambda out: len(_shards(out)) >= 10 and bool(_shard_temporaries(out)), _check_writing),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BUILD_KILLS))
+def test_data_build_killed_then_resumed_is_byte_identical(build_src, tmp_path, case):
+    workers, kill_when, check_killed = BUILD_KILLS[case]
+    out = tmp_path / "out"
+    if case == "early-rebuild":
+        shutil.copytree(build_src["other"], out)
+    args = treeclip("data", "build", str(out), "--folder", str(build_src["src"]), *BUILD, "--workers", str(workers))
+    log = tmp_path / "log.txt"
+    run_killed(args, lambda: kill_when(out), log)
+    check_killed(out)
+    assert run(args + ["--resume"], log) == 1, log.read_text()
+    reference, resumed = tree(build_src["reference"]), tree(out)
+    assert sorted(resumed) == sorted(reference)  # nothing missing, no temporaries or work files left
+    assert resumed == reference
