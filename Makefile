@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.treeclip-installed
 
-.PHONY: demo test test-browser test-slow lint install clean
+.PHONY: demo test test-browser test-slow test-faults lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-browser: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Hostile inputs and killed runs: the fuzzed decoder, SIGKILL then resume (CI runs it).
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -m faults
 
 # The layer contracts in pyproject.toml: imports go only downward, no cycles.
 lint: $(STAMP)
