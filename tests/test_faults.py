@@ -182,3 +182,112 @@ def test_data_build_killed_then_resumed_is_byte_identical(build_src, tmp_path, c
     reference, resumed = tree(build_src["reference"]), tree(out)
     assert sorted(resumed) == sorted(reference)  # nothing missing, no temporaries or work files left
     assert resumed == reference
+
+
+# -- predict and embed ------------------------------------------------------------------
+
+N_PHOTOS = 40
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """A folder of photos (one broken), a tiny model dir with its taxa, and the reference
+    outputs of uninterrupted runs."""
+    from predict_helpers import save_model_dir
+
+    root = tmp_path_factory.mktemp("faults-predict")
+    for i in range(N_PHOTOS):
+        save(scene(i, 96, 72), root / "photos" / f"p{i:03d}.jpg")
+    (root / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 cut short")
+    model = save_model_dir(root / "model")
+    log = root / "log.txt"
+    for verb, out in (("predict", root / "reference.csv"), ("embed", root / "reference.parquet")):
+        assert run(_infer_args(verb, model, root / "photos", out), log) == 1, log.read_text()
+    return {"root": root, "model": model, "photos": root / "photos"}
+
+
+def _infer_args(verb: str, model: Path, photos: Path, out: Path) -> list[str]:
+    """One image per model call: answers that do not depend on batch mates, so a resumed
+    run (whose batches differ) writes the same bytes."""
+    common = ["--precision", "fp32", "--batch-size", "1", "--workers", "0", "-q", "-o", str(out)]
+    if verb == "predict":
+        return treeclip("predict", str(model), str(photos), "--templates", "single", "--k", "2", *common)
+    return treeclip("embed", str(model), str(photos), "--chunk-size", "4", *common)
+
+
+def _rows(out: Path) -> int:
+    return max(0, len(out.read_bytes().splitlines()) - 1) if out.exists() else 0
+
+
+def _chunks(out: Path) -> int:
+    parts = out.with_name(out.name + ".parts")
+    return len(list(parts.glob("*.parquet"))) if parts.is_dir() else 0
+
+
+INFER_KILLS = {
+    # predict: killed after a few batches, and again later (the resumed run's own rows)
+    "predict-early": ("predict", lambda out: _rows(out) >= 6),
+    "predict-late": ("predict", lambda out: _rows(out) >= 2 * N_PHOTOS - 10),
+    # embed: killed with a few chunks kept and the output not yet written
+    "embed-chunks": ("embed", lambda out: _chunks(out) >= 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INFER_KILLS))
+def test_predict_and_embed_killed_then_rerun_are_byte_identical(photos, tmp_path, case):
+    verb, kill_when = INFER_KILLS[case]
+    out = tmp_path / ("out.csv" if verb == "predict" else "out.parquet")
+    args = _infer_args(verb, photos["model"], photos["photos"], out)
+    log = tmp_path / "log.txt"
+    run_killed(args, lambda: kill_when(out), log)
+    if verb == "predict":
+        assert 0 < _rows(out) < 2 * (N_PHOTOS + 1) - 1  # killed mid-run, some rows written
+    else:
+        assert not out.exists() and _chunks(out) >= 3
+    assert run(args, log) == 1, log.read_text()  # the same command resumes
+    reference = photos["root"] / ("reference.csv" if verb == "predict" else "reference.parquet")
+    assert out.read_bytes() == reference.read_bytes()
+    assert not out.with_name(out.name + ".parts").exists()
+
+
+# -- train --------------------------------------------------------------------------------
+
+TRAIN = ("--model", "micro-vit-32", "--steps", "8", "--batch-size", "16", "--lr", "2e-3", "--warmup", "2",
+         "--workers", "0", "--threads", "1", "--save-every", "1", "--val-every", "4", "--val-samples", "8",
+         "--no-progress", "--no-label-set")
+
+
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory) -> dict[str, Path]:
+    from train_helpers import make_dataset
+
+    root = tmp_path_factory.mktemp("faults-train")
+    data = make_dataset(root / "ds", per_class=4, val_per_class=1)
+    assert run(treeclip("train", str(data), "--out", str(root / "reference"), *TRAIN), root / "log.txt") == 0
+    return {"data": data, "reference": root / "reference"}
+
+
+def _checkpoint_steps(run_dir: Path) -> list[str]:
+    root = run_dir / "checkpoints"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+TRAIN_KILLS = {
+    "after-a-checkpoint": lambda run_dir: "step-00000003" in _checkpoint_steps(run_dir),
+    # while a checkpoint is being written (its hidden temporary dir exists)
+    "writing-a-checkpoint": lambda run_dir: any(s.startswith(".tmp-step-00000005") for s in _checkpoint_steps(run_dir)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_KILLS))
+def test_train_killed_then_resumed_has_bit_identical_weights(train_reference, tmp_path, case):
+    run_dir = tmp_path / "run"
+    args = treeclip("train", str(train_reference["data"]), "--out", str(run_dir), *TRAIN)
+    log = tmp_path / "log.txt"
+    run_killed(args, lambda: TRAIN_KILLS[case](run_dir), log)
+    assert not (run_dir / "model").exists()
+    assert run(args + ["--resume", "latest"], log) == 0, log.read_text()
+    for name in ("open_clip_model.safetensors",):
+        assert (run_dir / "model" / name).read_bytes() == (train_reference["reference"] / "model" / name).read_bytes()
+    assert (run_dir / "best" / "open_clip_model.safetensors").read_bytes() == \
+        (train_reference["reference"] / "best" / "open_clip_model.safetensors").read_bytes()

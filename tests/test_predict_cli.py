@@ -100,8 +100,9 @@ def test_retry_errors_tries_failed_images_again(setup, tmp_path):
     run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1", code=1)
     assert [bool(r["error"]) for r in rows_of(out)] == [False, True]
     late.write_bytes(images[1].read_bytes())
-    result = run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1")
-    assert "nothing to do" in result.output  # an error row counts as done ...
+    result = run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1", code=1)
+    assert "nothing to do" in result.output  # an error row counts as done (and the output still has it) ...
+    assert "1 of them failed before: --retry-errors" in result.output
     result = run(setup, str(images[0]), str(late), "-o", str(out), "--k", "1", "--retry-errors")
     assert "1 classified, 0 failed, 1 skipped" in result.output  # ... unless asked to retry it
     rows = rows_of(out)

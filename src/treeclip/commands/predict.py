@@ -148,9 +148,12 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
               help="L2-normalise the embeddings (raw projection output otherwise, as pybioclip).")
 @click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
 @click.option("--retry-errors", is_flag=True, help="When resuming, try the images that failed before again.")
+@click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(1),
+              help="Images per chunk kept beside the output as they are done (what a resume starts from).")
 def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
           root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
-          hub_dir: str | None, output: str, normalize: bool, overwrite: bool, retry_errors: bool) -> None:
+          hub_dir: str | None, output: str, normalize: bool, overwrite: bool, retry_errors: bool,
+          chunk_size: int) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
     \b
@@ -164,5 +167,6 @@ def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: 
 
     _use_hub_dir(hub_dir)
     sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root), output=output,
-                       normalize=normalize, overwrite=overwrite, retry_errors=retry_errors, batch_size=batch_size,
+                       normalize=normalize, overwrite=overwrite, retry_errors=retry_errors, chunk=chunk_size,
+                       batch_size=batch_size,
                        workers=workers, device=device, precision=precision, progress=not quiet))

@@ -166,6 +166,7 @@ class PredictionWriter:
         self.fmt, self.columns = fmt, list(columns)
         self.stream = stream or sys.stdout
         self.done: set[str] = set()
+        self.done_errors: set[str] = set()  # the done images whose rows are errors
         self._table: list[dict] = []
         self.rows_written = 0
         if self.path is not None and fmt != "table":
@@ -175,6 +176,7 @@ class PredictionWriter:
                     stored = stored.without_errors()
                     self._rewrite(stored)
                 self.done = set(stored.names)
+                self.done_errors = {n for n, bad in zip(stored.names, stored.errors) if bad}
             else:
                 self._rewrite(StoredRows())
         elif self.path is None and fmt == "csv":

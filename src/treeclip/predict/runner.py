@@ -53,14 +53,17 @@ def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: 
                 "format": fmt, **options}
     ranks = _Ranks.join(common.get("device"), output)
     items = unique_names(items)
-    writer, done = ranks.open_output(output, fmt, columns, identity, overwrite=overwrite, retry_errors=retry_errors)
+    writer, done, done_errors = ranks.open_output(output, fmt, columns, identity, overwrite=overwrite,
+                                                  retry_errors=retry_errors)
     todo = [it for it in items if it.name not in done]
     skipped = len(items) - len(todo)
+    earlier = sum(it.name in done_errors for it in items)  # failed in an earlier run, kept as error rows
     mine = ranks.block(todo)
     if not todo:  # all done by an earlier run (every rank sees the same): no need to load the model
         ranks.finish(writer, output, fmt, columns, [it.name for it in items])
-        print(f"treeclip predict: nothing to do, all {skipped} images are in {output}", file=sys.stderr)
-        return EXIT_OK
+        print(f"treeclip predict: nothing to do, all {skipped} images are in {output}{_earlier(earlier)}",
+              file=sys.stderr)
+        return EXIT_SOME_FAILED if earlier else EXIT_OK
     clf = make_classifier(model, taxa=taxa, ncbi_limit=ncbi_limit, subset=subset, cls_spec=cls_spec,
                           bins=bins, text_type=text_type, progress=progress and ranks.is_main, **common)
     start = time.perf_counter()
@@ -72,9 +75,13 @@ def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: 
         rate = f", {done_now / seconds:.1f} img/s" if seconds > 0 else ""
         where = f" -> {output}" if output else ""
         print(f"treeclip predict: {done_now - failed} classified, {failed} failed, {skipped} skipped "
-              f"(already in the output){where} [{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]",
-              file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+              f"(already in the output{_earlier(earlier)}){where} "
+              f"[{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
+
+
+def _earlier(n: int) -> str:
+    return f"; {n} of them failed before: --retry-errors tries them again" if n else ""
 
 
 def _precision(common: dict, verb: str) -> str:
@@ -161,23 +168,25 @@ class _Ranks:
 
     def open_output(self, output: str | None, fmt: str, columns: Sequence[str], identity: dict, *,
                     overwrite: bool, retry_errors: bool):
-        """(writer for this rank's rows, names already done). Rank 0 first checks the
+        """(writer for this rank's rows, names already done, those of them that are error
+        rows). Rank 0 first checks the
         output's identity, folds parts an interrupted run left into it and drops error
         rows to retry; then every rank reads the same done set."""
         from treeclip.predict import output as out
 
         if not output or fmt == "table":
-            return out.PredictionWriter(output, fmt, columns, resume=False), set()
+            return out.PredictionWriter(output, fmt, columns, resume=False), set(), set()
         if self.is_main:
             _settle_output(Path(output), fmt, columns, identity, overwrite=overwrite, retry_errors=retry_errors)
         self.barrier()
         if self.world == 1:
             writer = out.PredictionWriter(output, fmt, columns, resume=True)
-            return writer, writer.done
-        done = set(out.read_stored(Path(output), fmt, columns).names)
+            return writer, writer.done, writer.done_errors
+        stored = out.read_stored(Path(output), fmt, columns)
         from treeclip.predict.runs import part_path
 
-        return out.PredictionWriter(part_path(output, self.rank), fmt, columns, resume=False), done
+        errors = {n for n, bad in zip(stored.names, stored.errors) if bad}
+        return out.PredictionWriter(part_path(output, self.rank), fmt, columns, resume=False), set(stored.names), errors
 
     def finish(self, writer, output: str | None, fmt: str, columns: Sequence[str], order: list[str]) -> None:
         """Close this rank's writer; when every rank is done, rank 0 merges the parts."""
@@ -228,8 +237,9 @@ def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool
     if ranks.is_main:
         store.settle(identity, overwrite=overwrite)
     ranks.barrier()
-    done = store.done(retry_errors=retry_errors)
+    done, done_errors = store.done(retry_errors=retry_errors)
     todo = [it for it in items if it.name not in done]
+    earlier = sum(it.name in done_errors for it in items)
     mine = ranks.block(todo)
     failed = 0
     if todo:
@@ -249,10 +259,10 @@ def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool
     if ranks.is_main:
         files = store.finish([it.name for it in items])
         print(f"treeclip embed: {embedded} embedded, {failed} failed, {len(items) - len(todo)} skipped "
-              f"(already in the output) -> {', '.join(map(str, files))} [{identity['precision']}{ranks.describe()}]",
-              file=sys.stderr)
+              f"(already in the output{_earlier(earlier)}) -> {', '.join(map(str, files))} "
+              f"[{identity['precision']}{ranks.describe()}]", file=sys.stderr)
     ranks.end()
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
 
 
 class _EmbeddingStore:
@@ -282,11 +292,13 @@ class _EmbeddingStore:
 
         return ([read_embeddings(self.output)] if self.output.exists() else []) + [read_embeddings(p) for p in self.chunks()]
 
-    def done(self, *, retry_errors: bool) -> set[str]:
+    def done(self, *, retry_errors: bool) -> tuple[set[str], set[str]]:
+        """(inputs done, those of them that failed); failures are not done with `retry_errors`."""
         from treeclip.predict.embed import merge_embeddings
 
         merged = merge_embeddings(self.stored(), [])
-        return set(merged.names) | (set() if retry_errors else set(merged.errors))
+        errors = set() if retry_errors else set(merged.errors)
+        return set(merged.names) | errors, errors
 
     def save_chunk(self, parts: list, rank: int) -> None:
         """One chunk, named so that chunks sort in the order they were written."""
