@@ -85,75 +85,98 @@ def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: Eva
     return out
 
 
+@dataclass
+class _Kept:
+    """What the figures need after every model ran: each task's features per model label
+    and which images decoded (the same for every model)."""
+
+    features: dict[str, dict[str, np.ndarray]]
+    ok: dict[str, np.ndarray]
+    failures: list[str]
+
+
 def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: EvalConfig,
                    out_dir: str | Path) -> dict:
     """Evaluate, write results.json, report.md and the PNGs to `out_dir`; return the results."""
-    import torch
-
     from treeclip import __version__
-    from treeclip.model import load_model
-    from treeclip.taxonomy.templates import load_templates
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        templates = load_templates(cfg.templates)
-    except ValueError as e:
-        from treeclip.errors import TreeclipError
-
-        raise TreeclipError(str(e)) from None
+    templates = _templates(cfg.templates)
     tasks = [load_task(ref) for ref in task_refs]  # every spec checked before any encoding
     labels = model_labels(model_specs)
-    failures: list[str] = [p for task in tasks for p in task.problems]
     results: dict = {
         "treeclip_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "models": [], "tasks": [describe(t) for t in tasks],
         "zero_shot": {}, "few_shot": {}, "linear_probe": {}, "intrinsic": {}, "figures": {},
     }
-    kept_features: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in tasks}
-    kept_ok: dict[str, np.ndarray] = {}
+    kept = _Kept({t.name: {} for t in tasks}, {}, [p for task in tasks for p in task.problems])
     for spec, label in zip(model_specs, labels):
-        model = load_model(spec, device=cfg.device)
-        results["models"].append({"spec": spec, "label": label, "name": model.name,
-                                  "fingerprint": model.fingerprint()})
-        for task in tasks:
-            _log(f"{label}: {task.name} ({len(task)} images, {task.n_classes} classes)", cfg)
-            f = image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
-                               workers=cfg.workers, progress=cfg.progress, precision=cfg.precision)
-            if label == labels[0]:
-                failures += f.errors  # the same images fail for every model: count once
-                kept_ok[task.name] = f.ok
-            r = evaluate_task(model, task, f.features, f.ok, cfg, templates)
-            for t, m in r["zero_shot"].items():
-                results["zero_shot"].setdefault(label, {}).setdefault(t, {})[task.name] = m
-            for k, m in r["few_shot"].items():
-                results["few_shot"].setdefault(label, {}).setdefault(k, {})[task.name] = m
-            if "linear_probe" in r:
-                results["linear_probe"].setdefault(label, {})[task.name] = r["linear_probe"]
-            if "intrinsic" in r:
-                results["intrinsic"].setdefault(label, {})[task.name] = r["intrinsic"]
-                kept_features[task.name][label] = f.features[f.ok]
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the next model gets the whole device
+        _evaluate_model(spec, label, label == labels[0], tasks, cfg, templates, results, kept)
     if cfg.intrinsic:
         for task in tasks:
-            feats = kept_features[task.name]
-            if not feats:
-                continue
-            ok_taxa = [t for t, good in zip(task.taxa, kept_ok[task.name]) if good]
-            safe = _file_stem(task.name)
-            tsne_png, hier_png = f"tsne-{safe}.png", f"hierarchy-{safe}.png"
-            _log(f"t-SNE panels for {task.name}", cfg)
-            intrinsic.tsne_figure(feats, ok_taxa, out / tsne_png, max_points=cfg.tsne_points,
-                                  perplexity=cfg.tsne_perplexity, title=task.name)
-            intrinsic.hierarchy_figure({m: results["intrinsic"][m][task.name] for m in feats}, out / hier_png,
-                                       title=task.name)
-            results["figures"][task.name] = [tsne_png, hier_png]
-    results["failures"] = {"count": len(failures), "examples": failures[:50]}
+            _figures(task, kept, results, cfg, out)
+    results["failures"] = {"count": len(kept.failures), "examples": kept.failures[:50]}
     report.write_report(results, out)
     return results
+
+
+def _templates(name: str) -> list[str]:
+    from treeclip.errors import TreeclipError
+    from treeclip.taxonomy.templates import load_templates
+
+    try:
+        return load_templates(name)
+    except ValueError as e:
+        raise TreeclipError(str(e)) from None
+
+
+def _evaluate_model(spec: str, label: str, first: bool, tasks: Sequence[Task], cfg: EvalConfig,
+                    templates: Sequence[str], results: dict, kept: _Kept) -> None:
+    """One model on every task: its features (cached), every setting, into `results`."""
+    import torch
+
+    from treeclip.model import load_model
+
+    model = load_model(spec, device=cfg.device)
+    results["models"].append({"spec": spec, "label": label, "name": model.name, "fingerprint": model.fingerprint()})
+    for task in tasks:
+        _log(f"{label}: {task.name} ({len(task)} images, {task.n_classes} classes)", cfg)
+        f = image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                           workers=cfg.workers, progress=cfg.progress, precision=cfg.precision)
+        if first:
+            kept.failures += f.errors  # the same images fail for every model: count once
+            kept.ok[task.name] = f.ok
+        r = evaluate_task(model, task, f.features, f.ok, cfg, templates)
+        for t, m in r["zero_shot"].items():
+            results["zero_shot"].setdefault(label, {}).setdefault(t, {})[task.name] = m
+        for k, m in r["few_shot"].items():
+            results["few_shot"].setdefault(label, {}).setdefault(k, {})[task.name] = m
+        if "linear_probe" in r:
+            results["linear_probe"].setdefault(label, {})[task.name] = r["linear_probe"]
+        if "intrinsic" in r:
+            results["intrinsic"].setdefault(label, {})[task.name] = r["intrinsic"]
+            kept.features[task.name][label] = f.features[f.ok]
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next model gets the whole device
+
+
+def _figures(task: Task, kept: _Kept, results: dict, cfg: EvalConfig, out: Path) -> None:
+    """The t-SNE panels and the hierarchy plot of one task, all models side by side."""
+    feats = kept.features[task.name]
+    if not feats:
+        return
+    ok_taxa = [t for t, good in zip(task.taxa, kept.ok[task.name]) if good]
+    safe = _file_stem(task.name)
+    tsne_png, hier_png = f"tsne-{safe}.png", f"hierarchy-{safe}.png"
+    _log(f"t-SNE panels for {task.name}", cfg)
+    intrinsic.tsne_figure(feats, ok_taxa, out / tsne_png, max_points=cfg.tsne_points,
+                          perplexity=cfg.tsne_perplexity, title=task.name)
+    intrinsic.hierarchy_figure({m: results["intrinsic"][m][task.name] for m in feats}, out / hier_png,
+                               title=task.name)
+    results["figures"][task.name] = [tsne_png, hier_png]
 
 
 def _file_stem(name: str) -> str:
