@@ -4,13 +4,14 @@ dynamic int8 quantization (cached under `cache_dir('onnx')`, keyed by model fing
 library versions and `ONNX_FORMAT`).
 
 On a CPU the tower runs as `runtime.vit.FastVisual` where it can (open_clip's arithmetic,
-class-token-only last block), in fixed-size model calls of `MICRO_BATCH[precision]`
-images, each call on one thread, with `streams` calls running side by side on threads of
-their own. So an image's embedding never depends on its batch mates, the batch size, the
-thread count or the process count (the last call of a batch is padded with zeros): resumed
-runs and torchrun splits give the same bits as one run. One thread per call also avoids
-the cost of synchronising threads inside every matrix product (measured: 2 one-thread
-streams ran ViT-B-16 1.5x faster than one two-thread stream on 2 loaded cores).
+class-token-only last block), one image per model call, each call on one thread, with
+`streams` calls running side by side on threads of their own. So an image's embedding
+never depends on its batch mates, the batch size, the thread count or the process count:
+resumed runs and torchrun splits give the same bits as one run (a batched fp32 product's
+bits depend on its row count and its threads). One thread per call also saves
+synchronising threads inside every product (measured: 2 one-thread streams ran ViT-B-16
+1.5x faster than one two-thread stream on 2 loaded cores), and one image per call costs no
+throughput (fp32, one thread, CPU s/image: 0.573 at 1 image per call, 0.585 at 4).
 
 bf16 and int8 are not exact: their top-1 agreement with fp32 is tested on a trained model
 and measured by benchmarks/predict_benchmark.py. The text tower is never touched: label
@@ -41,10 +42,6 @@ ONNX_FORMAT = 2
 """Format version of the exported graphs; part of their cache key (2: the class-token-only
 `FastVisual` graph)."""
 
-MICRO_BATCH = {"fp32": 4, "bf16": 4, "int8": 1}
-"""Images per model call on a CPU. Fixed, so that answers are batch-independent. fp32/bf16:
-4 (one image per call measured ~12% slower: weights are packed anew for every product);
-int8: 1 (dynamic quantization scales activations over the whole call)."""
 
 
 class ImageEncoder:
@@ -86,20 +83,16 @@ class ImageEncoder:
         visual = fast_visual(visual) or visual
         self.visual = torch.compile(visual) if compile else visual
 
-    @property
-    def micro_batch(self) -> int | None:
-        """Images per model call (None: the whole batch, on a GPU)."""
-        return MICRO_BATCH[self.precision] if self.device.type == "cpu" else None
-
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
-        """(N, 3, H, W) preprocessed pixels -> (N, dim) float32 embeddings on the CPU."""
-        m = self.micro_batch
-        if m is None:
+        """(N, 3, H, W) preprocessed pixels -> (N, dim) float32 embeddings on the CPU.
+        On a GPU the batch runs whole; on a CPU one image per call (see the module doc)."""
+        if self.device.type != "cpu":
             feats = self._run(pixels)
+        elif len(pixels):
+            feats = torch.cat(self._map(list(pixels.split(1))))
         else:
-            calls = [pad_to(pixels[s:s + m], m) for s in range(0, len(pixels), m)]
-            feats = torch.cat(self._map(calls))[:len(pixels)] if calls else self._run(pixels[:0])
+            feats = torch.zeros(0, self.clip.embed_dim)
         return (F.normalize(feats, dim=-1) if normalize else feats).cpu()
 
     def _run(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -108,7 +101,7 @@ class ImageEncoder:
             return self.visual(x).float()
 
     def _map(self, calls: list[torch.Tensor]) -> list[torch.Tensor]:
-        if len(calls) == 1 and self.streams == 1 or threading.current_thread().name.startswith("treeclip-model"):
+        if len(calls) == 1 or self.streams == 1 or threading.current_thread().name.startswith("treeclip-model"):
             return [_one_thread(self._run, c) for c in calls]
         with self._lock:
             if self._pool is None:
@@ -131,13 +124,6 @@ def _one_thread(fn: Callable, x: torch.Tensor) -> torch.Tensor:
         return fn(x)
     finally:
         torch.set_num_threads(before)
-
-
-def pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
-    """`x` with zero rows appended up to `n` rows (model calls have a fixed size)."""
-    if len(x) >= n:
-        return x
-    return torch.cat([x, x.new_zeros((n - len(x), *x.shape[1:]))])
 
 
 class OnnxVisual:

@@ -83,7 +83,7 @@ class _Block(torch.nn.Module):
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         n, length, _ = t.shape
-        return t.view(n, length, self.heads, -1).transpose(1, 2)
+        return t.view(n, length, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
