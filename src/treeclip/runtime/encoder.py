@@ -43,7 +43,6 @@ ONNX_FORMAT = 2
 `FastVisual` graph)."""
 
 
-
 class ImageEncoder:
     """Image embeddings of a `ClipModel` at a chosen precision and device.
 
@@ -128,8 +127,8 @@ def _one_thread(fn: Callable, x: torch.Tensor) -> torch.Tensor:
 
 class OnnxVisual:
     """The image tower in ONNX Runtime: `kind` "int8" (dynamic quantization: weights int8,
-    activations quantized per call, one image per call) or "fp32". Exported once to
-    `<cache>/onnx/<fingerprint>-visual-<kind>-v<ONNX_FORMAT>-ort<version>.onnx`. Runs on one
+    activations quantized per call, one image per call) or "fp32". Exported once to `graph_path(...)` under
+    `cache_dir('onnx')`. Runs on one
     thread per call (the encoder's streams run calls side by side)."""
 
     def __init__(self, clip, kind: str = "int8", cache_dir: str | os.PathLike | None = None) -> None:
