@@ -97,6 +97,55 @@ def baseline_predict(model, preprocess, text_features, logit_scale, paths, batch
     return top1
 
 
+def baseline_embed(model, preprocess, paths, batch_size=10):
+    """Plain open_clip embeddings the same way: fp32 eager, batch 10, L2-normalised."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(paths), batch_size):
+            pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[s:s + batch_size]])
+            out.append(F.normalize(model.encode_image(pixels), dim=-1))
+    return torch.cat(out).numpy()
+
+
+def bench_embed(args, clip, plain, preprocess, paths, workdir: Path) -> dict:
+    """`treeclip embed` (exact fp32 default, and --precision fast) against plain open_clip."""
+    from treeclip.predict.embed import embed_images
+
+    def treeclip(precision, some):
+        return lambda: embed_images(clip, some, precision=precision, cache_dir=str(workdir / "cache")).vectors
+
+    baseline_embed(plain, preprocess, paths[:2])  # warm-up (and the fast path's one-off export)
+    treeclip("fp32", paths[:2])()
+    treeclip("fast", paths[:2])()
+    runs = {"baseline": lambda: baseline_embed(plain, preprocess, paths), "fp32": treeclip("fp32", paths),
+            "fast": treeclip("fast", paths)}
+    seconds, vectors = timed_rounds(runs, args.rounds)
+    images = len(paths) * args.rounds
+    out = {"embed_baseline_img_per_s": images / seconds["baseline"]}
+    for who in ("fp32", "fast"):
+        out[f"embed_{who}_img_per_s"] = images / seconds[who]
+        out[f"embed_{who}_speedup"] = seconds["baseline"] / seconds[who]
+        out[f"embed_{who}_min_cosine_with_baseline"] = float((vectors["baseline"] * vectors[who]).sum(1).min())
+    out["embed_fast_min_cosine_with_fp32"] = float((vectors["fp32"] * vectors["fast"]).sum(1).min())
+    return out
+
+
+def timed_rounds(runs: dict, rounds: int) -> tuple[dict, dict]:
+    """Summed seconds of each contender over rounds whose order alternates; last outputs."""
+    seconds, outputs = dict.fromkeys(runs, 0.0), {}
+    for r in range(rounds):
+        for who in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            start = time.perf_counter()
+            outputs[who] = runs[who]()
+            seconds[who] += time.perf_counter() - start
+            print(f"  round {r + 1} {who}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return seconds, outputs
+
+
 def bench_throughput(args, workdir: Path) -> dict:
     import open_clip
     import torch
@@ -147,6 +196,8 @@ def bench_throughput(args, workdir: Path) -> dict:
         out[f"{who}_img_per_s"] = images / seconds[who]
         out[f"{who}_speedup"] = seconds["baseline"] / seconds[who]
         out[f"{who}_top1_agreement_with_baseline"] = float(np.mean([a == b for a, b in zip(top1["baseline"], top1[who])]))
+    if args.embed:
+        out.update(bench_embed(args, clip, plain, preprocess, paths, workdir))
     return out
 
 
@@ -213,11 +264,18 @@ def main() -> None:
     ap.add_argument("--dict-images", type=int, default=10)
     ap.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
                     help="also time treeclip's exact --precision fp32 path when the default is not fp32")
+    ap.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time `treeclip embed` (fp32 and fast) against plain open_clip embeddings")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-aggregation", action="store_true")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+    from treeclip.runtime.precision import cpu_features
+
+    flags = cpu_features()
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                           "cpu_features": flags.describe(), "cpu_features_source": flags.source,
+                           "load_average_at_start": os.getloadavg()[0]}}
     if not args.skip_aggregation:
         results["aggregation"] = bench_aggregation(args)
         print(json.dumps(results["aggregation"], indent=2), flush=True)
@@ -225,6 +283,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results["throughput"] = bench_throughput(args, Path(tmp))
         print(json.dumps(results["throughput"], indent=2), flush=True)
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    print(json.dumps(results["machine"], indent=2), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -224,3 +224,27 @@ def test_int8_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
     rows = TreeOfLifeClassifier(clip, TAXA, precision="int8", cache_dir=str(tmp_path / "cache"), **OPTS).predict(
         images[:2], rank="family", k=1)
     assert len(rows) == 2 and all(r["score"] > 0 for r in rows)
+
+
+def test_threaded_decoding_keeps_input_order_and_errors(clip, images, tmp_path):
+    """Decoding in threads one batch ahead: the same batches, pixels and error lines as
+    decoding inline one item at a time, and a consumer that stops early does not hang."""
+    import threading
+
+    from treeclip.runtime.images import decode_item, iter_batches
+
+    bad = make_bad_inputs(tmp_path / "bad")
+    items = [_item(p) for p in [*images[:3], bad["corrupt"], *images[3:], bad["text"]]]
+    batches = list(iter_batches(items, clip.preprocess, batch_size=3, workers=0))
+    assert [b[0] for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    errors = {i: e for b in batches for i, e in b[3].items()}
+    assert sorted(errors) == [3, 8] and str(bad["corrupt"]) in errors[3]
+    pixels = torch.cat([b[2] for b in batches])
+    ok = [i for b in batches for i in b[1]]
+    assert torch.equal(pixels, torch.stack([decode_item(items[i], clip.preprocess)[0] for i in ok]))
+    before = set(threading.enumerate())
+    stream = iter_batches(items, clip.preprocess, batch_size=2, workers=0)
+    next(stream)
+    assert [t for t in threading.enumerate() if t.name.startswith("treeclip-decode") and t not in before]
+    stream.close()  # shuts its decode threads down
+    assert not [t for t in threading.enumerate() if t.name.startswith("treeclip-decode") and t not in before]
