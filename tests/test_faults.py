@@ -207,9 +207,10 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 
 def _infer_args(verb: str, model: Path, photos: Path, out: Path) -> list[str]:
-    """One image per model call: answers that do not depend on batch mates, so a resumed
-    run (whose batches differ) writes the same bytes."""
-    common = ["--precision", "fp32", "--batch-size", "1", "--workers", "0", "-q", "-o", str(out)]
+    """fp32 in batches of 3, so kills land between batches and a resumed run's batches
+    hold other images: each image's answer does not depend on its batch mates (the
+    encoder runs one image per call), so the resumed run writes the same bytes."""
+    common = ["--precision", "fp32", "--batch-size", "3", "--workers", "0", "-q", "-o", str(out)]
     if verb == "predict":
         return treeclip("predict", str(model), str(photos), "--templates", "single", "--k", "2", *common)
     return treeclip("embed", str(model), str(photos), "--chunk-size", "4", *common)
