@@ -100,6 +100,89 @@ def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class CompactEmbedding(torch.nn.Module):
+    """A token embedding that trains only the rows of the token ids a dataset's captions use.
+
+    Token ids stay those of the full BPE vocabulary everywhere (the stock tokenizer, the
+    argmax pooling at the end-of-text id, which must stay the largest id); this module
+    maps each id to its row. Ids outside the set read the full matrix's rows, which stay
+    as they were (in a full-vocabulary model they get no gradient either). Training then
+    touches a (kept ids x width) matrix instead of (49,408 x width): a smaller embedding
+    gradient and a smaller optimizer step. Its state dict is the full matrix under the
+    stock key, with the trained rows scattered back, so checkpoints and exported model
+    dirs are plain open_clip and load into a compact or a full model alike. The full
+    matrix and the id map are plain tensors, not buffers, so DistributedDataParallel
+    does not broadcast them every step."""
+
+    def __init__(self, full: torch.Tensor, ids: torch.Tensor) -> None:
+        super().__init__()
+        full = full.detach()
+        ids = torch.unique(ids.to(torch.long).cpu())  # sorted
+        if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= full.shape[0]):
+            raise TreeclipError(f"token ids must be in [0, {full.shape[0]}) for a compact vocabulary")
+        self.ids = ids.to(full.device)
+        self.weight = torch.nn.Parameter(full[self.ids].clone())
+        self.base = full.clone()
+        rows = torch.full((full.shape[0],), -1, dtype=torch.long)
+        rows[ids] = torch.arange(len(ids))
+        self.rows = rows.to(full.device)
+
+    @property
+    def num_embeddings(self) -> int:
+        return int(self.base.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.base.shape[1])
+
+    def _apply(self, fn, recurse: bool = True):  # move the plain tensors with the module
+        super()._apply(fn, recurse)
+        self.base, self.rows, self.ids = fn(self.base), fn(self.rows), fn(self.ids)
+        return self
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        rows = self.rows[tokens]
+        out = F.embedding(rows.clamp(min=0), self.weight)
+        outside = rows < 0
+        if bool(outside.any()):  # ids no training caption uses (e.g. words of other templates)
+            out = torch.where(outside.unsqueeze(-1), F.embedding(tokens, self.base).to(out.dtype), out)
+        return out
+
+    def full_weight(self) -> torch.Tensor:
+        """The (vocabulary x width) matrix with the trained rows in place."""
+        full = self.base.clone()
+        full[self.ids] = self.weight.detach().to(full.dtype)
+        return full
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        destination[prefix + "weight"] = self.full_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        full = state_dict[key]
+        if tuple(full.shape) != tuple(self.base.shape):
+            error_msgs.append(f"size mismatch for {key}: {tuple(full.shape)} in the checkpoint, "
+                              f"{tuple(self.base.shape)} in the model")
+            return
+        with torch.no_grad():
+            self.base.copy_(full)
+            self.weight.copy_(full.to(self.base.device)[self.ids])
+
+
+def compact_text_vocabulary(model: torch.nn.Module, token_ids: torch.Tensor) -> torch.nn.Module:
+    """Make `model`'s token embedding train only `token_ids` (see `CompactEmbedding`), in
+    place, before the optimizer is made. Exact: the same ids give the same embeddings."""
+    emb = model.token_embedding
+    if isinstance(emb, CompactEmbedding):
+        return model
+    model.token_embedding = CompactEmbedding(emb.weight, token_ids)
+    return model
+
+
 @dataclass
 class ClipModel:
     """An open_clip CLIP model with what it needs to be used: `preprocess` (PIL -> tensor,

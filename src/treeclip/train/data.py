@@ -27,7 +27,7 @@ from treeclip.errors import InputError, TreeclipError
 from treeclip.train.order import TEXT_MODES, BatchSampler, Plan, ShardIndex, mix_seed, split_shards
 
 __all__ = ["TEXT_MODES", "BatchSampler", "Plan", "ShardIndex", "mix_seed", "split_shards", "ShardSamples",
-           "Batch", "Collate", "make_loader"]
+           "ImageCache", "Batch", "Collate", "caption_token_ids", "make_loader"]
 
 
 class ShardSamples(torch.utils.data.Dataset):
@@ -45,11 +45,14 @@ class ShardSamples(torch.utils.data.Dataset):
     `treeclip.data.reader.decode_sample` (the same `decode_image` every stage uses)."""
 
     def __init__(self, index: ShardIndex, transform: Callable, *, seed: int = 0, augment: bool = False,
-                 draft_size: int | None = None, max_tries: int = 16) -> None:
+                 draft_size: int | None = None, max_tries: int = 16, cache_images: bool = False) -> None:
         self.index, self.transform, self.seed, self.augment = index, transform, seed, augment
         self.draft_size, self.max_tries = draft_size, max_tries
         self._files: dict[int, object] = {}
         self._pid = os.getpid()
+        self.cache: ImageCache | None = None
+        if cache_images and not augment:
+            self.cache = ImageCache.build(self, transform)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -67,6 +70,8 @@ class ShardSamples(torch.utils.data.Dataset):
         """Sample `i` (or the next readable one) with its caption of `text_type`."""
         from treeclip.data.reader import decode_sample
 
+        if self.cache is not None:
+            return self.cache.load(i, text_type, self.max_tries)
         failures = 0
         for attempt in range(self.max_tries):
             j = (i + attempt) % len(self.index)
@@ -76,12 +81,10 @@ class ShardSamples(torch.utils.data.Dataset):
             except (InputError, KeyError, ValueError, OSError, tarfile.TarError) as err:
                 failures += 1
                 reason = f"missing member {err}" if isinstance(err, KeyError) else str(err)
-                print(f"treeclip: {self.index.shards[int(self.index.shard[j])]}: sample {j}: {reason}; skipped",
-                      file=sys.stderr)
+                _skipped(self.index, j, reason)
                 continue
             return self._pixels(sample["image"], epoch, j), caption, sample["cls"], sample["key"], failures
-        raise TreeclipError(f"{self.max_tries} samples in a row could not be read near sample {i}; "
-                            "is the dataset damaged? (`treeclip data verify`)")
+        raise _damaged(self.max_tries, i)
 
     def _pixels(self, image, epoch: int, j: int) -> torch.Tensor:
         if not self.augment:
@@ -92,6 +95,106 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, str, int]):
         return self.load(*item)
+
+
+def _skipped(index: ShardIndex, j: int, reason: str) -> None:
+    print(f"treeclip: {index.shards[int(index.shard[j])]}: sample {j}: {reason}; skipped", file=sys.stderr)
+
+
+def _damaged(tries: int, i: int) -> TreeclipError:
+    return TreeclipError(f"{tries} samples in a row could not be read near sample {i}; "
+                         "is the dataset damaged? (`treeclip data verify`)")
+
+
+CACHE_MAX_BYTES = 4 << 30
+"""Datasets whose resized images take more memory than this are streamed, not cached."""
+
+
+@dataclass
+class ImageCache:
+    """Every training image decoded and resized once, held as uint8 (n, 3, H, W), with
+    each sample's captions and class: what `ShardSamples` does per read, without the
+    JPEG decode and resize at every step. Only the exact tail of the eval transform (to
+    float, /255, normalise) is done per read, the same float operations as
+    torchvision's `ToTensor` + `Normalize`, so the pixels are bit-identical to the
+    streamed ones (tested). Unreadable samples are reported once, while caching, and
+    replaced at each read by the next readable one, as when streaming."""
+
+    pixels: torch.Tensor
+    ok: list[bool]
+    texts: list[dict[str, str]]
+    classes: list[int]
+    keys: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    index: ShardIndex
+
+    @classmethod
+    def build(cls, samples: "ShardSamples", transform: Callable) -> "ImageCache | None":
+        """The cache of `samples`, or None (streamed) when `transform` does not end in
+        ToTensor + Normalize or the images would take more than `CACHE_MAX_BYTES`."""
+        from treeclip.data.reader import decode_sample
+
+        head, mean, std, size = _split_transform(transform)
+        n = len(samples.index)
+        if head is None or n * 3 * size * size > CACHE_MAX_BYTES:
+            print("treeclip: training images are decoded at every read (not cached: "
+                  f"{'transform' if head is None else 'too large'})", file=sys.stderr)
+            return None
+        pixels = torch.zeros((n, 3, size, size), dtype=torch.uint8)
+        ok, texts, classes, keys = [False] * n, [{}] * n, [0] * n, [""] * n
+        files: dict[int, object] = {}
+        for j in range(n):
+            try:
+                sample = decode_sample(samples.index.read(j, files), draft_size=samples.draft_size)
+                pixels[j] = _to_uint8(head(sample["image"]), size)
+            except (InputError, KeyError, ValueError, OSError, tarfile.TarError) as err:
+                _skipped(samples.index, j, f"missing member {err}" if isinstance(err, KeyError) else str(err))
+                continue
+            ok[j], texts[j], classes[j], keys[j] = True, sample["texts"], sample["cls"], sample["key"]
+        for f in files.values():
+            f.close()
+        return cls(pixels, ok, texts, classes, keys, mean, std, samples.index)
+
+    def load(self, i: int, text_type: str, max_tries: int):
+        """As `ShardSamples.load`, from memory."""
+        failures = 0
+        for attempt in range(max_tries):
+            j = (i + attempt) % len(self.ok)
+            if not self.ok[j] or text_type not in self.texts[j]:
+                if self.ok[j]:
+                    _skipped(self.index, j, f"missing member '{text_type.lower()}.txt'")
+                failures += 1
+                continue
+            pixels = self.pixels[j].to(torch.float32).div(255).sub_(self.mean).div_(self.std)
+            return pixels, self.texts[j][text_type], self.classes[j], self.keys[j], failures
+        raise _damaged(max_tries, i)
+
+
+def _split_transform(transform: Callable):
+    """(the PIL part, mean, std, size) of a Compose ending in ToTensor + Normalize of a
+    square image, else (None, None, None, 0)."""
+    import torchvision.transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 3 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
+        return None, None, None, 0
+    sizes = [s.size for s in steps if isinstance(s, T.CenterCrop)]
+    if not sizes or sizes[-1][0] != sizes[-1][1]:
+        return None, None, None, 0
+    norm = steps[-1]
+    mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
+    return T.Compose(steps[:-2]), mean, std, int(sizes[-1][0])
+
+
+def _to_uint8(image, size: int) -> torch.Tensor:
+    import numpy as np
+
+    arr = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
+    if arr.shape != (size, size, 3):
+        raise ValueError(f"transformed to {arr.shape}, expected {(size, size, 3)}")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 @dataclass
@@ -111,10 +214,24 @@ class Batch:
 
 
 class Collate:
-    """Stacks pixels and tokenises each distinct caption once (in the worker)."""
+    """Stacks pixels and tokenises each distinct caption once (in the worker); a
+    caption's tokens are kept, so each caption is tokenised once per run, not per batch
+    (a tree of life has far fewer captions than a run has samples)."""
+
+    MAX_KEPT = 200_000
 
     def __init__(self, tokenizer: Callable) -> None:
         self.tokenizer = tokenizer
+        self._tokens: dict[str, torch.Tensor] = {}
+
+    def tokens(self, captions: list[str]) -> torch.Tensor:
+        """The tokenizer's rows for `captions`, from the kept ones where it can."""
+        new = [c for c in dict.fromkeys(captions) if c not in self._tokens]
+        if new:
+            if len(self._tokens) + len(new) > self.MAX_KEPT:
+                self._tokens.clear()
+            self._tokens.update(zip(new, self.tokenizer(new)))
+        return torch.stack([self._tokens[c] for c in captions])
 
     def __call__(self, items: list) -> Batch:
         from treeclip.model.factory import trim_padding
@@ -122,9 +239,20 @@ class Collate:
         pixels, captions, labels, keys, failures = zip(*items)
         distinct: dict[str, int] = {}
         caption_index = [distinct.setdefault(c, len(distinct)) for c in captions]
-        tokens = trim_padding(self.tokenizer(list(distinct)))
+        tokens = trim_padding(self.tokens(list(distinct)))
         return Batch(torch.stack(pixels), tokens, torch.tensor(caption_index), torch.tensor(labels),
                      list(keys), sum(failures))
+
+
+def caption_token_ids(dataset: str | os.PathLike, tokenizer: Callable) -> torch.Tensor:
+    """The token ids of every caption of every text type of a dataset's taxa, with the
+    padding, start- and end-of-text ids: all a compact vocabulary needs for training."""
+    from treeclip.data.dataset import read_taxa
+    from treeclip.taxonomy.taxon import TEXT_TYPES
+
+    captions = sorted({t.caption(tt) for t in read_taxa(dataset) for tt in TEXT_TYPES})
+    ids = [torch.tensor([0])] + [tokenizer(captions[i:i + 4096]).flatten() for i in range(0, len(captions), 4096)]
+    return torch.unique(torch.cat(ids))
 
 
 def make_loader(samples: ShardSamples, sampler: BatchSampler, tokenizer: Callable, *, workers: int = 1,

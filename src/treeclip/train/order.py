@@ -95,7 +95,17 @@ class ShardIndex:
 class Plan:
     """The data order: global batch `g` of the run is samples `order(g)` of epoch
     `g // batches_per_epoch`; rank `r` reads its slice. Partial batches at the end of an
-    epoch are dropped, so every step has the full global batch."""
+    epoch are dropped, so every step has the full global batch.
+
+    With `shard_of` (the shard number of each sample) the order is resampled instead, as
+    open_clip_train's `--dataset-resampled`: shards are drawn with replacement, a
+    window of `SHARDS_PER_WINDOW` draws at a time (fewer when there are fewer shards),
+    each window's samples shuffled together (as a shuffle buffer mixes the shards its
+    workers read), and the windows concatenated into one endless stream; global batch `g`
+    is samples `g*B .. (g+1)*B` of it. Still a pure function of (seed, step): exact on
+    resume and the same global batches for any number of processes. An "epoch" is then
+    only a length (`batches_per_epoch` steps); the window number takes its place in
+    seeding augmentation."""
 
     n_samples: int
     global_batch: int
@@ -105,6 +115,9 @@ class Plan:
     accum_steps: int = 1
     text_type: str = "mixed"
     text_types: tuple[str, ...] = MIXED_TEXT_TYPES
+    shard_of: np.ndarray | None = None
+
+    SHARDS_PER_WINDOW = 8
 
     def __post_init__(self) -> None:
         if self.global_batch % (self.world_size * self.accum_steps):
@@ -115,6 +128,13 @@ class Plan:
         if self.text_type not in TEXT_MODES and self.text_type not in TEXT_TYPES:
             raise TreeclipError(f"unknown text type {self.text_type!r}; expected {', '.join(TEXT_MODES + TEXT_TYPES)}")
         self._perm_epoch, self._perm = -1, None
+        if self.shard_of is not None:
+            self._stream = ResampledStream(np.asarray(self.shard_of), self.seed,
+                                           min(self.SHARDS_PER_WINDOW, int(np.max(self.shard_of)) + 1))
+
+    @property
+    def resampled(self) -> bool:
+        return self.shard_of is not None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -143,14 +163,64 @@ class Plan:
     def micro_batches(self, step: int) -> list[list[tuple[int, str, int]]]:
         """This rank's micro-batches of global batch `step`: lists of
         (sample index, text type, epoch)."""
-        epoch, b = divmod(step, self.batches_per_epoch)
-        order = self.epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+        if self.resampled:
+            order, epochs = self._stream.slice(step * self.global_batch, (step + 1) * self.global_batch)
+        else:
+            epoch, b = divmod(step, self.batches_per_epoch)
+            order = self.epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+            epochs = np.full(len(order), epoch)
         types = self.text_types_for(step)
         per_rank = self.global_batch // self.world_size
         lo = self.rank * per_rank
-        mine = [(int(order[i]), types[i], epoch) for i in range(lo, lo + per_rank)]
+        mine = [(int(order[i]), types[i], int(epochs[i])) for i in range(lo, lo + per_rank)]
         m = self.micro_batch
         return [mine[j * m:(j + 1) * m] for j in range(self.accum_steps)]
+
+
+class ResampledStream:
+    """The endless sample stream of the resampled mode (see `Plan`): window `w` is
+    `per_window` shards drawn with replacement from `mix_seed(seed, w, 4)`, its samples
+    shuffled together. Only window sizes are kept for the whole run (to find where a
+    position falls); the contents of the windows in use are made on demand."""
+
+    def __init__(self, shard_of: np.ndarray, seed: int, per_window: int) -> None:
+        self.seed, self.per_window = seed, per_window
+        n_shards = int(shard_of.max()) + 1
+        self.members = [np.flatnonzero(shard_of == s) for s in range(n_shards)]
+        self.sizes = np.asarray([len(m) for m in self.members], np.int64)
+        self.starts = [0]                  # stream position where window w starts
+        self._window: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def _draws(self, w: int) -> tuple[np.random.Generator, np.ndarray]:
+        rng = np.random.default_rng(mix_seed(self.seed, w, 4))
+        return rng, rng.integers(0, len(self.members), size=self.per_window)
+
+    def _window_at(self, pos: int) -> int:
+        while self.starts[-1] <= pos:  # extend the window starts to cover `pos`
+            _, draws = self._draws(len(self.starts) - 1)
+            self.starts.append(self.starts[-1] + int(self.sizes[draws].sum()))
+        return int(np.searchsorted(self.starts, pos, side="right")) - 1
+
+    def window(self, w: int) -> np.ndarray:
+        """The sample indices of window `w`, in stream order."""
+        if self._window[0] != w:
+            rng, draws = self._draws(w)
+            members = np.concatenate([self.members[d] for d in draws])
+            self._window = (w, members[rng.permutation(len(members))])
+        return self._window[1]
+
+    def slice(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample indices, window numbers) of stream positions lo .. hi-1."""
+        out, wins = [], []
+        pos = lo
+        while pos < hi:
+            w = self._window_at(pos)  # the starts now reach past pos: window w ends at starts[w + 1]
+            start, end = self.starts[w], self.starts[w + 1]
+            take = self.window(w)[pos - start:min(hi, end) - start]
+            out.append(take)
+            wins.append(np.full(len(take), w))
+            pos += len(take)
+        return np.concatenate(out), np.concatenate(wins)
 
 
 class BatchSampler(torch.utils.data.Sampler):
