@@ -209,6 +209,22 @@ def test_compact_vocabulary_is_exact_and_exports_the_full_vocabulary(dataset, tm
     assert not torch.equal(trained[ids], init[ids])       # the rows the captions use: trained
 
 
+def test_captions_encoded_in_length_groups_equal_open_clip():
+    from treeclip.model import create_model
+    from treeclip.model.factory import encode_tokens, length_groups
+
+    clip = create_model("micro-vit-32", seed=1)
+    captions = [t.caption(tt) for t in TAXA for tt in ("com", "taxon_com", "sci", "taxon")]
+    tokens = clip.tokenizer(captions)
+    lengths = (tokens.argmax(dim=-1) + 1).tolist()
+    cuts = length_groups(lengths)
+    assert 1 < len(cuts) <= 3 and cuts[-1] == max(lengths) and cuts == sorted(cuts)
+    assert length_groups([9] * 10) == [9]
+    with torch.no_grad():
+        grouped, plain = encode_tokens(clip.model, tokens), clip.model.encode_text(tokens)
+    assert torch.allclose(grouped, plain, atol=1e-5)  # every caption back in its own row
+
+
 def test_cached_images_are_the_streamed_pixels(dataset, tmp_path):
     from treeclip.model import create_model
     from treeclip.train.data import ShardIndex, ShardSamples, split_shards

@@ -78,14 +78,64 @@ def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, :length]
 
 
-def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Unnormalised text features of a CLIP model, computed on the trimmed token length.
+def length_groups(lengths: list[int], max_groups: int = 3) -> list[int]:
+    """Cut points (lengths) that split captions into at most `max_groups` groups, each
+    padded only to its own longest caption: the fewest padded tokens, where a group
+    also costs 5% of the unsplit batch's tokens (one more pass through the tower)."""
+    n, longest = len(lengths), max(lengths)
+    counts = torch.bincount(torch.as_tensor(lengths), minlength=longest + 1).tolist()
+    uniq = [length for length in range(longest + 1) if counts[length]]
+    below = [0]  # captions no longer than uniq[i]
+    for length in uniq:
+        below.append(below[-1] + counts[length])
+    penalty = 0.05 * n * longest
 
-    Follows open_clip's `CLIP.encode_text` op for op, with positional embeddings and causal
-    mask cut to the trimmed length. Other towers fall back to `encode_text`."""
+    def cost(cuts: tuple[int, ...]) -> float:  # cuts: indices into uniq of each group's longest
+        total, prev = 0.0, 0
+        for c in cuts:
+            total += uniq[c] * (below[c + 1] - below[prev]) + penalty
+            prev = c + 1
+        return total
+
+    last = len(uniq) - 1
+    options = [(last,)] + [(i, last) for i in range(last)]
+    if max_groups >= 3:
+        options += [(i, j, last) for i in range(last) for j in range(i + 1, last)]
+    return [uniq[c] for c in min(options, key=cost)]
+
+
+def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Unnormalised text features of a CLIP model, each caption computed on its own
+    length, not the padded context: captions of similar length are encoded together
+    (`length_groups`), each group trimmed to its longest. Exact for CLIP's causal text
+    tower (no token attends to a later one, so padding never changes the features read
+    at the end-of-text token); mixed text types (13-token common names beside 47-token
+    taxonomic names) cost about half the text compute of one padded batch.
+
+    Follows open_clip's `CLIP.encode_text` op for op. Other towers fall back to
+    `encode_text`."""
     if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", "argmax") != "argmax":
         return model.encode_text(tokens)
-    tokens = trim_padding(tokens)
+    # argmax pooling: the end-of-text id is the largest id in every caption
+    lengths = tokens.argmax(dim=-1) + 1
+    cuts = length_groups(lengths.tolist()) if len(tokens) > 1 else [int(lengths.max())]
+    if len(cuts) == 1:
+        return _encode_trimmed(model, tokens[:, :cuts[0]])
+    order = torch.argsort(lengths, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    parts, lo = [], 0
+    for cut in cuts:
+        hi = lo
+        while hi < len(sorted_lengths) and sorted_lengths[hi] <= cut:
+            hi += 1
+        parts.append(_encode_trimmed(model, tokens[order[lo:hi], :cut]))
+        lo = hi
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`CLIP.encode_text` on `tokens` cut to their own length (positional embeddings and
+    causal mask cut to match)."""
     length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
@@ -93,7 +143,6 @@ def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
     x = model.transformer(x, attn_mask=mask)
     x = model.ln_final(x)
-    # argmax pooling: the end-of-text id is the largest id in every caption
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
