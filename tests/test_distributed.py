@@ -81,10 +81,11 @@ def test_local_loss_with_gathered_features_matches_one_process(tmp_path, taxon_a
     assert torch.allclose(r0[3], loss.reshape(1), atol=1e-6)
 
 
-def _train_cmd(launcher: list[str], data: Path, out: Path) -> list[str]:
+def _train_cmd(launcher: list[str], data: Path, out: Path, *options: str) -> list[str]:
     return [*launcher, "-m", "treeclip", "train", str(data), "--out", str(out), "--model", "micro-vit-32",
             "--batch-size", "16", "--steps", "2", "--lr", "1e-3", "--warmup", "1", "--workers", "0",
-            "--threads", "1", "--save-every", "0", "--val-every", "0", "--no-progress", "--text-type", "mixed"]
+            "--threads", "1", "--save-every", "0", "--val-every", "0", "--no-progress", "--text-type", "mixed",
+            *options]
 
 
 def _train_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
@@ -104,14 +105,16 @@ def _max_weight_diff(a_dir: Path, b_dir: Path) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_gloo_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("options", [{}, {"dataset_resampled": True, "compact_vocab": True, "cache_images": True}],
+                         ids=["plain", "resampled-compact-cached"])
+def test_two_gloo_processes_train_like_one(tmp_path, options):
     import open_clip  # noqa: F401  imported once here rather than in each forked worker
     from treeclip.train import make_config, train
 
-    data = make_dataset(tmp_path / "ds", per_class=4, val_per_class=1)
+    data = make_dataset(tmp_path / "ds", per_class=4, val_per_class=1, shard_max_samples=8)
     settings = dict(data=str(data), model="micro-vit-32", batch_size=16, steps=2, lr=1e-3, warmup=1, workers=0,
                     threads=1, save_every=0, val_every=0, progress=False, text_type="mixed-sample",
-                    loss="taxon-aware")
+                    loss="taxon-aware", **options)
     mp.start_processes(_train_worker, args=(2, _free_port(), {**settings, "out": str(tmp_path / "two")}),
                        nprocs=2, start_method="fork", join=True)
     one = train(make_config(**settings, out=str(tmp_path / "one")))
@@ -123,13 +126,17 @@ def test_two_gloo_processes_train_like_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tmp_path):
-    data = make_dataset(tmp_path / "ds", per_class=4, val_per_class=1)
+@pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images")],
+                         ids=["plain", "resampled-compact-cached"])
+def test_torchrun_two_processes_match_one_process(tmp_path, options):
+    data = make_dataset(tmp_path / "ds", per_class=4, val_per_class=1, shard_max_samples=8)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(_free_port())]
-    two = subprocess.run(_train_cmd(torchrun, data, tmp_path / "two"), env=env, capture_output=True, text=True)
+    two = subprocess.run(_train_cmd(torchrun, data, tmp_path / "two", *options), env=env, capture_output=True,
+                         text=True)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(_train_cmd([sys.executable], data, tmp_path / "one"), env=env, capture_output=True, text=True)
+    one = subprocess.run(_train_cmd([sys.executable], data, tmp_path / "one", *options), env=env,
+                         capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
     assert _max_weight_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") < 1e-4

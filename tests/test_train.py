@@ -138,12 +138,14 @@ def test_resume_from_a_middle_checkpoint_is_exact(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(dataset, tmp_path):
+@pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images")],
+                         ids=["plain", "resampled-compact-cached"])
+def test_resume_after_sigkill_is_exact(dataset, tmp_path, options):
     from click.testing import CliRunner
 
     from treeclip.cli import cli
 
-    common = ("--steps", "12", "--save-every", "3", "--text-type", "mixed-sample", "--val-every", "0")
+    common = ("--steps", "12", "--save-every", "3", "--text-type", "mixed-sample", "--val-every", "0", *options)
     # the run, killed without warning once a checkpoint exists (a separate process)...
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(dataset, killed, *common), env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -168,6 +170,133 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path):
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     steps = [r["step"] for r in _metrics(killed) if r["type"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # no duplicated log lines
+
+
+def test_compact_vocabulary_is_exact_and_exports_the_full_vocabulary(dataset, tmp_path):
+    import open_clip
+
+    from treeclip.model import create_model, load_model
+    from treeclip.model.factory import CompactEmbedding, compact_text_vocabulary
+    from treeclip.train.data import caption_token_ids
+
+    clip = create_model("micro-vit-32", seed=3)
+    ids = caption_token_ids(dataset, clip.tokenizer)
+    assert 0 in ids and 49406 in ids and 49407 in ids and len(ids) < 200  # pad, start and end of text kept
+    captions = [t.caption("taxon_com") for t in TAXA] + ["a bad origami of an unseen genus."]  # ids outside, too
+    before = clip.encode_texts(captions)
+    full = clip.model.token_embedding.weight.detach().clone()
+    compact_text_vocabulary(clip.model, ids)
+    emb = clip.model.token_embedding
+    assert isinstance(emb, CompactEmbedding) and emb.weight.shape == (len(ids), full.shape[1])
+    assert torch.equal(clip.encode_texts(captions), before)
+    assert torch.equal(clip.model.state_dict()["token_embedding.weight"], full)  # saved as the full matrix
+
+    # trained compact: the export is plain open_clip with the stock tokenizer, identical embeddings
+    run = tmp_path / "compact"
+    train(make_config(data=str(dataset), out=str(run), steps=6, save_every=3, compact_vocab=True,
+                      text_type="mixed-sample", **FAST))
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{run / 'model'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{run / 'model'}")
+    model.eval()
+    with torch.no_grad():
+        plain = model.encode_text(tokenizer(captions), normalize=True)
+    assert torch.allclose(plain, load_model(str(run / "model")).encode_texts(captions), atol=1e-6)
+    trained = _weights(run / "model")["token_embedding.weight"]
+    init = create_model("micro-vit-32", seed=0).model.token_embedding.weight.detach()
+    outside = torch.ones(len(init), dtype=torch.bool)
+    outside[ids] = False
+    assert torch.equal(trained[outside], init[outside])  # rows no caption uses: as initialised
+    assert not torch.equal(trained[ids], init[ids])       # the rows the captions use: trained
+
+
+def test_captions_encoded_in_length_groups_equal_open_clip():
+    from treeclip.model import create_model
+    from treeclip.model.factory import encode_tokens, length_groups
+
+    clip = create_model("micro-vit-32", seed=1)
+    captions = [t.caption(tt) for t in TAXA for tt in ("com", "taxon_com", "sci", "taxon")]
+    tokens = clip.tokenizer(captions)
+    lengths = (tokens.argmax(dim=-1) + 1).tolist()
+    cuts = length_groups(lengths)
+    assert 1 < len(cuts) <= 3 and cuts[-1] == max(lengths) and cuts == sorted(cuts)
+    assert length_groups([9] * 10) == [9]
+    with torch.no_grad():
+        grouped, plain = encode_tokens(clip.model, tokens), clip.model.encode_text(tokens)
+    assert torch.allclose(grouped, plain, atol=1e-5)  # every caption back in its own row
+
+
+def test_cached_images_are_the_streamed_pixels(dataset, tmp_path):
+    from treeclip.model import create_model
+    from treeclip.train.data import ShardIndex, ShardSamples, split_shards
+
+    clip = create_model("micro-vit-32")
+    index = ShardIndex.build(split_shards(dataset, "train"))
+    streamed = ShardSamples(index, clip.preprocess, draft_size=clip.image_size)
+    cached = ShardSamples(index, clip.preprocess, draft_size=clip.image_size, cache_images=True)
+    assert cached.cache is not None
+    for i in (0, 7, len(index) - 1):
+        a, b = streamed.load(i, "taxon"), cached.load(i, "sci_com")
+        assert torch.equal(a[0], b[0]) and a[2:] == b[2:]
+    # the same run, streamed and cached: bit-identical weights
+    runs = {}
+    for name, cache in (("streamed", False), ("cached", True)):
+        train(make_config(data=str(dataset), out=str(tmp_path / name), steps=2, save_every=0, cache_images=cache,
+                          **FAST))
+        runs[name] = _weights(tmp_path / name / "model")
+    assert all(torch.equal(runs["streamed"][k], runs["cached"][k]) for k in runs["streamed"])
+
+
+def test_cached_images_replace_an_unreadable_sample_like_streaming(tmp_path, capsys):
+    from treeclip.model import create_model
+    from treeclip.train.data import ShardIndex, ShardSamples, split_shards
+
+    data = make_dataset(tmp_path / "ds", per_class=3, val_per_class=0)
+    index = ShardIndex.build(split_shards(data, "train"))
+    shard = Path(index.shards[int(index.shard[4])])
+    blob = bytearray(shard.read_bytes())
+    start = int(index.start[4]) + 512  # the data block of sample 4's first member (its JPEG)
+    blob[start:start + 64] = b"\0" * 64
+    shard.write_bytes(bytes(blob))
+    clip = create_model("micro-vit-32")
+    streamed = ShardSamples(index, clip.preprocess, draft_size=clip.image_size)
+    cached = ShardSamples(index, clip.preprocess, draft_size=clip.image_size, cache_images=True)
+    assert "sample 4" in capsys.readouterr().err  # reported once, when caching
+    a, b = streamed.load(4, "com"), cached.load(4, "com")
+    assert a[4] == b[4] == 1 and a[3] == b[3] and torch.equal(a[0], b[0])  # both: sample 5 instead, one failure
+
+
+def test_resampled_plan_draws_shards_with_replacement():
+    import numpy as np
+
+    shard_of = np.repeat(np.arange(5), [30, 25, 40, 10, 20])
+    plan = Plan(125, 20, seed=3, text_type="mixed", shard_of=shard_of)
+    drawn = [i for step in range(60) for i, _, _ in plan.micro_batches(step)[0]]
+    counts = np.bincount(drawn, minlength=125)
+    assert counts.min() != counts.max()  # with replacement: some samples come more often than others
+    by_shard = np.bincount(shard_of[drawn], minlength=5)
+    assert (by_shard > 0).all()
+    again = Plan(125, 20, seed=3, text_type="mixed", shard_of=shard_of)
+    assert again.micro_batches(47) == plan.micro_batches(47)  # a pure function of the step (resume)
+    ranks = [Plan(125, 20, seed=3, world_size=2, rank=r, shard_of=shard_of).micro_batches(47)[0] for r in range(2)]
+    assert ranks[0] + ranks[1] == plan.micro_batches(47)[0]  # any number of processes: the same global batch
+    assert Plan(125, 20, seed=4, shard_of=shard_of).micro_batches(0) != plan.micro_batches(0)
+    plain = Plan(125, 20, seed=3, text_type="mixed")
+    epoch = [i for s in range(6) for i, _, _ in plain.micro_batches(s)[0]]
+    assert len(set(epoch)) == len(epoch) == 120  # without: an epoch never repeats a sample
+
+
+def test_resampled_compact_cached_run_resumes_exactly(dataset, tmp_path):
+    import shutil
+
+    full = tmp_path / "full"
+    cfg = make_config(data=str(dataset), out=str(full), steps=8, save_every=4, keep_checkpoints=5,
+                      text_type="mixed", dataset_resampled=True, compact_vocab=True, cache_images=True, **FAST)
+    train(cfg)
+    part = tmp_path / "part"
+    shutil.copytree(full / "checkpoints" / "step-00000004", part / "checkpoints" / "step-00000004")
+    train(make_config(**{**cfg.as_dict(), "out": str(part)}), resume="latest")
+    a, b = _weights(full / "model"), _weights(part / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_settings_fail_with_one_line(dataset, tmp_path):

@@ -35,6 +35,12 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Recompute activations to save memory.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--augment/--no-augment", default=None, help="Random resized crop during training.")
+@click.option("--dataset-resampled/--no-dataset-resampled", default=None,
+              help="Draw shards with replacement (open_clip_train's --dataset-resampled); exact on resume.")
+@click.option("--compact-vocab/--no-compact-vocab", default=None,
+              help="Train only the token-embedding rows the dataset's captions use (saved with the full vocabulary).")
+@click.option("--cache-images/--no-cache-images", default=None,
+              help="Decode and resize the training images once and keep them in memory (small datasets).")
 @click.option("--workers", type=int, help="Data loader worker processes per training process.")
 @click.option("--threads", type=int, help="torch CPU threads per process.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto.")

@@ -48,6 +48,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     augment: bool = False              # open_clip's random resized crop (0.9-1.0)
+    dataset_resampled: bool = False    # shards drawn with replacement (open_clip_train's --dataset-resampled)
+    compact_vocab: bool = False        # train only the token-embedding rows the captions use (saved full)
+    cache_images: bool = False         # decode + resize training images once, keep them in memory
     workers: int = 1
     threads: int | None = None         # torch CPU threads per process
     device: str = "auto"               # auto | cpu | cuda

@@ -15,172 +15,19 @@ type. Workers decode, transform and tokenise, encoding each distinct caption onc
 
 from __future__ import annotations
 
-import io
 import os
-import random
 import sys
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 
 from treeclip.errors import InputError, TreeclipError
-from treeclip.taxonomy.taxon import MIXED_TEXT_TYPES, TEXT_TYPES
+from treeclip.train.order import TEXT_MODES, BatchSampler, Plan, ShardIndex, mix_seed, split_shards
 
-TEXT_MODES = ("mixed", "mixed-sample")
-
-
-def mix_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (no Python hash randomisation)."""
-    s = 0x9E3779B97F4A7C15
-    for p in parts:
-        s = ((s ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return s >> 1
-
-
-# -- the shard index ----------------------------------------------------------------------
-
-
-@dataclass
-class ShardIndex:
-    """Where every sample lives: shard number and byte range [start, end) of its members."""
-
-    shards: list[str]
-    shard: np.ndarray   # int32 per sample
-    start: np.ndarray   # int64 per sample: offset of its first tar header
-    end: np.ndarray     # int64 per sample: end of its last member's data blocks
-
-    def __len__(self) -> int:
-        return len(self.shard)
-
-    @classmethod
-    def build(cls, shards: Sequence[str]) -> "ShardIndex":
-        """Scan the tar headers of `shards` (data blocks are skipped, not read)."""
-        idx_shard, idx_start, idx_end = [], [], []
-        for s, path in enumerate(shards):
-            key = None
-            try:
-                with tarfile.open(path, mode="r:") as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        this = member.name.rsplit("/", 1)[-1].split(".", 1)[0]
-                        stop = member.offset_data + (member.size + 511) // 512 * 512
-                        if this != key:
-                            key = this
-                            idx_shard.append(s)
-                            idx_start.append(member.offset)
-                            idx_end.append(stop)
-                        else:
-                            idx_end[-1] = stop
-            except (OSError, tarfile.TarError) as err:
-                raise TreeclipError(f"{path}: unreadable shard ({err})") from None
-        if not idx_shard:
-            raise TreeclipError(f"no samples in {len(shards)} shard(s): {', '.join(shards[:3])}")
-        return cls(list(shards), np.asarray(idx_shard, np.int32), np.asarray(idx_start, np.int64),
-                   np.asarray(idx_end, np.int64))
-
-    def read(self, i: int, files: dict[int, object]) -> dict[str, bytes]:
-        """The raw members of sample `i` as webdataset names them: `{"__key__", "jpg",
-        "taxon_com.txt", ...}` (extensions lower-cased, as webdataset does)."""
-        s = int(self.shard[i])
-        f = files.get(s)
-        if f is None:
-            f = files[s] = open(self.shards[s], "rb")
-        f.seek(int(self.start[i]))
-        blob = f.read(int(self.end[i] - self.start[i]))
-        sample: dict[str, bytes | str] = {"__url__": self.shards[s]}
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
-            for member in tar:
-                key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
-                sample["__key__"] = key
-                sample[ext.lower()] = tar.extractfile(member).read()
-        return sample
-
-
-# -- which samples and captions form each batch -------------------------------------------
-
-
-@dataclass
-class Plan:
-    """The data order: global batch `g` of the run is samples `order(g)` of epoch
-    `g // batches_per_epoch`; rank `r` reads its slice. Partial batches at the end of an
-    epoch are dropped, so every step has the full global batch."""
-
-    n_samples: int
-    global_batch: int
-    seed: int
-    world_size: int = 1
-    rank: int = 0
-    accum_steps: int = 1
-    text_type: str = "mixed"
-    text_types: tuple[str, ...] = MIXED_TEXT_TYPES
-
-    def __post_init__(self) -> None:
-        if self.global_batch % (self.world_size * self.accum_steps):
-            raise TreeclipError(f"batch size {self.global_batch} must divide into {self.world_size} process(es) "
-                                f"x {self.accum_steps} accumulation step(s)")
-        if self.batches_per_epoch < 1:
-            raise TreeclipError(f"batch size {self.global_batch} is larger than the {self.n_samples} training samples")
-        if self.text_type not in TEXT_MODES and self.text_type not in TEXT_TYPES:
-            raise TreeclipError(f"unknown text type {self.text_type!r}; expected {', '.join(TEXT_MODES + TEXT_TYPES)}")
-        self._perm_epoch, self._perm = -1, None
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n_samples // self.global_batch
-
-    @property
-    def micro_batch(self) -> int:
-        """Samples per rank per forward pass."""
-        return self.global_batch // (self.world_size * self.accum_steps)
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng(mix_seed(self.seed, epoch, 1)).permutation(self.n_samples)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def text_types_for(self, step: int) -> list[str]:
-        """The text type of every sample of global batch `step` (same on every rank)."""
-        if self.text_type in TEXT_TYPES:
-            return [self.text_type] * self.global_batch
-        rng = random.Random(mix_seed(self.seed, step, 2))
-        if self.text_type == "mixed":
-            return [rng.choice(self.text_types)] * self.global_batch
-        return [rng.choice(self.text_types) for _ in range(self.global_batch)]
-
-    def micro_batches(self, step: int) -> list[list[tuple[int, str, int]]]:
-        """This rank's micro-batches of global batch `step`: lists of
-        (sample index, text type, epoch)."""
-        epoch, b = divmod(step, self.batches_per_epoch)
-        order = self.epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
-        types = self.text_types_for(step)
-        per_rank = self.global_batch // self.world_size
-        lo = self.rank * per_rank
-        mine = [(int(order[i]), types[i], epoch) for i in range(lo, lo + per_rank)]
-        m = self.micro_batch
-        return [mine[j * m:(j + 1) * m] for j in range(self.accum_steps)]
-
-
-class BatchSampler(torch.utils.data.Sampler):
-    """Yields this rank's micro-batches from step `start_step` to `end_step`, in order."""
-
-    def __init__(self, plan: Plan, start_step: int, end_step: int) -> None:
-        self.plan, self.start_step, self.end_step = plan, start_step, end_step
-
-    def __iter__(self) -> Iterator[list[tuple[int, str, int]]]:
-        for step in range(self.start_step, self.end_step):
-            yield from self.plan.micro_batches(step)
-
-    def __len__(self) -> int:
-        return (self.end_step - self.start_step) * self.plan.accum_steps
-
-
-# -- decoding -----------------------------------------------------------------------------
+__all__ = ["TEXT_MODES", "BatchSampler", "Plan", "ShardIndex", "mix_seed", "split_shards", "ShardSamples",
+           "ImageCache", "Batch", "Collate", "caption_token_ids", "make_loader"]
 
 
 class ShardSamples(torch.utils.data.Dataset):
@@ -198,11 +45,14 @@ class ShardSamples(torch.utils.data.Dataset):
     `treeclip.data.reader.decode_sample` (the same `decode_image` every stage uses)."""
 
     def __init__(self, index: ShardIndex, transform: Callable, *, seed: int = 0, augment: bool = False,
-                 draft_size: int | None = None, max_tries: int = 16) -> None:
+                 draft_size: int | None = None, max_tries: int = 16, cache_images: bool = False) -> None:
         self.index, self.transform, self.seed, self.augment = index, transform, seed, augment
         self.draft_size, self.max_tries = draft_size, max_tries
         self._files: dict[int, object] = {}
         self._pid = os.getpid()
+        self.cache: ImageCache | None = None
+        if cache_images and not augment:
+            self.cache = ImageCache.build(self, transform)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -220,6 +70,8 @@ class ShardSamples(torch.utils.data.Dataset):
         """Sample `i` (or the next readable one) with its caption of `text_type`."""
         from treeclip.data.reader import decode_sample
 
+        if self.cache is not None:
+            return self.cache.load(i, text_type, self.max_tries)
         failures = 0
         for attempt in range(self.max_tries):
             j = (i + attempt) % len(self.index)
@@ -229,12 +81,10 @@ class ShardSamples(torch.utils.data.Dataset):
             except (InputError, KeyError, ValueError, OSError, tarfile.TarError) as err:
                 failures += 1
                 reason = f"missing member {err}" if isinstance(err, KeyError) else str(err)
-                print(f"treeclip: {self.index.shards[int(self.index.shard[j])]}: sample {j}: {reason}; skipped",
-                      file=sys.stderr)
+                _skipped(self.index, j, reason)
                 continue
             return self._pixels(sample["image"], epoch, j), caption, sample["cls"], sample["key"], failures
-        raise TreeclipError(f"{self.max_tries} samples in a row could not be read near sample {i}; "
-                            "is the dataset damaged? (`treeclip data verify`)")
+        raise _damaged(self.max_tries, i)
 
     def _pixels(self, image, epoch: int, j: int) -> torch.Tensor:
         if not self.augment:
@@ -245,6 +95,106 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, str, int]):
         return self.load(*item)
+
+
+def _skipped(index: ShardIndex, j: int, reason: str) -> None:
+    print(f"treeclip: {index.shards[int(index.shard[j])]}: sample {j}: {reason}; skipped", file=sys.stderr)
+
+
+def _damaged(tries: int, i: int) -> TreeclipError:
+    return TreeclipError(f"{tries} samples in a row could not be read near sample {i}; "
+                         "is the dataset damaged? (`treeclip data verify`)")
+
+
+CACHE_MAX_BYTES = 4 << 30
+"""Datasets whose resized images take more memory than this are streamed, not cached."""
+
+
+@dataclass
+class ImageCache:
+    """Every training image decoded and resized once, held as uint8 (n, 3, H, W), with
+    each sample's captions and class: what `ShardSamples` does per read, without the
+    JPEG decode and resize at every step. Only the exact tail of the eval transform (to
+    float, /255, normalise) is done per read, the same float operations as
+    torchvision's `ToTensor` + `Normalize`, so the pixels are bit-identical to the
+    streamed ones (tested). Unreadable samples are reported once, while caching, and
+    replaced at each read by the next readable one, as when streaming."""
+
+    pixels: torch.Tensor
+    ok: list[bool]
+    texts: list[dict[str, str]]
+    classes: list[int]
+    keys: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    index: ShardIndex
+
+    @classmethod
+    def build(cls, samples: "ShardSamples", transform: Callable) -> "ImageCache | None":
+        """The cache of `samples`, or None (streamed) when `transform` does not end in
+        ToTensor + Normalize or the images would take more than `CACHE_MAX_BYTES`."""
+        from treeclip.data.reader import decode_sample
+
+        head, mean, std, size = _split_transform(transform)
+        n = len(samples.index)
+        if head is None or n * 3 * size * size > CACHE_MAX_BYTES:
+            print("treeclip: training images are decoded at every read (not cached: "
+                  f"{'transform' if head is None else 'too large'})", file=sys.stderr)
+            return None
+        pixels = torch.zeros((n, 3, size, size), dtype=torch.uint8)
+        ok, texts, classes, keys = [False] * n, [{}] * n, [0] * n, [""] * n
+        files: dict[int, object] = {}
+        for j in range(n):
+            try:
+                sample = decode_sample(samples.index.read(j, files), draft_size=samples.draft_size)
+                pixels[j] = _to_uint8(head(sample["image"]), size)
+            except (InputError, KeyError, ValueError, OSError, tarfile.TarError) as err:
+                _skipped(samples.index, j, f"missing member {err}" if isinstance(err, KeyError) else str(err))
+                continue
+            ok[j], texts[j], classes[j], keys[j] = True, sample["texts"], sample["cls"], sample["key"]
+        for f in files.values():
+            f.close()
+        return cls(pixels, ok, texts, classes, keys, mean, std, samples.index)
+
+    def load(self, i: int, text_type: str, max_tries: int):
+        """As `ShardSamples.load`, from memory."""
+        failures = 0
+        for attempt in range(max_tries):
+            j = (i + attempt) % len(self.ok)
+            if not self.ok[j] or text_type not in self.texts[j]:
+                if self.ok[j]:
+                    _skipped(self.index, j, f"missing member '{text_type.lower()}.txt'")
+                failures += 1
+                continue
+            pixels = self.pixels[j].to(torch.float32).div(255).sub_(self.mean).div_(self.std)
+            return pixels, self.texts[j][text_type], self.classes[j], self.keys[j], failures
+        raise _damaged(max_tries, i)
+
+
+def _split_transform(transform: Callable):
+    """(the PIL part, mean, std, size) of a Compose ending in ToTensor + Normalize of a
+    square image, else (None, None, None, 0)."""
+    import torchvision.transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 3 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
+        return None, None, None, 0
+    sizes = [s.size for s in steps if isinstance(s, T.CenterCrop)]
+    if not sizes or sizes[-1][0] != sizes[-1][1]:
+        return None, None, None, 0
+    norm = steps[-1]
+    mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
+    return T.Compose(steps[:-2]), mean, std, int(sizes[-1][0])
+
+
+def _to_uint8(image, size: int) -> torch.Tensor:
+    import numpy as np
+
+    arr = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
+    if arr.shape != (size, size, 3):
+        raise ValueError(f"transformed to {arr.shape}, expected {(size, size, 3)}")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 @dataclass
@@ -264,10 +214,24 @@ class Batch:
 
 
 class Collate:
-    """Stacks pixels and tokenises each distinct caption once (in the worker)."""
+    """Stacks pixels and tokenises each distinct caption once (in the worker); a
+    caption's tokens are kept, so each caption is tokenised once per run, not per batch
+    (a tree of life has far fewer captions than a run has samples)."""
+
+    MAX_KEPT = 200_000
 
     def __init__(self, tokenizer: Callable) -> None:
         self.tokenizer = tokenizer
+        self._tokens: dict[str, torch.Tensor] = {}
+
+    def tokens(self, captions: list[str]) -> torch.Tensor:
+        """The tokenizer's rows for `captions`, from the kept ones where it can."""
+        new = [c for c in dict.fromkeys(captions) if c not in self._tokens]
+        if new:
+            if len(self._tokens) + len(new) > self.MAX_KEPT:
+                self._tokens.clear()
+            self._tokens.update(zip(new, self.tokenizer(new)))
+        return torch.stack([self._tokens[c] for c in captions])
 
     def __call__(self, items: list) -> Batch:
         from treeclip.model.factory import trim_padding
@@ -275,9 +239,20 @@ class Collate:
         pixels, captions, labels, keys, failures = zip(*items)
         distinct: dict[str, int] = {}
         caption_index = [distinct.setdefault(c, len(distinct)) for c in captions]
-        tokens = trim_padding(self.tokenizer(list(distinct)))
+        tokens = trim_padding(self.tokens(list(distinct)))
         return Batch(torch.stack(pixels), tokens, torch.tensor(caption_index), torch.tensor(labels),
                      list(keys), sum(failures))
+
+
+def caption_token_ids(dataset: str | os.PathLike, tokenizer: Callable) -> torch.Tensor:
+    """The token ids of every caption of every text type of a dataset's taxa, with the
+    padding, start- and end-of-text ids: all a compact vocabulary needs for training."""
+    from treeclip.data.dataset import read_taxa
+    from treeclip.taxonomy.taxon import TEXT_TYPES
+
+    captions = sorted({t.caption(tt) for t in read_taxa(dataset) for tt in TEXT_TYPES})
+    ids = [torch.tensor([0])] + [tokenizer(captions[i:i + 4096]).flatten() for i in range(0, len(captions), 4096)]
+    return torch.unique(torch.cat(ids))
 
 
 def make_loader(samples: ShardSamples, sampler: BatchSampler, tokenizer: Callable, *, workers: int = 1,
@@ -287,13 +262,3 @@ def make_loader(samples: ShardSamples, sampler: BatchSampler, tokenizer: Callabl
         samples, batch_sampler=sampler, collate_fn=Collate(tokenizer), num_workers=workers,
         pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers and sys.platform == "linux" else None)
-
-
-def split_shards(dataset: str | Path, split: str) -> list[str]:
-    """The shard paths of a split of a dataset dir (a TreeclipError if there are none)."""
-    from treeclip.data.dataset import shard_paths
-
-    paths = shard_paths(dataset, split)
-    if not paths:
-        raise TreeclipError(f"{dataset}: split {split!r} has no shards")
-    return paths

@@ -24,7 +24,9 @@ import torch
 from treeclip import fsutil
 from treeclip.runtime.precision import resolve_train_precision
 from treeclip.train.config import TrainConfig
-from treeclip.train.data import Batch, BatchSampler, Plan, ShardIndex, ShardSamples, make_loader, split_shards
+from treeclip.model.factory import compact_text_vocabulary
+from treeclip.train.data import (Batch, BatchSampler, Plan, ShardIndex, ShardSamples, caption_token_ids, make_loader,
+                                 split_shards)
 from treeclip.runtime.distributed import DistInfo, barrier
 from treeclip.train.loss import clamp_logit_scale
 from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
@@ -65,13 +67,16 @@ class Trainer:
         self.model.train()
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if cfg.compact_vocab:  # before the optimizer: it holds the compact rows
+            compact_text_vocabulary(self.model, caption_token_ids(cfg.data, self.clip.tokenizer))
         self.optimizer = make_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
         self.precision = resolve_train_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
         self.index = ShardIndex.build(split_shards(cfg.data, "train"))
         self.plan = Plan(len(self.index), cfg.batch_size, cfg.seed, world_size=info.world_size, rank=info.rank,
-                         accum_steps=cfg.accum_steps, text_type=cfg.text_type, text_types=tuple(cfg.text_types))
+                         accum_steps=cfg.accum_steps, text_type=cfg.text_type, text_types=tuple(cfg.text_types),
+                         shard_of=self.index.shard if cfg.dataset_resampled else None)
         self.total_steps = (cfg.steps if cfg.steps is not None
                             else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch)))
         # replaced when the run starts: the towers wrapped (DDP, compile) after a resume has
@@ -146,7 +151,7 @@ class Trainer:
             self.towers = torch.compile(self.towers)
         transform = self.clip.train_transform() if cfg.augment else self.clip.preprocess
         samples = ShardSamples(self.index, transform, seed=cfg.seed, augment=cfg.augment,
-                               draft_size=self.clip.image_size)
+                               draft_size=self.clip.image_size, cache_images=cfg.cache_images)
         loader = make_loader(samples, BatchSampler(self.plan, self.progress.step, self.total_steps),
                              self.clip.tokenizer, workers=cfg.workers, pin_memory=self.device.type == "cuda")
         if info.is_main and has_val_split(cfg.data):
