@@ -172,7 +172,7 @@ def main() -> None:
         print(f"wrote {work} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         # start again small: a child forked from this process (which now holds the label set) would
         # carry that RSS into its ru_maxrss across exec, and every RSS below would read ~2.9 GB
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+        os.execv(sys.executable, [sys.executable, *(a for a in sys.argv if a != "--fresh")])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TREECLIP_HF_HUB": str(work / "hub")}
     env["TREECLIP_CACHE"] = str(work / "cache")
