@@ -18,6 +18,7 @@ same shards with `KEY.txt` = the `taxon_com` caption added, and treeclip trains 
 fixed text type `taxon_com`, so both see the same captions.
 
     .venv/bin/python benchmarks/train_benchmark.py            # ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/train_benchmark.py --model demo-vit-48 --threads 1 --demo-options
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def run_treeclip(data: Path, init: Path, work: Path, a) -> dict:
            "--batch-size", a.batch_size, "--steps", a.steps, "--lr", "1e-4", "--warmup", "10",
            "--text-type", "taxon_com", "--workers", a.workers, "--threads", a.threads, "--save-every", "0",
            "--val-every", "0", "--no-progress", "--precision", a.precision, "--log-every", a.log_every]
+    if a.demo_options:
+        cmd += ["--compact-vocab", "--cache-images"]
     t = time.perf_counter()
     sh(cmd, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}, capture_output=True)
     wall = time.perf_counter() - t
@@ -150,6 +153,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--demo-options", action="store_true",
+                   help="treeclip trains as `treeclip demo` does: --compact-vocab --cache-images (both exact)")
     p.add_argument("--repeats", type=int, default=3,
                    help="alternate the two trainers this many times; the best run of each counts "
                         "(a shared machine's load varies)")
@@ -171,7 +176,8 @@ def main() -> None:
     ours = max(runs["treeclip"], key=lambda r: r["samples_per_s"])
     theirs = max(runs["open_clip_train"], key=lambda r: r["samples_per_s"])
     result = {"model": a.model, "batch_size": a.batch_size, "steps": a.steps, "workers": a.workers,
-              "threads": a.threads, "precision": a.precision, "treeclip": ours, "open_clip_train": theirs, "all_runs": runs,
+              "threads": a.threads, "precision": a.precision, "demo_options": a.demo_options,
+              "treeclip": ours, "open_clip_train": theirs, "all_runs": runs,
               "ratio": ours["samples_per_s"] / theirs["samples_per_s"]}
     print(json.dumps(result, indent=2))
 

@@ -3,17 +3,20 @@ examples, write the report (`run_demo`). See `treeclip.demo` for how stages resu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from treeclip.demo.profiles import PROFILES, TASKS, DemoProfile
+from treeclip.demo.parallel import job_slots, run_parallel, training_status
+from treeclip.demo.profiles import DEFAULT_QUERY, PROFILES, QUERY_TEXT, TASKS, DemoProfile, query_text
 from treeclip.demo.report import write_report
 from treeclip.fsutil import write_json_atomic
 
@@ -63,28 +66,75 @@ def _data_identity(synth: dict) -> dict:
     return {"config": synth.get("config"), "table_sha256": synth.get("table_sha256")}
 
 
-def _train(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: str, seed: int,
-           data: dict) -> tuple[Path, dict]:
-    """Train one (variant, seed) model unless it is already done with the same settings
-    (retrained from scratch when they changed; resumed when it was interrupted). Returns
-    its model dir (the best checkpoint on the seen-species validation split, else the
-    last) and the settings that made it."""
-    from treeclip.train import make_config, train
+@dataclass
+class TrainingJob:
+    """One (text type, seed) model: its run dir, its config and whether it must be trained."""
+
+    label: str
+    run_dir: Path
+    config: dict
+    settings: dict
+    todo: bool
+
+    @property
+    def model_dir(self) -> Path:
+        """The best checkpoint on the seen-species validation split, else the last."""
+        best = self.run_dir / "best"
+        return best if (best / "open_clip_model.safetensors").exists() else self.run_dir / "model"
+
+
+VAL_TEXT = {"com": "com"}  # query text -> the validation's text type (train.validate)
+
+
+def _training_job(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: str, seed: int, data: dict,
+                  threads: int) -> TrainingJob:
+    """The job of one (variant, seed) model. A model already trained with the same
+    settings is kept; one trained with other settings is removed and trained again; an
+    interrupted one is resumed."""
+    from treeclip.train import make_config
 
     cfg = make_config(preset="cpu-demo", data=str(data_dir), out=str(run_dir), model=profile.model,
                       seed=seed, steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr,
                       warmup=profile.warmup, text_type=variant, save_every=max(profile.steps // 4, 1),
-                      val_every=max(profile.steps // 4, 1))
+                      val_every=max(profile.steps // 4, 1), threads=threads, progress=False,
+                      # exact (tests/test_train.py): fewer embedding rows to update, no decode per step
+                      compact_vocab=True, cache_images=True,
+                      # the best checkpoint is chosen with the query the evaluation uses for this model
+                      val_text_type=VAL_TEXT.get(query_text(variant), "taxon_com"),
+                      label_set=False)  # the demo's predict stage classifies over every task species
     settings = {**{k: v for k, v in cfg.as_dict().items() if k not in ("data", "out", "progress")}, "data": data}
     changes = _changes(run_dir, settings)
-    if changes is not None or not (run_dir / "model" / "open_clip_model.safetensors").exists():
+    todo = changes is not None or not (run_dir / "model" / "open_clip_model.safetensors").exists()
+    if todo:
         if changes is not None and run_dir.exists():
             _say(f"{run_dir.name}: trained with other settings ({'; '.join(changes)}); training it again")
             shutil.rmtree(run_dir)
         _record(run_dir, settings)
-        train(cfg, resume="latest")
-    best = run_dir / "best"
-    return (best if (best / "open_clip_model.safetensors").exists() else run_dir / "model"), settings
+    return TrainingJob(f"{variant}-s{seed}", run_dir, cfg.as_dict(), settings, todo)
+
+
+def _train_job(config: dict) -> dict:
+    """Train one model (in a job process); its summary."""
+    from treeclip.train import make_config, train
+
+    return train(make_config(**config), resume="latest")
+
+
+def _train_all(profile: DemoProfile, data_dir: Path, out: Path, data: dict) -> list[TrainingJob]:
+    """Every (variant, seed) model, the ones not yet trained side by side (one
+    single-thread process per core)."""
+    labels = [(v, s) for v in profile.variants for s in profile.seeds]
+    procs, threads = job_slots(len(labels), profile.parallel)
+    jobs = [_training_job(profile, data_dir, out / "train" / f"{v}-s{s}", v, s, data, threads) for v, s in labels]
+    todo = [j for j in jobs if j.todo]
+    if todo:
+        procs, _ = job_slots(len(todo), profile.parallel)
+        _say(f"training {len(todo)} model(s), {profile.steps} steps each, {procs} at a time "
+             f"({threads} thread(s) each): {', '.join(j.label for j in todo)}")
+        run_parallel(_train_job, [j.config for j in todo], processes=procs, threads=threads,
+                     names=[j.label for j in todo], say=_say,
+                     status=lambda cfg: training_status(cfg["out"], profile.steps))
+    return jobs
 
 
 def _link(target: Path, link: Path) -> Path:
@@ -98,19 +148,55 @@ def _link(target: Path, link: Path) -> Path:
     return link
 
 
+def _eval_config(profile: DemoProfile, out: Path):
+    from treeclip.evaluate.runner import EvalConfig
+
+    # each model is queried with each text type of QUERY_TEXT (the paper's protocol: common-name
+    # models with common names, BioCLIP with taxon + common); the cache sits inside OUT, so a fresh
+    # OUT is evaluated from scratch
+    return EvalConfig(shots=(0, 1, 5), text_types=tuple(dict.fromkeys((DEFAULT_QUERY, *QUERY_TEXT.values()))),
+                      tsne_points=profile.tsne_points, batch_size=256, cache_dir=str(out / "cache"), progress=False)
+
+
+def _warm_job(job: tuple[str, list[str], dict]) -> None:
+    """Encode one model's task images and class names into the evaluation caches (in a job
+    process), exactly as `run_evaluation` will ask for them."""
+    from treeclip.evaluate.features import image_features, text_embeddings
+    from treeclip.evaluate.runner import EvalConfig, class_names
+    from treeclip.evaluate.tasks import load_task
+    from treeclip.model import load_model
+    from treeclip.taxonomy.templates import load_templates
+
+    model_dir, task_refs, cfg_dict = job
+    cfg = EvalConfig(**cfg_dict)
+    model = load_model(model_dir, device=cfg.device)
+    templates = load_templates(cfg.templates)
+    for task in map(load_task, task_refs):
+        image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                       progress=False, precision=cfg.precision)
+        for t in cfg.text_types:
+            text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir)
+
+
 def _evaluate(profile: DemoProfile, data_dir: Path, models: dict[Path, dict], out: Path) -> dict:
     """Evaluate `models` ({model dir: the settings that trained it}) on the three tasks,
-    unless `out` holds the results of these very models, tasks and settings."""
-    from treeclip.evaluate.runner import EvalConfig, run_evaluation
+    unless `out` holds the results of these very models, tasks and settings. The
+    encoding (image features, class embeddings) runs first, one process per core."""
+    from treeclip.evaluate.runner import run_evaluation
 
-    cfg = EvalConfig(shots=(0, 1, 5), tsne_points=profile.tsne_points, batch_size=256)
+    cfg = _eval_config(profile, out.parent)
     tasks = [str(data_dir / "tasks" / t) for t in TASKS]
-    settings = {"eval": {k: v for k, v in asdict(cfg).items() if k != "progress"}, "tasks": tasks,
-                "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
+    settings = {"eval": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "cache_dir")},
+                "tasks": tasks, "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
     results_path = out / "results.json"
     if results_path.exists() and _changes(out, settings) is None:
         return json.loads(results_path.read_text(encoding="utf-8"))
     (out / STAGE_RECORD).unlink(missing_ok=True)  # the record vouches for finished results only
+    procs, threads = job_slots(len(models), profile.parallel)
+    cfg_dict = {**asdict(cfg), "device": "cpu"}
+    run_parallel(_warm_job, [(str(m), tasks, cfg_dict) for m in models], processes=procs, threads=threads,
+                 names=[f"encoding for {m.name}" for m in models], say=_say)
+    _say("scoring zero-shot, few-shot and the hierarchy measure; t-SNE panels")
     results = run_evaluation([str(m) for m in models], tasks, cfg, out)
     _record(out, settings)
     return results
@@ -153,26 +239,62 @@ def _example(task, i: int, top: list[dict], roll: dict) -> dict:
 def run_demo(out_dir: str | os.PathLike = "runs/demo", profile: str | DemoProfile = "default",
              **overrides: Any) -> Path:
     """Run the whole demo; returns the path of `report.md`. `overrides` replace profile
-    fields (e.g. `steps=100`, `seeds=(0,)`)."""
+    fields (e.g. `steps=100`, `seeds=(0,)`). The wall time of each stage goes into the
+    report (stages an earlier invocation finished take ~0 s)."""
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     prof = replace(prof, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out_dir)
-    started = time.perf_counter()
     data_dir = out / "data"
+    clock = _StageClock()
     _say(f"profile {prof.name}: synthesising the tree of life into {data_dir}")
-    synth = _synthesize(prof, data_dir)
-    models: dict[Path, dict] = {}
-    for variant in prof.variants:
-        for seed in prof.seeds:
-            _say(f"training {variant} (seed {seed}), {prof.steps} steps")
-            model_dir, trained = _train(prof, data_dir, out / "train" / f"{variant}-s{seed}", variant, seed,
-                                        _data_identity(synth))
-            models[_link(model_dir, out / "models" / f"{variant}-s{seed}")] = trained
+    with clock("synth"):
+        synth = _synthesize(prof, data_dir)
+    with clock("training"):
+        jobs = _train_all(prof, data_dir, out, _data_identity(synth))
+        models = {_link(j.model_dir, out / "models" / j.label): j.settings for j in jobs}
     _say("evaluating every model on seen species, unseen species and unseen genera")
-    results = _evaluate(prof, data_dir, models, out / "eval")
+    with clock("evaluation"):
+        results = _evaluate(prof, data_dir, models, out / "eval")
     showcase = next((m for m in models if "mixed" in m.name), next(iter(models)))
     _say(f"predicting a few unseen-species images with {showcase.name}")
-    examples = _predict_examples(showcase, data_dir)
-    report = write_report(out, prof, synth, results, examples, time.perf_counter() - started)
-    _say(f"done in {(time.perf_counter() - started) / 60:.1f} min: {report}")
+    with clock("predict"):
+        examples = _predict_examples(showcase, data_dir)
+    report = write_report(out, prof, synth, results, examples, clock.seconds, _throughput(jobs))
+    _say(f"done in {clock.total() / 60:.1f} min ({clock.describe()}): {report}")
     return report
+
+
+class _StageClock:
+    """Wall seconds per stage: `with clock("training"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - t0
+
+    def total(self) -> float:
+        return time.perf_counter() - self._started
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+
+
+def _throughput(jobs: list[TrainingJob]) -> dict[str, float]:
+    """Steady training samples/s of each model (train lines after the first), from its metrics."""
+    out: dict[str, float] = {}
+    for job in jobs:
+        try:
+            rows = [json.loads(x) for x in (job.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        except (OSError, ValueError):
+            continue
+        rates = [r["samples_per_s"] for r in rows if r.get("type") == "train"][1:]
+        if rates:
+            out[job.label] = statistics.median(rates)
+    return out
