@@ -152,3 +152,33 @@ def test_predict_examples_encode_each_image_once(demo_run, monkeypatch):
         guesses = [r for r in top if r["file_name"] == path]
         assert ex["top3"] == [(r["species"], r.get("common_name", ""), r["score"]) for r in guesses]
         assert ex["rollup"] == (roll["rank"], roll.get(roll["rank"], ""), roll["score"])
+
+
+def _summary(com: dict, mixed: dict) -> dict:
+    """A `report.summarise`-shaped summary of two seeds per variant, from per-measure values."""
+    def table(v):
+        return {"0": {"synth-seen": v["seen"], "synth-unseen": v["unseen"], "synth-unseen-genus": v["genus"]},
+                "1": {"synth-unseen": v["1"]}, "5": {"synth-unseen": v["5"]}}
+    return {"table": {"com": table(com), "mixed": table(mixed)},
+            "hierarchy": {k: {"synth-unseen": {"genus": v["knn"], "family": v["knn"]}} for k, v in
+                          (("com", com), ("mixed", mixed))},
+            "lca_depth": {"com": {"synth-unseen": com["lca"]}, "mixed": {"synth-unseen": mixed["lca"]}}}
+
+
+def test_claims_hold_only_past_their_bars_and_ahead_in_every_seed():
+    from treeclip.demo.claims import check_claims
+
+    com = {"seen": [0.7, 0.7], "unseen": [0.3, 0.3], "genus": [0.1, 0.1], "1": [0.8, 0.8], "5": [0.9, 0.9],
+           "knn": [0.9, 0.9], "lca": [6.5, 6.5]}
+    mixed = {"seen": [0.8, 0.59], "unseen": [0.5, 0.46], "genus": [0.7, 0.09], "1": [0.79, 0.79],
+             "5": [0.85, 0.85], "knn": [0.9, 0.91], "lca": [6.5, 6.4]}
+    rows = {(r["variant"], r["measure"]): r for r in check_claims(_summary(com, mixed), ["com", "mixed"])}
+    assert rows["com", "zero-shot, seen species (lowest seed)"]["holds"]
+    assert not rows["mixed", "zero-shot, seen species (lowest seed)"]["holds"]  # one seed below 60%
+    assert rows["mixed", "zero-shot, unseen species"]["holds"]  # +18 pts, ahead in both seeds
+    genus = rows["mixed", "zero-shot, unseen genera"]
+    assert genus["diff"] > 0.25 and not genus["holds"]  # the mean clears +25 pts, but seed 1 is behind
+    assert rows["mixed", "1-shot, unseen species"]["holds"]  # -1 pt: within the 2-pt margin
+    assert not rows["mixed", "5-shot, unseen species"]["holds"]  # -5 pts
+    assert rows["mixed", "5-NN accuracy at genus, unseen species"]["holds"]
+    assert not rows["mixed", "nearest neighbour's lowest common rank (depth 1-7), unseen species"]["holds"]

@@ -10,7 +10,7 @@ import click
               help="Where the data, models, evaluation and report.md go.")
 @click.option("--quick", "profile", flag_value="quick", help="A smaller run (about 3 minutes): fewer species and steps.")
 @click.option("--long", "profile", flag_value="long",
-              help="A longer run: more steps, four text types, three seeds (about an hour).")
+              help="A longer run: 600 steps, per-batch mixing (BioCLIP's way) added, more images (26 minutes on 2 idle cores).")
 @click.option("--steps", type=int, default=None, help="Override the profile's training steps.")
 @click.option("--seeds", default=None, help="Override the profile's seeds, e.g. 0,1,2.")
 @click.option("--variants", default=None,

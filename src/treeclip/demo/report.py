@@ -177,10 +177,10 @@ def _rank_tables(summary: dict, profile: DemoProfile) -> list[str]:
 def _findings(results: dict) -> list[str]:
     md = ["## Reading the numbers", "",
           "Read every difference against the spread over seeds: one smaller than the standard "
-          "deviations is not an effect. A CPU prototype of this experiment (BIOCLIP-FACTS section 7) "
-          "found per-batch mixing (BioCLIP's way) needs many more steps than a demo has and per-sample "
-          "mixing shows the effect sooner; `treeclip demo --long` trains longer and compares per-batch "
-          "mixing too.", "", "## Figures", ""]
+          "deviations is not an effect. A claim that does not hold here is reported as measured; "
+          "every comparison is between models trained for minutes on 2 CPU cores. `treeclip demo --long` "
+          "trains longer and adds per-batch mixing (BioCLIP's way); docs/demo.md records what both "
+          "profiles measured.", "", "## Figures", ""]
     for task in TASKS:
         for png in results.get("figures", {}).get(task, []):
             md.append(f"![{task}](eval/{png})")
