@@ -83,9 +83,6 @@ class TrainingJob:
         return best if (best / "open_clip_model.safetensors").exists() else self.run_dir / "model"
 
 
-VAL_TEXT = {"com": "com"}  # query text -> the validation's text type (train.validate)
-
-
 def _training_job(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: str, seed: int, data: dict,
                   threads: int) -> TrainingJob:
     """The job of one (variant, seed) model. A model already trained with the same
@@ -93,6 +90,7 @@ def _training_job(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: 
     interrupted one is resumed."""
     from treeclip.train import make_config
 
+    query = query_text(variant)
     cfg = make_config(preset="cpu-demo", data=str(data_dir), out=str(run_dir), model=profile.model,
                       seed=seed, steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr,
                       warmup=profile.warmup, text_type=variant, save_every=max(profile.steps // 4, 1),
@@ -100,7 +98,7 @@ def _training_job(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: 
                       # exact (tests/test_train.py): fewer embedding rows to update, no decode per step
                       compact_vocab=True, cache_images=True,
                       # the best checkpoint is chosen with the query the evaluation uses for this model
-                      val_text_type=VAL_TEXT.get(query_text(variant), "taxon_com"),
+                      val_text_type="taxon_com" if query == DEFAULT_QUERY else query,
                       label_set=False)  # the demo's predict stage classifies over every task species
     settings = {**{k: v for k, v in cfg.as_dict().items() if k not in ("data", "out", "progress")}, "data": data}
     changes = _changes(run_dir, settings)
@@ -124,7 +122,7 @@ def _train_all(profile: DemoProfile, data_dir: Path, out: Path, data: dict) -> l
     """Every (variant, seed) model, the ones not yet trained side by side (one
     single-thread process per core)."""
     labels = [(v, s) for v in profile.variants for s in profile.seeds]
-    procs, threads = job_slots(len(labels), profile.parallel)
+    _, threads = job_slots(len(labels), profile.parallel)  # from all jobs: a model's settings stay put on resume
     jobs = [_training_job(profile, data_dir, out / "train" / f"{v}-s{s}", v, s, data, threads) for v, s in labels]
     todo = [j for j in jobs if j.todo]
     if todo:
@@ -159,23 +157,11 @@ def _eval_config(profile: DemoProfile, out: Path):
 
 
 def _warm_job(job: tuple[str, list[str], dict]) -> None:
-    """Encode one model's task images and class names into the evaluation caches (in a job
-    process), exactly as `run_evaluation` will ask for them."""
-    from treeclip.evaluate.features import image_features, text_embeddings
-    from treeclip.evaluate.runner import EvalConfig, class_names
-    from treeclip.evaluate.tasks import load_task
-    from treeclip.model import load_model
-    from treeclip.taxonomy.templates import load_templates
+    """Fill the evaluation caches of one model (in a job process)."""
+    from treeclip.evaluate.runner import EvalConfig, warm_caches
 
     model_dir, task_refs, cfg_dict = job
-    cfg = EvalConfig(**cfg_dict)
-    model = load_model(model_dir, device=cfg.device)
-    templates = load_templates(cfg.templates)
-    for task in map(load_task, task_refs):
-        image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=cfg.workers,
-                       progress=False, precision=cfg.precision)
-        for t in cfg.text_types:
-            text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir)
+    warm_caches(model_dir, task_refs, EvalConfig(**cfg_dict))
 
 
 def _evaluate(profile: DemoProfile, data_dir: Path, models: dict[Path, dict], out: Path) -> dict:

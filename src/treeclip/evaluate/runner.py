@@ -64,6 +64,31 @@ def class_names(task: Task, text_type: str) -> list[str]:
     return [zeroshot.class_text(c.taxon, c.name, t) for c in task.classes]
 
 
+def _task_features(model, task: Task, cfg: EvalConfig, progress: bool):
+    """One task's image features under `model`, from the cache when encoded before."""
+    return image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=cfg.workers,
+                          progress=progress, precision=cfg.precision)
+
+
+def _class_embeddings(model, task: Task, text_type: str, templates, cfg: EvalConfig, progress: bool) -> np.ndarray:
+    """One task's zero-shot class embeddings of `text_type`, from the cache when encoded before."""
+    return text_embeddings(model, class_names(task, text_type), templates, cache_dir=cfg.cache_dir, progress=progress)
+
+
+def warm_caches(spec: str, task_refs: Sequence[str], cfg: EvalConfig) -> None:
+    """Encode one model's task images and class names into the caches exactly as
+    `run_evaluation` will read them (so several models can be encoded side by side in
+    other processes first)."""
+    from treeclip.model import load_model
+
+    model = load_model(spec, device=cfg.device)
+    templates = _templates(cfg.templates)
+    for task in map(load_task, task_refs):
+        _task_features(model, task, cfg, progress=False)
+        for t in cfg.text_types if 0 in cfg.shots else ():
+            _class_embeddings(model, task, t, templates, cfg, progress=False)
+
+
 def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: EvalConfig, templates) -> dict:
     """Every configured setting for one model on one task's (ok) features."""
     x, y = feats[ok], task.labels[ok]
@@ -71,8 +96,7 @@ def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: Eva
     if 0 in cfg.shots:
         scale = model.logit_scale()
         for t in cfg.text_types:
-            emb = text_embeddings(model, class_names(task, t), templates, cache_dir=cfg.cache_dir,
-                                  progress=cfg.progress)
+            emb = _class_embeddings(model, task, t, templates, cfg, progress=cfg.progress)
             out["zero_shot"][t] = zeroshot.zero_shot_metrics(x, y, emb, scale, [c.taxon for c in task.classes])
     for k in (k for k in cfg.shots if k > 0):
         out["few_shot"][str(k)] = fewshot.few_shot(x, y, k, cfg.seeds)
@@ -143,8 +167,7 @@ def _evaluate_model(spec: str, label: str, first: bool, tasks: Sequence[Task], c
     results["models"].append({"spec": spec, "label": label, "name": model.name, "fingerprint": model.fingerprint()})
     for task in tasks:
         _log(f"{label}: {task.name} ({len(task)} images, {task.n_classes} classes)", cfg)
-        f = image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
-                           workers=cfg.workers, progress=cfg.progress, precision=cfg.precision)
+        f = _task_features(model, task, cfg, progress=cfg.progress)
         if first:
             kept.failures += f.errors  # the same images fail for every model: count once
             kept.ok[task.name] = f.ok
