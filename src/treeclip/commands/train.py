@@ -28,6 +28,9 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--weight-decay", type=float, help="AdamW weight decay (not on gains, biases, logit scale).")
 @click.option("--text-type", type=click.Choice(TEXT_CHOICES), help="mixed: one type per batch (BioCLIP); "
               "mixed-sample: one per sample; or a fixed type.")
+@click.option("--objective", type=click.Choice(["clip", "ce", "hier-ce"]),
+              help="clip (default): contrastive on text; ce: cross-entropy over species; hier-ce: one head per "
+                   "rank, losses summed (the paper's objective ablation: same image tower, no text).")
 @click.option("--loss", type=click.Choice(["clip", "taxon-aware"]), help="taxon-aware: same-taxon pairs are not negatives.")
 @click.option("--precision", type=click.Choice(TRAIN_PRECISIONS),
               help="Mixed precision: auto = bf16 autocast where bf16 is native (CUDA, AVX512_BF16/AMX), else fp32; "

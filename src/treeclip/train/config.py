@@ -18,6 +18,7 @@ from treeclip.taxonomy.taxon import MIXED_TEXT_TYPES
 
 PRESET_DIR = Path(__file__).with_name("presets")
 LOSSES = ("clip", "taxon-aware")
+OBJECTIVES = ("clip", "ce", "hier-ce")
 
 
 @dataclass
@@ -43,7 +44,8 @@ class TrainConfig:
     eps: float = 1e-6
     text_type: str = "mixed"           # mixed (per batch) | mixed-sample | a fixed text type
     text_types: tuple[str, ...] = MIXED_TEXT_TYPES
-    loss: str = "clip"                 # clip | taxon-aware
+    objective: str = "clip"            # clip | ce | hier-ce (classification baselines, see train.classifier)
+    loss: str = "clip"                 # clip | taxon-aware (the contrastive loss of the clip objective)
     precision: str = "fp32"            # fp32 | bf16 | fp16 | auto (autocast; fp16 with a scaler on GPU)
     grad_checkpointing: bool = False
     compile: bool = False
@@ -69,6 +71,8 @@ class TrainConfig:
         return d
 
     def validate(self) -> "TrainConfig":
+        if self.objective not in OBJECTIVES:
+            raise TreeclipError(f"unknown objective {self.objective!r}; expected {', '.join(OBJECTIVES)}")
         if self.loss not in LOSSES:
             raise TreeclipError(f"unknown loss {self.loss!r}; expected {', '.join(LOSSES)}")
         if self.precision not in TRAIN_PRECISIONS:

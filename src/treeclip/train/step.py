@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from treeclip.runtime.precision import autocast as precision_autocast
+from treeclip.train.classifier import classifier_step
 from treeclip.train.data import Batch
 from treeclip.train.loss import contrastive_loss
 
@@ -42,14 +43,15 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 def train_step(towers: torch.nn.Module, batches: list[Batch], optimizer: torch.optim.Optimizer, *,
                scaler=None, taxon_aware: bool = False, precision: str = "fp32",
-               device: torch.device = torch.device("cpu")) -> torch.Tensor:
+               device: torch.device = torch.device("cpu"), classifier: bool = False) -> torch.Tensor:
     """One optimizer step on a global batch given as this rank's micro-batches; returns
     the (last) loss, detached.
 
     With several micro-batches (gradient accumulation) the contrastive loss still sees the
     whole batch: features of all micro-batches are first computed without gradients, then
     each micro-batch is recomputed with gradients against the others' cached features
-    (exact for models without dropout). The log temperature gets its gradient once."""
+    (exact for models without dropout). The log temperature gets its gradient once.
+    With `classifier`, `towers` is an `ImageClassifier` whose forward is the loss."""
     optimizer.zero_grad(set_to_none=True)
     autocast = precision_autocast(precision, device)
     labels = torch.cat([b.labels for b in batches])
@@ -57,7 +59,9 @@ def train_step(towers: torch.nn.Module, batches: list[Batch], optimizer: torch.o
     def backward(loss: torch.Tensor) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    if len(batches) == 1:
+    if classifier:
+        loss = classifier_step(towers, batches, autocast, backward)
+    elif len(batches) == 1:
         b = batches[0]
         with autocast:
             images, texts, scale = towers(b.pixels, b.tokens, b.caption_index)

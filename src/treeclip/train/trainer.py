@@ -23,6 +23,7 @@ import torch
 
 from treeclip import fsutil
 from treeclip.runtime.precision import resolve_train_precision
+from treeclip.train.classifier import OBJECTIVE_RANKS, ImageClassifier, RankHeads
 from treeclip.train.config import TrainConfig
 from treeclip.model.factory import compact_text_vocabulary
 from treeclip.train.data import (Batch, BatchSampler, Plan, ShardIndex, ShardSamples, caption_token_ids, make_loader,
@@ -67,9 +68,18 @@ class Trainer:
         self.model.train()
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        if cfg.compact_vocab:  # before the optimizer: it holds the compact rows
+        # what the optimizer and checkpoints hold: the CLIP model, or its image tower and the
+        # rank heads of a classification objective (the paper's objective ablation)
+        self.classifier: ImageClassifier | None = None
+        self.trained: torch.nn.Module = self.model
+        if cfg.objective != "clip":
+            from treeclip.data.dataset import read_taxa
+
+            heads = RankHeads(self.clip.embed_dim, read_taxa(cfg.data), OBJECTIVE_RANKS[cfg.objective])
+            self.classifier = self.trained = ImageClassifier(self.model, heads).to(self.device)
+        elif cfg.compact_vocab:  # before the optimizer: it holds the compact rows
             compact_text_vocabulary(self.model, caption_token_ids(cfg.data, self.clip.tokenizer))
-        self.optimizer = make_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+        self.optimizer = make_optimizer(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
         self.precision = resolve_train_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
@@ -81,7 +91,7 @@ class Trainer:
                             else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch)))
         # replaced when the run starts: the towers wrapped (DDP, compile) after a resume has
         # loaded the weights, the log cut back to the resumed step, the validator on rank 0
-        self.towers: torch.nn.Module = Towers(self.model)
+        self.towers: torch.nn.Module = Towers(self.model) if self.classifier is None else self.classifier
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=None, enabled=False)
         self.validator: Validator | None = None
 
@@ -91,7 +101,7 @@ class Trainer:
         """Continue from `checkpoint` (a `checkpoints/step-*` dir): weights, optimizer,
         gradient scaler, RNG states, the step and the best validation so far."""
         weights, state = load_checkpoint(checkpoint)
-        self.model.load_state_dict(weights)
+        self.trained.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -155,7 +165,7 @@ class Trainer:
         loader = make_loader(samples, BatchSampler(self.plan, self.progress.step, self.total_steps),
                              self.clip.tokenizer, workers=cfg.workers, pin_memory=self.device.type == "cuda")
         if info.is_main and has_val_split(cfg.data):
-            self.validator = Validator(cfg.data, self.clip, cfg)
+            self.validator = Validator(cfg.data, self.clip, cfg, classifier=self.classifier)
         return iter(loader)
 
     def step(self, micro: list[Batch]) -> float:
@@ -167,8 +177,8 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
                                         taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
-                                        device=self.device)
-        clamp_logit_scale(self.model)
+                                        device=self.device, classifier=self.classifier is not None)
+        clamp_logit_scale(self.model if self.classifier is None else self.classifier.heads)
         self.progress.skipped_samples += sum(b.failures for b in micro)
         self.progress.step += 1
         return lr
@@ -187,20 +197,17 @@ class Trainer:
         return record
 
     def validate(self, step: int) -> dict | None:
-        """Validate on rank 0 (others wait); keep the best model by zero-shot top-1 in
+        """Validate on rank 0 (others wait); keep the best model by the validator's score
+        (zero-shot top-1, or a classifier's top-1) in
         `OUT/best/`. Returns the result (None without a val split, and on other ranks)."""
         result = None
         if self.validator is not None:
-            from treeclip.model import save_model
-
             result = self.validator(self.device)
             self.metrics.write({"type": "val", "step": step, **result})
-            best = self.progress.best
-            if best is None or result["zeroshot_top1"] > best["zeroshot_top1"]:
+            best, score = self.progress.best, self.validator.score
+            if best is None or result[score] > best[score]:
                 self.progress.best = {"step": step, **result}
-                self.clip.name = self.out.resolve().name
-                save_model(self.clip, self.out / "best", meta={"architecture": self.cfg.model,
-                                                               "best": self.progress.best})
+                self._save_model(self.out / "best", {"architecture": self.cfg.model, "best": self.progress.best})
         barrier()
         self.progress.last_val = result
         return result
@@ -208,7 +215,7 @@ class Trainer:
     def save(self, step: int) -> None:
         """Checkpoint `step` on rank 0 (others wait), keeping the newest `keep_checkpoints`."""
         if self.info.is_main:
-            save_checkpoint(self.out, step, self.model, self.optimizer, self.scaler,
+            save_checkpoint(self.out, step, self.trained, self.optimizer, self.scaler,
                             meta={"best": self.progress.best, "config": self.cfg.as_dict(),
                                   "loss": float(self.progress.loss)},
                             keep=self.cfg.keep_checkpoints)
@@ -226,14 +233,28 @@ class Trainer:
                    "skipped_samples": self.progress.skipped_samples, "model_dir": str(self.out / "model"),
                    **(self.progress.last_val or {})}
         if self.info.is_main:
-            self.clip.name = self.out.resolve().name
-            save_model(self.clip, self.out / "model",
-                       meta={"architecture": self.cfg.model, "train": self.cfg.as_dict(), "summary": summary})
-            if self.cfg.label_set:
+            self._save_model(self.out / "model",
+                             {"architecture": self.cfg.model, "train": self.cfg.as_dict(), "summary": summary})
+            if self.cfg.label_set and self.classifier is None:
                 self._write_label_sets()
             fsutil.write_json_atomic(self.out / "summary.json", summary)
         barrier()
         return summary
+
+    def _save_model(self, out: Path, meta: dict) -> None:
+        """A model dir of the current weights (with the classifier heads of a
+        classification objective)."""
+        from treeclip.model import save_model
+
+        self.clip.name = self.out.resolve().name
+        save_model(self.clip, out, meta={**meta, "objective": self.cfg.objective})
+        if self.classifier is not None:
+            from treeclip.data.dataset import read_taxa
+            from treeclip.model.heads import save_heads
+
+            heads = self.classifier.heads
+            save_heads(out, heads.export_state(), objective=self.cfg.objective, ranks=heads.ranks,
+                       classes=read_taxa(self.cfg.data))
 
     def _write_label_sets(self) -> None:
         """The training taxa and their label embeddings in `model/` and `best/` (once, at
