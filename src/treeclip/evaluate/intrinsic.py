@@ -51,9 +51,10 @@ def _vote(labels: Sequence[str]) -> str:
 
 
 def hierarchy_measures(features: np.ndarray, taxa: Sequence[Taxon | None], *, k: int = 5,
-                       max_points: int = 5000, seed: int = 0) -> dict:
+                       max_points: int = 5000, seed: int = 0, silhouette: bool = True) -> dict:
     """The per-rank numbers of the module docstring. Images without a taxon are left
-    out; above `max_points` a seeded sample is used."""
+    out; above `max_points` a seeded sample is used. `silhouette=False` leaves out the
+    silhouettes (quadratic in the images; most of this function's time)."""
     keep = np.asarray([t is not None and not t.is_empty for t in taxa])
     idx = np.flatnonzero(keep)
     rng = np.random.default_rng(seed)
@@ -78,7 +79,8 @@ def hierarchy_measures(features: np.ndarray, taxa: Sequence[Taxon | None], *, k:
                 votes = [names[j] for j in nbrs[i] if names[j] is not None][:k]
                 right += bool(votes) and _vote(votes) == names[i]
             stats["knn_accuracy"] = right / len(named)
-        stats["silhouette"] = _silhouette(x[named], [names[i] for i in named])
+        if silhouette:
+            stats["silhouette"] = _silhouette(x[named], [names[i] for i in named])
         result["ranks"][rank] = stats
     result["lca_depth"] = float(np.mean([_depth(tx[i], tx[nbrs[i][0]]) for i in range(n)]))
     a = rng.integers(0, n, size=min(20000, n * 20))

@@ -37,6 +37,9 @@ def settings(results: dict, *, extended: bool = False) -> list[tuple[str, str, d
         if extended:
             out.append((f"Zero-shot top-5{names}", "top5", rows))
             out.append((f"Zero-shot mean per-class recall{names}", "per_class_recall", rows))
+    if results.get("classifier"):
+        out.append(("Classifier head top-1 (models trained with a classification objective)", "top1",
+                    results["classifier"]))
     fs = results.get("few_shot", {})
     for k in sorted({k for per_model in fs.values() for k in per_model}, key=int):
         out.append((f"{k}-shot (SimpleShot CL2N, mean of 5 trials)", "mean",
@@ -79,7 +82,7 @@ def silhouette_rows(results: dict, task: str) -> list[list[str]]:
     body = [["model", *RANKS]]
     for label, per_task in results.get("intrinsic", {}).items():
         ranks = (per_task.get(task) or {}).get("ranks", {})
-        if ranks:
+        if any("silhouette" in cell for cell in ranks.values()):
             cells = [ranks.get(r, {}).get("silhouette") for r in RANKS]
             body.append([label, *("-" if v is None else f"{v:.3f}" for v in cells)])
     return body
@@ -126,9 +129,11 @@ def markdown_report(results: dict) -> str:
             out += [f"## Hierarchy of the image space: {task}", "",
                     "k-NN accuracy (k=5, cosine, leave-one-out) of each image's taxon at each rank; "
                     "mean depth (1 kingdom .. 7 species) of the lowest common rank of an image and "
-                    "its nearest neighbour, against random pairs.", "", markdown_table(body), "",
-                    "Silhouette (cosine) of the features labelled by their taxon at each rank:", "",
-                    markdown_table(silhouette_rows(results, task)), ""]
+                    "its nearest neighbour, against random pairs.", "", markdown_table(body), ""]
+            silhouettes = silhouette_rows(results, task)
+            if len(silhouettes) > 1:  # not measured with silhouette=False
+                out += ["Silhouette (cosine) of the features labelled by their taxon at each rank:", "",
+                        markdown_table(silhouettes), ""]
         for png in results.get("figures", {}).get(task, []):
             out += [f"![{task}]({png})", ""]
     fails = results.get("failures", {})

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,9 @@ class EvalConfig:
     intrinsic: bool = True
     tsne_points: int = 1500
     tsne_perplexity: float = 30.0
+    silhouette: bool = True            # the per-rank silhouettes of the hierarchy measure (quadratic)
+    figure_tasks: tuple[str, ...] | None = None   # tasks that get figures (by name); None: every task
+    tsne_models: tuple[str, ...] | None = None    # models (by label) in the t-SNE panels; None: every model
     batch_size: int = 64
     workers: int = 0
     device: str = "cpu"
@@ -83,17 +86,44 @@ def warm_caches(spec: str, task_refs: Sequence[str], cfg: EvalConfig) -> None:
 
     model = load_model(spec, device=cfg.device)
     templates = _templates(cfg.templates)
+    zero_shot = 0 in cfg.shots and _species_head(spec) is None
     for task in map(load_task, task_refs):
         _task_features(model, task, cfg, progress=False)
-        for t in cfg.text_types if 0 in cfg.shots else ():
+        for t in cfg.text_types if zero_shot else ():
             _class_embeddings(model, task, t, templates, cfg, progress=False)
 
 
-def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: EvalConfig, templates) -> dict:
-    """Every configured setting for one model on one task's (ok) features."""
+def _species_head(spec: str):
+    """The species head of a model trained with a classification objective, else None."""
+    from treeclip.model.heads import has_heads, read_species_head
+    from treeclip.model.weights import resolve_source
+
+    path = resolve_source(spec)
+    model_dir = path if path.is_dir() else path.parent
+    return read_species_head(model_dir) if has_heads(model_dir) else None
+
+
+def head_metrics(head, task: Task, x: np.ndarray, y: np.ndarray) -> dict | None:
+    """A classifier head's metrics on a task, classifying among the task's classes as
+    zero-shot does (top-1/3/5, per-class recall, top-1 at each rank); None when the head
+    was not trained on every class of the task (unseen taxa)."""
+    rows = {t.lineage: i for i, t in enumerate(head.classes)}
+    index = [rows.get(c.taxon.lineage) if c.taxon is not None else None for c in task.classes]
+    if any(i is None for i in index):
+        return None
+    return zeroshot.zero_shot_metrics(x, y, head.weights[index], 1.0, [c.taxon for c in task.classes])
+
+
+def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: EvalConfig, templates,
+                  head=None) -> dict:
+    """Every configured setting for one model on one task's (ok) features. A model with
+    a classifier `head` (a classification objective, whose text tower never trained) gets
+    the head's metrics instead of zero-shot."""
     x, y = feats[ok], task.labels[ok]
     out: dict = {"zero_shot": {}, "few_shot": {}}
-    if 0 in cfg.shots:
+    if head is not None:
+        out["classifier"] = head_metrics(head, task, x, y)
+    elif 0 in cfg.shots:
         scale = model.logit_scale()
         for t in cfg.text_types:
             emb = _class_embeddings(model, task, t, templates, cfg, progress=cfg.progress)
@@ -105,7 +135,8 @@ def evaluate_task(model, task: Task, feats: np.ndarray, ok: np.ndarray, cfg: Eva
         split = linear_probe.split_from_column(splits, y)
         out["linear_probe"] = linear_probe.linear_probe(x, y, split=split)
     if cfg.intrinsic and any(t is not None for t in task.taxa):
-        out["intrinsic"] = intrinsic.hierarchy_measures(x, [task.taxa[i] for i in np.flatnonzero(ok)])
+        out["intrinsic"] = intrinsic.hierarchy_measures(x, [task.taxa[i] for i in np.flatnonzero(ok)],
+                                                        silhouette=cfg.silhouette)
     return out
 
 
@@ -120,8 +151,10 @@ class _Kept:
 
 
 def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: EvalConfig,
-                   out_dir: str | Path) -> dict:
-    """Evaluate, write results.json, report.md and the PNGs to `out_dir`; return the results."""
+                   out_dir: str | Path, text_types: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """Evaluate, write results.json, report.md and the PNGs to `out_dir`; return the results.
+    `text_types` gives some models (by spec) their own zero-shot text types instead of
+    `cfg.text_types` (e.g. each model queried only as the paper queries it)."""
     from treeclip import __version__
 
     out = Path(out_dir)
@@ -133,14 +166,16 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
         "treeclip_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "models": [], "tasks": [describe(t) for t in tasks],
-        "zero_shot": {}, "few_shot": {}, "linear_probe": {}, "intrinsic": {}, "figures": {},
+        "zero_shot": {}, "few_shot": {}, "classifier": {}, "linear_probe": {}, "intrinsic": {}, "figures": {},
     }
     kept = _Kept({t.name: {} for t in tasks}, {}, [p for task in tasks for p in task.problems])
     for spec, label in zip(model_specs, labels):
-        _evaluate_model(spec, label, label == labels[0], tasks, cfg, templates, results, kept)
+        own = replace(cfg, text_types=tuple(text_types[spec])) if text_types and spec in text_types else cfg
+        _evaluate_model(spec, label, label == labels[0], tasks, own, templates, results, kept)
     if cfg.intrinsic:
         for task in tasks:
-            _figures(task, kept, results, cfg, out)
+            if cfg.figure_tasks is None or task.name in cfg.figure_tasks:
+                _figures(task, kept, results, cfg, out)
     results["failures"] = {"count": len(kept.failures), "examples": kept.failures[:50]}
     report.write_report(results, out)
     return results
@@ -164,14 +199,18 @@ def _evaluate_model(spec: str, label: str, first: bool, tasks: Sequence[Task], c
     from treeclip.model import load_model
 
     model = load_model(spec, device=cfg.device)
-    results["models"].append({"spec": spec, "label": label, "name": model.name, "fingerprint": model.fingerprint()})
+    head = _species_head(spec)
+    results["models"].append({"spec": spec, "label": label, "name": model.name, "fingerprint": model.fingerprint(),
+                              **({"objective": head.objective} if head is not None else {})})
     for task in tasks:
         _log(f"{label}: {task.name} ({len(task)} images, {task.n_classes} classes)", cfg)
         f = _task_features(model, task, cfg, progress=cfg.progress)
         if first:
             kept.failures += f.errors  # the same images fail for every model: count once
             kept.ok[task.name] = f.ok
-        r = evaluate_task(model, task, f.features, f.ok, cfg, templates)
+        r = evaluate_task(model, task, f.features, f.ok, cfg, templates, head)
+        if r.get("classifier") is not None:
+            results["classifier"].setdefault(label, {})[task.name] = r["classifier"]
         for t, m in r["zero_shot"].items():
             results["zero_shot"].setdefault(label, {}).setdefault(t, {})[task.name] = m
         for k, m in r["few_shot"].items():
@@ -195,7 +234,8 @@ def _figures(task: Task, kept: _Kept, results: dict, cfg: EvalConfig, out: Path)
     safe = _file_stem(task.name)
     tsne_png, hier_png = f"tsne-{safe}.png", f"hierarchy-{safe}.png"
     _log(f"t-SNE panels for {task.name}", cfg)
-    intrinsic.tsne_figure(feats, ok_taxa, out / tsne_png, max_points=cfg.tsne_points,
+    shown = {m: f for m, f in feats.items() if cfg.tsne_models is None or m in cfg.tsne_models}
+    intrinsic.tsne_figure(shown, ok_taxa, out / tsne_png, max_points=cfg.tsne_points,
                           perplexity=cfg.tsne_perplexity, title=task.name)
     intrinsic.hierarchy_figure({m: results["intrinsic"][m][task.name] for m in feats}, out / hier_png,
                                title=task.name)
