@@ -22,12 +22,15 @@ import click
               type=click.FloatRange(0, 1, max_open=True), help="Share of species held out as whole unseen genera.")
 @click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Share of each seen species' training images in the val split.")
+@click.option("--train-species-fraction", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Share of the seen species whose images go into the training set (a seeded subset; "
+                   "the rest stay in the seen-species task).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, byte-identical output.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="Rendering processes (0 = one per CPU core); the output does not depend on it.")
 def synth(out: str, species: int, images_per_species: int, eval_images_per_species: int, image_size: int,
-          unseen_fraction: float, unseen_genus_fraction: float, val_fraction: float, seed: int,
-          workers: int) -> None:
+          unseen_fraction: float, unseen_genus_fraction: float, val_fraction: float,
+          train_species_fraction: float, seed: int, workers: int) -> None:
     """Generate the synthetic tree of life into OUT.
 
     Real NCBI species (Animalia, Plantae, Fungi) with descriptive epithets, each image
@@ -44,7 +47,8 @@ def synth(out: str, species: int, images_per_species: int, eval_images_per_speci
     config = SynthConfig(species=species, images_per_species=images_per_species,
                          eval_images_per_species=eval_images_per_species, image_size=image_size,
                          unseen_fraction=unseen_fraction, unseen_genus_fraction=unseen_genus_fraction,
-                         val_fraction=val_fraction, seed=seed, workers=workers or os.cpu_count() or 1)
+                         val_fraction=val_fraction, train_species_fraction=train_species_fraction, seed=seed,
+                         workers=workers or os.cpu_count() or 1)
     summary = synthesize(out, config, progress=True)
     if summary.get("skipped"):
         click.echo(f"{out}: already generated with these options (synth.json); nothing to do", err=True)

@@ -33,6 +33,10 @@ class SynthConfig:
     """Share of species held out as whole unseen genera (of seen families)."""
     val_fraction: float = 0.05
     """Share of each seen species' training images put in the dataset's val split."""
+    train_species_fraction: float = 1.0
+    """Share of the seen species whose images go into the training set (a seeded subset;
+    the others stay seen species of the evaluation sets). The demo's data-diversity
+    ablation trains on half of them with twice the images each."""
     seed: int = 0
     jpeg_quality: int = 95
     workers: int = 1
@@ -44,6 +48,8 @@ class SynthConfig:
             raise TreeclipError("synth: --species must be >= 0 and images per species >= 1")
         if not 16 <= self.image_size <= 1024:
             raise TreeclipError(f"synth: image size must be 16..1024 px, got {self.image_size}")
+        if not 0.0 < self.train_species_fraction <= 1.0:
+            raise TreeclipError("synth: train-species-fraction must be in (0, 1]")
         for name in ("unseen_fraction", "unseen_genus_fraction", "val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise TreeclipError(f"synth: {name.replace('_', '-')} must be in [0, 1)")

@@ -110,10 +110,22 @@ def _plan(config: SynthConfig) -> tuple[list[Species], dict[Taxon, str], list[_J
     roles = assign_roles(species, config, rng)
     if not any(roles[sp.taxon] == "seen" for sp in species):
         raise TreeclipError("synth: no species left for training; lower the unseen fractions or raise --species")
-    jobs = [_Job(i, sp, roles[sp.taxon], config.images_per_species if roles[sp.taxon] == "seen" else 0,
+    trained = _trained_species(species, roles, config)
+    jobs = [_Job(i, sp, roles[sp.taxon], config.images_per_species if sp.taxon in trained else 0,
                  config.eval_images_per_species, config.image_size, config.seed, config.jpeg_quality)
             for i, sp in enumerate(species)]
     return species, roles, jobs
+
+
+def _trained_species(species: list[Species], roles: dict[Taxon, str], config: SynthConfig) -> set[Taxon]:
+    """The seen species whose images go into the training set: all of them, or a seeded
+    `train_species_fraction` of them (drawn apart from the roles, which stay as they are)."""
+    seen = [sp.taxon for sp in species if roles[sp.taxon] == "seen"]
+    if config.train_species_fraction >= 1.0:
+        return set(seen)
+    keep = max(1, round(config.train_species_fraction * len(seen)))
+    order = np.random.default_rng([config.seed, 1]).permutation(len(seen))
+    return {seen[i] for i in order[:keep]}
 
 
 def _progress_bar(jobs: list[_Job], progress: bool):
@@ -185,7 +197,7 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
                   "table_sha256": _table_digest()}
     try:
         manifest = write_dataset(_samples(jobs, config, writers, bar), out,
-                                 taxa=[sp.taxon for sp in species if roles[sp.taxon] == "seen"],
+                                 taxa=[j.species.taxon for j in jobs if j.n_train],
                                  build_info=build_info)
     finally:
         if bar is not None:
