@@ -1,8 +1,9 @@
 """The end-to-end demo on the synthetic tree of life (`treeclip demo`, the README's main
-command): generate the data, train small models on different text types over several
-seeds, evaluate them on seen species, unseen species and unseen genera (zero-, 1- and
-5-shot, the hierarchy measure, t-SNE panels), run `predict` on a few held-out images and
-write `report.md`, which answers the paper's central question with the numbers measured.
+command): generate the data, train small CLIP models on different text types and
+classifiers with the same image tower over several seeds, evaluate them on seen species,
+unseen species and unseen genera (zero-, 1- and 5-shot, the hierarchy measure, t-SNE
+panels), run `predict` on a few held-out images and write `report.md`, which checks the
+paper's claims (its text-type and objective ablations) on the numbers measured.
 
 Every stage's output carries the settings that made it (`synth.json` for the data,
 `demo-stage.json` in each training run and in `eval/`). A stage whose output is complete

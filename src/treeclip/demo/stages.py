@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from treeclip.demo.parallel import job_slots, run_parallel, training_status
-from treeclip.demo.profiles import DEFAULT_QUERY, PROFILES, QUERY_TEXT, TASKS, DemoProfile, query_text
-from treeclip.demo.report import write_report
+from treeclip.demo.profiles import (DEFAULT_QUERY, PROFILES, QUERY_TYPES, TASKS, DemoProfile, objective_of,
+                                    query_text)
+from treeclip.demo.report import HALF_SPECIES, write_report
 from treeclip.fsutil import write_json_atomic
 
 
@@ -25,12 +26,15 @@ def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _synthesize(profile: DemoProfile, data_dir: Path) -> dict:
+def _synthesize(profile: DemoProfile, data_dir: Path, *, half_species: bool = False) -> dict:
+    """The synthetic tree of life; `half_species`: the data-diversity ablation's other
+    training set (the same species and roles, half the seen species with twice the
+    images each, so as many training images in all)."""
     from treeclip.data.synth import SynthConfig, synthesize
 
-    cfg = SynthConfig(species=profile.species, images_per_species=profile.images_per_species,
+    cfg = SynthConfig(species=profile.species, images_per_species=profile.images_per_species * (2 if half_species else 1),
                       eval_images_per_species=profile.eval_images_per_species, image_size=64,
-                      seed=0, workers=min(2, os.cpu_count() or 1))
+                      train_species_fraction=0.5 if half_species else 1.0, seed=0, workers=min(2, os.cpu_count() or 1))
     return synthesize(data_dir, cfg, progress=True)
 
 
@@ -83,20 +87,22 @@ class TrainingJob:
         return best if (best / "open_clip_model.safetensors").exists() else self.run_dir / "model"
 
 
-def _training_job(profile: DemoProfile, data_dir: Path, run_dir: Path, variant: str, seed: int, data: dict,
+def _training_job(profile: DemoProfile, data_dir: Path, data: dict, run_dir: Path, variant: str, seed: int,
                   threads: int) -> TrainingJob:
     """The job of one (variant, seed) model. A model already trained with the same
     settings is kept; one trained with other settings is removed and trained again; an
     interrupted one is resumed."""
     from treeclip.train import make_config
 
-    query = query_text(variant)
+    query, objective = query_text(variant), objective_of(variant)
     cfg = make_config(preset="cpu-demo", data=str(data_dir), out=str(run_dir), model=profile.model,
                       seed=seed, steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr,
-                      warmup=profile.warmup, text_type=variant, save_every=max(profile.steps // 4, 1),
-                      val_every=max(profile.steps // 4, 1), threads=threads, progress=False,
+                      warmup=profile.warmup, objective=objective, save_every=max(profile.steps // 4, 1),
+                      # a classifier has no text: its text type is moot
+                      text_type="com" if objective != "clip" else "mixed" if variant == HALF_SPECIES else variant,
+                      val_every=max(profile.steps // profile.val_points, 1), threads=threads, progress=False,
                       # exact (tests/test_train.py): fewer embedding rows to update, no decode per step
-                      compact_vocab=True, cache_images=True,
+                      compact_vocab=objective == "clip", cache_images=True,
                       # the best checkpoint is chosen with the query the evaluation uses for this model
                       val_text_type="taxon_com" if query == DEFAULT_QUERY else query,
                       label_set=False)  # the demo's predict stage classifies over every task species
@@ -118,12 +124,15 @@ def _train_job(config: dict) -> dict:
     return train(make_config(**config), resume="latest")
 
 
-def _train_all(profile: DemoProfile, data_dir: Path, out: Path, data: dict) -> list[TrainingJob]:
+def _train_all(profile: DemoProfile, data: dict[str, tuple[Path, dict]], out: Path) -> list[TrainingJob]:
     """Every (variant, seed) model, the ones not yet trained side by side (one
-    single-thread process per core)."""
-    labels = [(v, s) for v in profile.variants for s in profile.seeds]
+    single-thread process per core). `data`: the training set (dir, identity) of each
+    variant (the data-diversity arm has its own)."""
+    variants = list(profile.variants) + ([HALF_SPECIES] if profile.diversity else [])
+    labels = [(v, s) for v in variants for s in profile.seeds]
     _, threads = job_slots(len(labels), profile.parallel)  # from all jobs: a model's settings stay put on resume
-    jobs = [_training_job(profile, data_dir, out / "train" / f"{v}-s{s}", v, s, data, threads) for v, s in labels]
+    jobs = [_training_job(profile, *data.get(v, data["all"]), out / "train" / f"{v}-s{s}", v, s, threads)
+            for v, s in labels]
     todo = [j for j in jobs if j.todo]
     if todo:
         procs, _ = job_slots(len(todo), profile.parallel)
@@ -146,14 +155,23 @@ def _link(target: Path, link: Path) -> Path:
     return link
 
 
-def _eval_config(profile: DemoProfile, out: Path):
+def _eval_config(profile: DemoProfile, out: Path, **changes: Any):
     from treeclip.evaluate.runner import EvalConfig
 
-    # each model is queried with each text type of QUERY_TEXT (the paper's protocol: common-name
-    # models with common names, BioCLIP with taxon + common); the cache sits inside OUT, so a fresh
-    # OUT is evaluated from scratch
-    return EvalConfig(shots=(0, 1, 5), text_types=tuple(dict.fromkeys((DEFAULT_QUERY, *QUERY_TEXT.values()))),
-                      tsne_points=profile.tsne_points, batch_size=256, cache_dir=str(out / "cache"), progress=False)
+    # the cache sits inside OUT, so a fresh OUT is evaluated from scratch
+    # figures: one task, t-SNE panels of the first seed's models; no silhouettes (the report
+    # reads the 5-NN accuracy and the common-rank depth)
+    cfg = EvalConfig(shots=(0, 1, 5), text_types=(DEFAULT_QUERY,), templates=profile.templates,
+                     tsne_points=profile.tsne_points, batch_size=256, cache_dir=str(out / "cache"), progress=False,
+                     silhouette=False, figure_tasks=("synth-unseen",),
+                     tsne_models=tuple(f"{v}-s{profile.seeds[0]}" for v in profile.variants))
+    return replace(cfg, **changes)
+
+
+def _own_queries(models: dict[Path, dict]) -> dict[str, tuple[str, ...]]:
+    """Each model's zero-shot query text type, as the paper queries it (common-name models
+    with common names, the others with taxon + common names); by model spec."""
+    return {str(m): (query_text(m.name.rsplit("-s", 1)[0]),) for m in models}
 
 
 def _warm_job(job: tuple[str, list[str], dict]) -> None:
@@ -164,28 +182,42 @@ def _warm_job(job: tuple[str, list[str], dict]) -> None:
     warm_caches(model_dir, task_refs, EvalConfig(**cfg_dict))
 
 
-def _evaluate(profile: DemoProfile, data_dir: Path, models: dict[Path, dict], out: Path) -> dict:
-    """Evaluate `models` ({model dir: the settings that trained it}) on the three tasks,
-    unless `out` holds the results of these very models, tasks and settings. The
-    encoding (image features, class embeddings) runs first, one process per core."""
+def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], out: Path, cfg,
+              text_types: dict[str, tuple[str, ...]]) -> dict:
+    """Evaluate `models` ({model dir: the settings that trained it}) on `tasks` (each
+    model queried with its `text_types`), unless `out` holds the results of these very
+    models, tasks and settings. The encoding (image features, class embeddings) runs
+    first, one process per core."""
     from treeclip.evaluate.runner import run_evaluation
 
-    cfg = _eval_config(profile, out.parent)
-    tasks = [str(data_dir / "tasks" / t) for t in TASKS]
     settings = {"eval": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "cache_dir")},
-                "tasks": tasks, "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
+                "tasks": tasks, "text_types": text_types,
+                "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
     results_path = out / "results.json"
     if results_path.exists() and _changes(out, settings) is None:
         return json.loads(results_path.read_text(encoding="utf-8"))
     (out / STAGE_RECORD).unlink(missing_ok=True)  # the record vouches for finished results only
     procs, threads = job_slots(len(models), profile.parallel)
-    cfg_dict = {**asdict(cfg), "device": "cpu"}
-    run_parallel(_warm_job, [(str(m), tasks, cfg_dict) for m in models], processes=procs, threads=threads,
+    cfg_dicts = {m: {**asdict(cfg), "device": "cpu", "text_types": text_types[str(m)]} for m in models}
+    run_parallel(_warm_job, [(str(m), tasks, cfg_dicts[m]) for m in models], processes=procs, threads=threads,
                  names=[f"encoding for {m.name}" for m in models], say=_say)
-    _say("scoring zero-shot, few-shot and the hierarchy measure; t-SNE panels")
-    results = run_evaluation([str(m) for m in models], tasks, cfg, out)
+    _say(f"scoring {', '.join(Path(t).name for t in tasks)}")
+    results = run_evaluation([str(m) for m in models], tasks, cfg, out, text_types=text_types)
     _record(out, settings)
     return results
+
+
+def _text_type_table(profile: DemoProfile, data_dir: Path, models: dict[Path, dict], out: Path) -> dict | None:
+    """The paper's text-type table: every CLIP model queried with every text type on unseen
+    species (`--long`); None when the profile does not run it."""
+    clip = {m: t for m, t in models.items() if objective_of(m.name.rsplit("-s", 1)[0]) == "clip"
+            and not m.name.startswith(HALF_SPECIES)}
+    if not profile.text_type_table or not clip:
+        return None
+    _say("the text-type table: every CLIP model queried with every text type on unseen species")
+    cfg = _eval_config(profile, out.parent, shots=(0,), intrinsic=False)
+    return _evaluate(profile, [str(data_dir / "tasks" / "synth-unseen")], clip, out, cfg,
+                     {str(m): QUERY_TYPES for m in clip})
 
 
 def _predict_examples(model_dir: Path, data_dir: Path, n: int = 6) -> list[dict]:
@@ -235,17 +267,23 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", profile: str | DemoProfil
     _say(f"profile {prof.name}: synthesising the tree of life into {data_dir}")
     with clock("synth"):
         synth = _synthesize(prof, data_dir)
+        data = {"all": (data_dir, _data_identity(synth))}
+        if prof.diversity:
+            half = out / "data-half-species"
+            data[HALF_SPECIES] = (half, _data_identity(_synthesize(prof, half, half_species=True)))
     with clock("training"):
-        jobs = _train_all(prof, data_dir, out, _data_identity(synth))
+        jobs = _train_all(prof, data, out)
         models = {_link(j.model_dir, out / "models" / j.label): j.settings for j in jobs}
     _say("evaluating every model on seen species, unseen species and unseen genera")
     with clock("evaluation"):
-        results = _evaluate(prof, data_dir, models, out / "eval")
+        results = _evaluate(prof, [str(data_dir / "tasks" / t) for t in TASKS], models, out / "eval",
+                            _eval_config(prof, out), _own_queries(models))
+        text_types = _text_type_table(prof, data_dir, models, out / "eval-text-types")
     showcase = next((m for m in models if "mixed" in m.name), next(iter(models)))
     _say(f"predicting a few unseen-species images with {showcase.name}")
     with clock("predict"):
         examples = _predict_examples(showcase, data_dir)
-    report = write_report(out, prof, synth, results, examples, clock.seconds, _throughput(jobs))
+    report = write_report(out, prof, synth, results, examples, clock.seconds, _throughput(jobs), text_types)
     _say(f"done in {clock.total() / 60:.1f} min ({clock.describe()}): {report}")
     return report
 
