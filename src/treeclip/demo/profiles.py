@@ -80,5 +80,5 @@ PROFILES: dict[str, DemoProfile] = {
                         model="demo-vit-32", steps=600, batch_size=128, lr=3e-3, warmup=60,
                         variants=("com", "sci", "taxon", "sci_com", "taxon_com", "mixed", "mixed-sample",
                                   "ce", "hier-ce"),
-                        seeds=(0, 1), tsne_points=1500, text_type_table=True, diversity=True, val_points=10),
+                        seeds=(0, 1), tsne_points=1000, text_type_table=True, diversity=True, val_points=10),
 }
