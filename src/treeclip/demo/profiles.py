@@ -28,10 +28,12 @@ score is their head's top-1."""
 QUERY_TYPES = ("com", "sci", "taxon", "sci_com", "taxon_com")
 """The query text types of the paper's text-type table (its columns)."""
 
-QUERY_TEXT = {"com": "com"}
+QUERY_TEXT = {"com": "com", "sci": "sci", "taxon": "taxon", "sci_com": "sci_com"}
 """The class-name text type each CLIP model is queried with in zero-shot, by training text
-type; any other is queried with the tasks' default, `taxon_com`. The paper's protocol:
-baselines with common names, BioCLIP with taxonomic + common names."""
+type: a model trained on one text type with that type (common-name models with common
+names, as the paper queries its baselines); mixed-text models (and `taxon_com`) with the
+tasks' default, taxonomic + common names, as the paper queries BioCLIP. The text-type
+table (`--long`) queries every model with every type."""
 DEFAULT_QUERY = "default"
 
 

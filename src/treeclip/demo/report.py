@@ -142,9 +142,10 @@ def _setup_lines(profile: DemoProfile, synth: dict, stage_seconds: dict[str, flo
         f"- model `{profile.model}`, {profile.steps} steps of batch {profile.batch_size}, lr {profile.lr}, "
         f"warmup {profile.warmup}; seeds {', '.join(map(str, profile.seeds))}; the model kept is the best "
         "on the seen-species validation split (unseen species are never looked at during training).",
-        f"- zero-shot: {templates}, classifying among the species of each set only; each model is queried as "
-        "the paper queries it: common-name models with common names, the others with taxonomic + common names "
-        "(`taxon_com`). Classifiers (same image tower, data and steps) have no zero-shot: their seen-species "
+        f"- zero-shot: {templates}, classifying among the species of each set only; a model trained on one text "
+        "type is queried with that type (common-name models with common names, as the paper queries its "
+        "baselines), mixed-text models with taxonomic + common names (`taxon_com`), as the paper queries "
+        "BioCLIP. Classifiers (same image tower, data and steps) have no zero-shot: their seen-species "
         "number is their head's top-1. 1-/5-shot: SimpleShot CL2N, 5 trials.",
         f"- this invocation took {sum(stage_seconds.values()) / 60:.1f} min on {os.cpu_count()} CPU cores "
         f"(minutes per stage: {stages}; stages an earlier invocation completed were reused, not redone)"
