@@ -96,17 +96,18 @@ def _train_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
     train(make_config(**cfg_dict))
 
 
-def _max_weight_diff(a_dir: Path, b_dir: Path) -> float:
+def _max_weight_diff(a_dir: Path, b_dir: Path, name: str = "open_clip_model.safetensors") -> float:
     from safetensors.torch import load_file
 
-    a = load_file(str(a_dir / "open_clip_model.safetensors"))
-    b = load_file(str(b_dir / "open_clip_model.safetensors"))
+    a = load_file(str(a_dir / name))
+    b = load_file(str(b_dir / name))
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("options", [{}, {"dataset_resampled": True, "compact_vocab": True, "cache_images": True}],
-                         ids=["plain", "resampled-compact-cached"])
+@pytest.mark.parametrize("options", [{}, {"dataset_resampled": True, "compact_vocab": True, "cache_images": True},
+                                     {"objective": "hier-ce", "cache_images": True}],
+                         ids=["plain", "resampled-compact-cached", "hier-ce"])
 def test_two_gloo_processes_train_like_one(tmp_path, options):
     import open_clip  # noqa: F401  imported once here rather than in each forked worker
     from treeclip.train import make_config, train
@@ -123,6 +124,9 @@ def test_two_gloo_processes_train_like_one(tmp_path, options):
     # Adam moves every weight by about lr per step; agreement far below lr = 1e-3 is the
     # same step up to float reduction order (gloo all-reduce vs one matmul)
     assert _max_weight_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") < 1e-4
+    if "objective" in options:  # the classifier heads too
+        assert _max_weight_diff(tmp_path / "one" / "model", tmp_path / "two" / "model",
+                                "classifier.safetensors") < 1e-4
 
 
 @pytest.mark.slow

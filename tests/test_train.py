@@ -138,8 +138,9 @@ def test_resume_from_a_middle_checkpoint_is_exact(dataset, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images")],
-                         ids=["plain", "resampled-compact-cached"])
+@pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images"),
+                                     ("--objective", "hier-ce", "--cache-images")],
+                         ids=["plain", "resampled-compact-cached", "hier-ce"])
 def test_resume_after_sigkill_is_exact(dataset, tmp_path, options):
     from click.testing import CliRunner
 
