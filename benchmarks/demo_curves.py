@@ -33,7 +33,7 @@ def curves(run_dir: Path) -> dict[str, dict[int, list[float]]]:
 
 def markdown(table: dict[str, dict[int, list[float]]]) -> str:
     samples = sorted({n for per in table.values() for n in per})
-    lines = ["| model | " + " | ".join(f"{n // 1000}k" for n in samples) + " |",
+    lines = ["| model | " + " | ".join(f"{n / 1000:.0f}k" for n in samples) + " |",
              "|---|" + "---|" * len(samples)]
     for variant, per in table.items():
         cells = [f"{100 * statistics.fmean(per[n]):.1f}" if n in per else "-" for n in samples]

@@ -42,6 +42,11 @@ def query_text(variant: str) -> str:
     return QUERY_TEXT.get(variant, DEFAULT_QUERY)
 
 
+def variant_of(label: str) -> str:
+    """The variant of a model label (`mixed-sample-s1` -> `mixed-sample`)."""
+    return label.rsplit("-s", 1)[0]
+
+
 def objective_of(variant: str) -> str:
     """The training objective of a variant: `clip`, or a classifier's."""
     return variant if variant in CLASSIFIERS else "clip"

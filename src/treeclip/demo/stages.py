@@ -17,7 +17,7 @@ from typing import Any
 
 from treeclip.demo.parallel import job_slots, run_parallel, training_status
 from treeclip.demo.profiles import (DEFAULT_QUERY, PROFILES, QUERY_TYPES, TASKS, DemoProfile, objective_of,
-                                    query_text)
+                                    query_text, variant_of)
 from treeclip.demo.report import HALF_SPECIES, write_report
 from treeclip.fsutil import write_json_atomic
 
@@ -169,9 +169,8 @@ def _eval_config(profile: DemoProfile, out: Path, **changes: Any):
 
 
 def _own_queries(models: dict[Path, dict]) -> dict[str, tuple[str, ...]]:
-    """Each model's zero-shot query text type, as the paper queries it (common-name models
-    with common names, the others with taxon + common names); by model spec."""
-    return {str(m): (query_text(m.name.rsplit("-s", 1)[0]),) for m in models}
+    """Each model's zero-shot query text type (`profiles.query_text`), by model spec."""
+    return {str(m): (query_text(variant_of(m.name)),) for m in models}
 
 
 def _warm_job(job: tuple[str, list[str], dict]) -> None:
@@ -210,8 +209,8 @@ def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], 
 def _text_type_table(profile: DemoProfile, data_dir: Path, models: dict[Path, dict], out: Path) -> dict | None:
     """The paper's text-type table: every CLIP model queried with every text type on unseen
     species (`--long`); None when the profile does not run it."""
-    clip = {m: t for m, t in models.items() if objective_of(m.name.rsplit("-s", 1)[0]) == "clip"
-            and not m.name.startswith(HALF_SPECIES)}
+    clip = {m: t for m, t in models.items() if objective_of(variant_of(m.name)) == "clip"
+            and variant_of(m.name) != HALF_SPECIES}
     if not profile.text_type_table or not clip:
         return None
     _say("the text-type table: every CLIP model queried with every text type on unseen species")

@@ -208,14 +208,14 @@ def hierarchy_figure(measures: Mapping[str, dict], out_png, *, title: str = "") 
 
     from treeclip.fsutil import atomic_path
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 3.5))
     for label, m in measures.items():
         ranks = [r for r in RANKS if "knn_accuracy" in m.get("ranks", {}).get(r, {})]
         ax.plot(ranks, [100 * m["ranks"][r]["knn_accuracy"] for r in ranks], marker="o",
                 label=f"{label} (LCA depth {m.get('lca_depth', float('nan')):.2f})")
     ax.set_ylabel("k-NN accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, not over them
     ax.set_title(title or "image features by rank", fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
