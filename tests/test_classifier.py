@@ -143,3 +143,28 @@ def _task_of(dataset: Path, out: Path) -> Path:
                                    '[classes]\nrank = "species"\n')
     assert read_catalog(dataset) is not None
     return out
+
+
+def test_a_damaged_head_is_one_clear_error(dataset, tmp_path):
+    from treeclip.errors import TreeclipError
+    from treeclip.model.heads import HEADS_FILE, read_species_head
+
+    run = tmp_path / "ce"
+    train(make_config(data=str(dataset), out=str(run), steps=2, objective="ce", val_every=0, **FAST))
+    path = run / "model" / HEADS_FILE
+    path.write_bytes(path.read_bytes()[:40])  # cut short
+    with pytest.raises(TreeclipError, match="unreadable classifier head"):
+        read_species_head(run / "model")
+
+
+def test_a_run_started_before_objectives_existed_resumes(dataset, tmp_path):
+    """A config.json written before `objective` existed means the default, clip."""
+    from treeclip.train.runs import changed_settings
+
+    run = tmp_path / "old"
+    cfg = make_config(data=str(dataset), out=str(run), steps=2, **FAST)
+    run.mkdir()
+    old = {k: v for k, v in cfg.as_dict().items() if k != "objective"}
+    (run / "config.json").write_text(json.dumps(old))
+    assert changed_settings(run, cfg.as_dict()) == []
+    assert changed_settings(run, {**cfg.as_dict(), "objective": "ce"}) == ["objective"]

@@ -164,7 +164,7 @@ def _eval_config(profile: DemoProfile, out: Path, **changes: Any):
     cfg = EvalConfig(shots=(0, 1, 5), text_types=(DEFAULT_QUERY,), templates=profile.templates,
                      tsne_points=profile.tsne_points, batch_size=256, cache_dir=str(out / "cache"), progress=False,
                      silhouette=False, figure_tasks=("synth-unseen",),
-                     tsne_models=tuple(f"{v}-s{profile.seeds[0]}" for v in profile.variants))
+                     figure_models=tuple(f"{v}-s{profile.seeds[0]}" for v in profile.variants))
     return replace(cfg, **changes)
 
 

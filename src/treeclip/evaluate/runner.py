@@ -35,7 +35,7 @@ class EvalConfig:
     tsne_perplexity: float = 30.0
     silhouette: bool = True            # the per-rank silhouettes of the hierarchy measure (quadratic)
     figure_tasks: tuple[str, ...] | None = None   # tasks that get figures (by name); None: every task
-    tsne_models: tuple[str, ...] | None = None    # models (by label) in the figures; None: every model
+    figure_models: tuple[str, ...] | None = None    # models (by label) in the figures; None: every model
     batch_size: int = 64
     workers: int = 0
     device: str = "cpu"
@@ -234,7 +234,7 @@ def _figures(task: Task, kept: _Kept, results: dict, cfg: EvalConfig, out: Path)
     safe = _file_stem(task.name)
     tsne_png, hier_png = f"tsne-{safe}.png", f"hierarchy-{safe}.png"
     _log(f"t-SNE panels for {task.name}", cfg)
-    shown = {m: f for m, f in feats.items() if cfg.tsne_models is None or m in cfg.tsne_models}
+    shown = {m: f for m, f in feats.items() if cfg.figure_models is None or m in cfg.figure_models}
     intrinsic.tsne_figure(shown, ok_taxa, out / tsne_png, max_points=cfg.tsne_points,
                           perplexity=cfg.tsne_perplexity, title=task.name)
     intrinsic.hierarchy_figure({m: results["intrinsic"][m][task.name] for m in shown}, out / hier_png,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from treeclip.errors import TreeclipError
+from treeclip.train.config import TrainConfig
 from treeclip.train.state import CHECKPOINTS, list_checkpoints
 
 FREE_TO_CHANGE = frozenset({"out", "progress", "log_every", "save_every", "keep_checkpoints", "workers", "threads",
@@ -52,8 +53,10 @@ def changed_settings(out: Path, settings: dict) -> list[str]:
         return []
     except (OSError, ValueError):
         return ["config.json (unreadable)"]
+    # a setting added after the run started (e.g. `objective`) had its default then
+    defaults = TrainConfig().as_dict()
     keys = (set(saved) | set(settings)) - FREE_TO_CHANGE
-    return sorted(k for k in keys if saved.get(k) != settings.get(k))
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != settings.get(k))
 
 
 def check_run_dir(out: Path, settings: dict, *, resuming: bool, overwrite: bool, allow_changes: bool) -> None:
