@@ -1,5 +1,5 @@
-"""The one cache root. Every cache treeclip keeps (label embeddings, exported ONNX and
-compiled graphs, evaluation features, the NCBI name index) lives in a folder of its kind
+"""The one cache root. Every cache treeclip keeps (label embeddings, exported ONNX
+graphs, evaluation features, the NCBI name index) lives in a folder of its kind
 under it, and every cache key includes that cache's own format version, so a format
 change never reads an old entry.
 

@@ -34,7 +34,7 @@ TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxo
 @click.option("--loss", type=click.Choice(["clip", "taxon-aware"]), help="taxon-aware: same-taxon pairs are not negatives.")
 @click.option("--precision", type=click.Choice(TRAIN_PRECISIONS),
               help="Mixed precision: auto = bf16 autocast where bf16 is native (CUDA, AVX512_BF16/AMX), else fp32; "
-                   "fp16 uses a grad scaler on GPU. Default fp32.")
+                   "fp16 uses a grad scaler on GPU (on a CPU it runs, and is reported as, bf16). Default fp32.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None, help="Recompute activations to save memory.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--augment/--no-augment", default=None, help="Random resized crop during training.")

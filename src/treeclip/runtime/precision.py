@@ -171,9 +171,12 @@ def resolve_precision(requested: str, device, *, features: CpuFeatures | None = 
 
 def resolve_train_precision(requested: str, device, *, features: CpuFeatures | None = None) -> str:
     """The autocast precision of training: `auto` is bf16 on CUDA with bf16 and on CPUs
-    with native bf16, else fp32; the others as named."""
+    with native bf16, else fp32; fp16 on a CPU is bf16 (CPU autocast has no fp16 with a
+    gradient scaler), so the run reports what it ran; the others as named."""
     if requested not in TRAIN_PRECISIONS:
         raise TreeclipError(f"unknown precision {requested!r}; expected one of {', '.join(TRAIN_PRECISIONS)}")
+    if requested == "fp16" and device.type == "cpu":
+        return "bf16"
     if requested != "auto":
         return requested
     if device.type == "cuda":
@@ -193,5 +196,5 @@ def autocast(precision: str, device):
 
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
