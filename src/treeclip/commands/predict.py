@@ -9,6 +9,7 @@ from typing import Callable
 import click
 
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
+from treeclip.taxonomy.taxon import TEXT_TYPES
 
 RANK_CHOICES = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -91,7 +92,7 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
                    "threshold, else 'unknown'.")
 @click.option("--templates", default="openai", show_default=True,
               help="Label templates: openai (80), bioclip (81), single, or a file with one per line.")
-@click.option("--text-type", default="taxon_com", show_default=True,
+@click.option("--text-type", default="taxon_com", show_default=True, type=click.Choice(TEXT_TYPES),
               help="Name of each taxon in the templates (taxon_com = 7 ranks + common name, as BioCLIP).")
 @click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "jsonl", "table"]))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here [default: stdout]. An existing "

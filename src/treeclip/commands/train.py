@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from treeclip.runtime.precision import TRAIN_PRECISIONS
+from treeclip.taxonomy.taxon import TEXT_TYPES
 
-TEXT_CHOICES = ("mixed", "mixed-sample", "com", "sci", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com")
+TEXT_CHOICES = ("mixed", "mixed-sample", *TEXT_TYPES)  # the mixing modes (train.order.TEXT_MODES) or one type
 
 
 @click.command("train")

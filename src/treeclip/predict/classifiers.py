@@ -5,7 +5,7 @@
     rows = clf.predict(["a.jpg", "photos/"], rank="family", k=3)
 
 Every classifier embeds its labels once (cached on disk), encodes images in batches
-(decoding in worker processes) and turns `exp(logit_scale) * image @ label` into a softmax.
+(decoding in background threads) and turns `exp(logit_scale) * image @ label` into a softmax.
 Rows are dicts with pybioclip's keys: `file_name`, the ranks or `classification`, `score`;
 an unreadable input gives one row with `error` set and the run goes on.
 """
