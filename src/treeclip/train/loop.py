@@ -43,8 +43,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
                 clear_run(out)
             barrier()
         else:  # every rank checks (read only), so every rank stops on a refusal
-            check_run_dir(out, cfg.as_dict(), resuming=resume is not None, overwrite=False,
-                          allow_changes=allow_changes)
+            check_run_dir(out, cfg.as_dict(), resuming=resume is not None, allow_changes=allow_changes)
         if resume and resume != "latest":
             find_checkpoint(out, resume)  # a named checkpoint must look like one
         trainer = Trainer(cfg, info)

@@ -59,12 +59,9 @@ def changed_settings(out: Path, settings: dict) -> list[str]:
     return sorted(k for k in keys if saved.get(k, defaults.get(k)) != settings.get(k))
 
 
-def check_run_dir(out: Path, settings: dict, *, resuming: bool, overwrite: bool, allow_changes: bool) -> None:
-    """Refuse to mix two runs in `out`; clear it first with `overwrite` (see the module
-    docstring). `settings` is the run's config as `TrainConfig.as_dict()`."""
-    if overwrite:
-        clear_run(out)
-        return
+def check_run_dir(out: Path, settings: dict, *, resuming: bool, allow_changes: bool) -> None:
+    """Refuse to mix two runs in `out` (see the module docstring; `--overwrite` clears it
+    with `clear_run` instead). `settings` is the run's config as `TrainConfig.as_dict()`."""
     if not resuming and used_by_a_run(out):
         raise TreeclipError(f"{out}: holds another run (config.json, checkpoints, model); resume it with "
                             "--resume latest, start afresh with --overwrite, or give another --out")
