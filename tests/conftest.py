@@ -36,6 +36,7 @@ FEATURE_SETS = {
     "avx2": "avx2",                                        # AMD EPYC, AVX2 only
     "avx512": "avx2,avx512",                               # AVX-512 without bf16 units
     "avx512_bf16": "avx2,avx512,avx512_bf16,vnni",         # AMD EPYC Genoa-like
+    "bf16_no_vnni": "avx2,avx512,avx512_bf16",             # bf16 units without int8 ones (fast = bf16)
     "amx": "avx2,avx512,avx512_bf16,amx,vnni",             # Intel Sapphire Rapids-like
 }
 

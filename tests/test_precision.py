@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 # CPU class -> (auto, fast) as docs/predict.md's table says
 EXPECTED = {"avx2": ("fp32", "int8"), "avx512": ("fp32", "int8"),
-            "avx512_bf16": ("bf16", "bf16"), "amx": ("bf16", "bf16")}
+            "avx512_bf16": ("bf16", "int8"), "amx": ("bf16", "int8"), "bf16_no_vnni": ("bf16", "bf16")}
 
 
 def test_policy_table_for_every_cpu_class(cpu_features):
@@ -27,12 +27,23 @@ def test_policy_table_for_every_cpu_class(cpu_features):
     assert features.source == policy.FEATURES_ENV
     assert policy.resolve_precision("auto", CPU) == auto
     assert policy.resolve_precision("fast", CPU) == fast
-    # without ONNX Runtime, fast falls back to exact fp32 where bf16 is not native
-    assert policy.resolve_precision("fast", CPU, onnx=False) == ("bf16" if fast == "bf16" else "fp32")
+    # without ONNX Runtime, fast falls back to bf16 where it is native, else exact fp32
+    assert policy.resolve_precision("fast", CPU, onnx=False) == auto
     for explicit in ("fp32", "bf16", "int8"):
         assert policy.resolve_precision(explicit, CPU) == explicit
     assert policy.resolve_train_precision("auto", CPU) == auto
     assert policy.resolve_train_precision("fp16", CPU) == "bf16"  # what CPU autocast runs, reported as such
+
+
+def test_fast_prefers_int8_where_int8_is_native_and_bf16_where_only_bf16_is():
+    bf16_only = policy.parse_features("avx2,avx512,avx512_bf16")  # bf16 units, no VNNI
+    assert policy.resolve_precision("fast", CPU, features=bf16_only, onnx=True) == "bf16"
+    vnni = policy.parse_features("avx2,avx512,avx512_bf16,vnni")
+    assert policy.resolve_precision("fast", CPU, features=vnni, onnx=True) == "int8"
+    assert policy.resolve_precision("fast", CPU, features=vnni, onnx=False) == "bf16"
+    assert policy.resolve_precision("auto", CPU, features=vnni, onnx=True) == "bf16"  # auto never quantizes
+    plain_vnni = policy.parse_features("avx2,avx512,vnni")
+    assert policy.resolve_precision("fast", CPU, features=plain_vnni, onnx=False) == "fp32"
 
 
 def test_plain_avx512_is_not_native_bf16():

@@ -28,11 +28,11 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_dir):
     """The real server: `treeclip serve` in a subprocess on a free loopback port, on a CPU
-    forced to look like one with bf16 units (where /predict's default runs bf16, and the
-    bug was that /embed did too)."""
+    forced to look like one with bf16 units and no int8 ones (where /predict's default
+    runs bf16, and the bug was that /embed did too)."""
     proc, url = start_cli_server(model_dir, "--max-files", str(MAX_FILES), "--max-file-mb", str(MAX_FILE_BYTES / 2**20),
                                  "--max-pixels", str(MAX_PIXELS), "--max-request-mb", str(MAX_REQUEST_BYTES / 2**20),
-                                 "--max-batch", "16", env={"TREECLIP_CPU_FEATURES": FEATURE_SETS["avx512_bf16"]})
+                                 "--max-batch", "16", env={"TREECLIP_CPU_FEATURES": FEATURE_SETS["bf16_no_vnni"]})
     assert url.startswith("http://localhost:")
     yield {"base": url.replace("localhost", "127.0.0.1")}
     proc.terminate()
@@ -52,7 +52,7 @@ def test_health_and_openapi(server):
     assert health["taxa"] == N_TAXA and health["embed_dim"] == 64
     assert health["limits"]["max_files"] == MAX_FILES
     assert health["precision"] == {"predict": "bf16", "embed": "fp32"}
-    assert health["cpu_features"] == FEATURE_SETS["avx512_bf16"]
+    assert health["cpu_features"] == FEATURE_SETS["bf16_no_vnni"]
     status, schema = request(server["base"] + "/openapi.json")
     assert status == 200
     assert {"/predict", "/embed", "/taxa", "/health"} <= set(schema["paths"])
@@ -389,7 +389,7 @@ def test_concurrent_requests_share_model_calls(model_dir):
     assert (batcher.stats.items, batcher.stats.batches, batcher.stats.requests) == (n, 1, n)
 
 
-@pytest.mark.parametrize("cpu", ["avx2", "avx512", "avx512_bf16", "amx"])
+@pytest.mark.parametrize("cpu", sorted(FEATURE_SETS))
 def test_serve_precisions_on_every_cpu_class(model_dir, monkeypatch, cpu):
     """/predict takes the policy's fast path; /embed is exact fp32 on every CPU class."""
     from treeclip.serve import ServeEngine
@@ -397,7 +397,7 @@ def test_serve_precisions_on_every_cpu_class(model_dir, monkeypatch, cpu):
     monkeypatch.setenv("TREECLIP_CPU_FEATURES", FEATURE_SETS[cpu])
     engine = ServeEngine(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
                          label_cache_dir=str(model_dir / "cache"))
-    fast = "bf16" if cpu in ("avx512_bf16", "amx") else "int8"
+    fast = "bf16" if cpu == "bf16_no_vnni" else "int8"  # int8 wherever ONNX Runtime runs it natively or not
     assert engine.precisions == {"predict": fast, "embed": "fp32"}
     pixels = engine.pipeline.preprocess(png((120, 30, 220, 255)), "e.png")
     predicted, embedded = engine.pipeline.encode_batch([("predict", pixels), ("embed", pixels)])
