@@ -8,7 +8,7 @@ aggregation against a per-image Python dict, measured in one run.
       preprocess, `encode_image`, softmax over the labels, top-k;
     - treeclip: `TreeOfLifeClassifier.predict` with its defaults (decoding with JPEG draft
       mode in worker processes overlapping with the model, batch 32, precision "fast":
-      bf16 on CPUs with native bf16 units, else int8 through ONNX Runtime), and also its exact
+      int8 through ONNX Runtime, bf16 on CPUs with bf16 units but no VNNI), and also its exact
       `precision="fp32"` path; top-1 agreement with the baseline is reported for each.
     Label embeddings are computed before timing for both (treeclip caches them on disk).
     The rounds alternate (baseline, treeclip, treeclip, baseline, ...) so that load from
