@@ -81,9 +81,10 @@ class BaseClassifier:
         """Per batch: the items, the probabilities of the decoded ones, their positions
         in the batch, and {position: error line} for the others."""
         items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
-        draft = self.clip.image_size
+        # the exact fp32 path sees open_clip's own pixels: no JPEG draft decode
         for idx, ok, pixels, errors in iter_batches(items, self.clip.preprocess, batch_size=self.batch_size,
-                                                    workers=self.workers, draft_size=draft):
+                                                    workers=self.workers, draft_size=self.clip.image_size,
+                                                    exact=self.encoder.precision == "fp32"):
             batch = [items[i] for i in idx]
             first = idx[0] if idx else 0
             probs = self.probabilities(self.encoder(pixels)) if pixels is not None else None

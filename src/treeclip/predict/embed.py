@@ -55,8 +55,8 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), unit="img", desc="embedding", file=sys.stderr)
-    for idx, ok, pixels, errs in iter_batches(items, clip.preprocess, batch_size=batch_size,
-                                              workers=workers, draft_size=clip.image_size):
+    for idx, ok, pixels, errs in iter_batches(items, clip.preprocess, batch_size=batch_size, workers=workers,
+                                              draft_size=clip.image_size, exact=encoder.precision == "fp32"):
         vectors = (encoder(pixels, normalize=normalize).numpy().astype(np.float32) if pixels is not None
                    else np.zeros((0, clip.embed_dim), np.float32))
         yield Embeddings([items[i].name for i in ok], vectors, {items[i].name: e for i, e in errs.items()},

@@ -26,18 +26,20 @@ class Item:
 
 
 class _Decoded(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[Item], preprocess: Callable, draft_size: int | None) -> None:
-        self.items, self.preprocess, self.draft = list(items), preprocess, draft_size
+    def __init__(self, items: Sequence[Item], preprocess: Callable, draft_size: int | None, exact: bool) -> None:
+        self.items, self.preprocess, self.draft, self.exact = list(items), preprocess, draft_size, exact
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        return i, *decode_item(self.items[i], self.preprocess, self.draft)
+        return i, *decode_item(self.items[i], self.preprocess, self.draft, exact=self.exact)
 
 
-def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None) -> tuple[Any, str]:
-    """(pixels, "") or (None, "<name>: <reason>") for one input."""
+def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None, *,
+                exact: bool = False) -> tuple[Any, str]:
+    """(pixels, "") or (None, "<name>: <reason>") for one input. `exact`: no JPEG draft
+    decode, so the pixels are those of the model's own preprocess on the full image."""
     from PIL import Image
 
     from treeclip.data.images import decode_image, normalize_image
@@ -46,7 +48,7 @@ def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None)
         if isinstance(item.source, Image.Image):
             img = normalize_image(item.source, name=item.name, draft_size=draft_size)
         else:
-            img = decode_image(item.source, name=item.name, draft_size=draft_size)
+            img = decode_image(item.source, name=item.name, draft_size=draft_size, draft=not exact)
         return preprocess(img), ""
     except InputError as e:
         return None, str(e)
@@ -76,18 +78,19 @@ def decode_threads() -> int:
 
 
 def iter_batches(items: Sequence[Item], preprocess: Callable, *, batch_size: int = 32,
-                 workers: int | None = None, draft_size: int | None = None
+                 workers: int | None = None, draft_size: int | None = None, exact: bool = False
                  ) -> Iterator[tuple[list[int], list[int], torch.Tensor | None, dict[int, str]]]:
     """Batches of decoded inputs in input order: (all indices, decoded indices, pixels,
     {index: error line}). The next batch decodes while the caller works on this one: in
     `decode_threads()` threads, or with `workers` > 0 in DataLoader worker processes (PIL
-    images in the input are then decoded in this process: they may not pickle cheaply)."""
+    images in the input are then decoded in this process: they may not pickle cheaply).
+    `exact`: decode JPEGs at full resolution (no draft), as the exact fp32 path needs."""
     from PIL import Image
 
     workers = default_workers() if workers is None else workers
     if workers and any(isinstance(it.source, Image.Image) for it in items):
         workers = 0
-    dataset = _Decoded(items, preprocess, draft_size)
+    dataset = _Decoded(items, preprocess, draft_size, exact)
     if not workers:
         yield from _threaded(dataset, batch_size)
         return

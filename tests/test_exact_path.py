@@ -1,0 +1,68 @@
+"""The exact path is exact: `--precision fp32` predictions and `embed`'s default see the
+pixels of the model's own open_clip preprocess, with no JPEG draft decode, even on a
+photo large enough for the fast paths' draft to kick in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def model_and_photo(tmp_path_factory):
+    from treeclip.model import create_model, save_model
+
+    root = tmp_path_factory.mktemp("exact")
+    model_dir = save_model(create_model("micro-vit-32", seed=3), root / "model")
+    rng = np.random.default_rng(0)
+    # a camera-sized JPEG with detail at every scale, so a 1/8-scale draft decode differs
+    photo = rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    path = root / "photo.jpg"
+    Image.fromarray(photo).save(path, quality=90)
+    return model_dir, path
+
+
+def _open_clip(model_dir):
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    return model.eval(), preprocess
+
+
+def test_exact_pixels_equal_open_clips_preprocess_and_the_draft_does_not(model_and_photo):
+    from treeclip.runtime.images import Item, iter_batches
+
+    model_dir, path = model_and_photo
+    _, preprocess = _open_clip(model_dir)
+    reference = preprocess(Image.open(path).convert("RGB"))
+
+    def pixels(exact: bool) -> torch.Tensor:
+        (_, _, batch, errors), = iter_batches([Item("photo.jpg", str(path))], preprocess, draft_size=32, exact=exact)
+        assert not errors
+        return batch[0]
+
+    assert torch.equal(pixels(exact=True), reference)
+    assert not torch.equal(pixels(exact=False), reference)  # the draft decode is a different image
+
+
+def test_embed_and_fp32_predict_match_plain_open_clip(model_and_photo):
+    from treeclip.predict import CustomLabelsClassifier
+    from treeclip.predict.embed import embed_images
+
+    model_dir, path = model_and_photo
+    model, preprocess = _open_clip(model_dir)
+    with torch.no_grad():
+        reference = torch.nn.functional.normalize(model.encode_image(preprocess(Image.open(path).convert("RGB"))[None]),
+                                                  dim=-1)[0].numpy()
+    emb = embed_images(str(model_dir), [str(path)])
+    assert emb.precision == "fp32"
+    np.testing.assert_allclose(emb.vectors[0], reference, atol=1e-5)
+
+    clf = CustomLabelsClassifier(str(model_dir), ["a red thing", "a blue thing"], precision="fp32",
+                                 templates="single")
+    (_, probs, ok, _), = clf.encoded_batches([str(path)])
+    expected = clf.probabilities(torch.from_numpy(reference)[None])
+    assert ok == [0]
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
