@@ -66,3 +66,32 @@ def test_embed_and_fp32_predict_match_plain_open_clip(model_and_photo):
     expected = clf.probabilities(torch.from_numpy(reference)[None])
     assert ok == [0]
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_squash_is_a_plain_resize_and_crop_is_open_clips(model_and_photo, tmp_path):
+    """`--resize squash` = pybioclip's preprocessing: the whole photo resized to the square
+    input size (no centre crop), then the model's normalisation."""
+    from torchvision.transforms import functional as TF
+
+    from treeclip.errors import TreeclipError
+    from treeclip.model import load_model
+    from treeclip.predict.embed import embed_images
+
+    model_dir, path = model_and_photo
+    clip = load_model(str(model_dir))
+    img = Image.open(path).convert("RGB")
+    cfg = clip.config["preprocess_cfg"]
+    plain = TF.normalize(TF.to_tensor(img.resize((clip.image_size, clip.image_size), Image.BICUBIC)),
+                         cfg["mean"], cfg["std"])
+    squashed = clip.preprocess_for("squash")(img)
+    assert squashed.shape == plain.shape and torch.allclose(squashed, plain, atol=1e-6)
+    assert clip.preprocess_for("crop") is clip.preprocess
+    assert not torch.allclose(clip.preprocess(img), squashed, atol=1e-3)  # a 4:3 photo: the crop differs
+    with pytest.raises(TreeclipError, match="unknown resize"):
+        clip.preprocess_for("stretch")
+
+    # embed with squash: the same vector as encoding the plain resize
+    emb = embed_images(str(model_dir), [str(path)], resize="squash", normalize=False)
+    with torch.no_grad():
+        want = clip.model.encode_image(plain[None])[0].numpy()
+    np.testing.assert_allclose(emb.vectors[0], want, atol=1e-5)

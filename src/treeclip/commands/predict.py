@@ -34,8 +34,12 @@ def _add_options(fn: Callable, precision: str) -> Callable:
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto."),
         click.option("--precision", default=precision, show_default=True, type=click.Choice(PRECISIONS),
                      help="auto = bf16 where the hardware runs it natively (AMX/AVX512_BF16, CUDA), else fp32; "
-                          "fast = like auto, but int8 (ONNX Runtime) on CPUs without native bf16. "
-                          "fp32 is exact; bf16/int8 are faster and near-exact (docs/predict.md#precision)."),
+                          "fast = int8 (ONNX Runtime) on CPUs, except bf16 where bf16 units have no int8 (VNNI) "
+                          "beside them. fp32 is exact (open_clip's own pixels and numbers); bf16/int8 are faster "
+                          "and near-exact (docs/predict.md#precision)."),
+        click.option("--resize", default="crop", show_default=True, type=click.Choice(["crop", "squash"]),
+                     help="crop: the model's own preprocess (shorter side, centre crop); squash: a plain resize "
+                          "to the model's square size, as pybioclip does (to compare with its numbers)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--hub-dir", type=click.Path(file_okay=False),
                      help="A Hugging Face hub folder (models--ORG--NAME/, datasets--ORG--NAME/) to look in for "
@@ -103,8 +107,8 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
               help="Label-embedding cache [default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
 def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
-            root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
-            hub_dir: str | None, rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None,
+            root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
+            quiet: bool, hub_dir: str | None, rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None,
             subset: tuple[str, ...], cls_spec: str | None, bins: str | None, rollup: float | None, templates: str,
             text_type: str, fmt: str, output: str | None, overwrite: bool, retry_errors: bool, cache_dir: str | None, compile_: bool) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
@@ -136,7 +140,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
                        min_prob=min_prob, taxa=taxa, ncbi_limit=ncbi_limit, subset=list(subset), cls_spec=cls_spec,
                        bins=bins, rollup=rollup, templates=templates, text_type=text_type, fmt=fmt, output=output,
                        overwrite=overwrite, retry_errors=retry_errors, cache_dir=cache_dir, compile=compile_, batch_size=batch_size,
-                       workers=workers, device=device, precision=precision, progress=not quiet)
+                       workers=workers, device=device, precision=precision, resize=resize, progress=not quiet)
     sys.exit(code)
 
 
@@ -152,8 +156,8 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(1),
               help="Images per chunk kept beside the output as they are done (what a resume starts from).")
 def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
-          root: str | None, batch_size: int, workers: int | None, device: str, precision: str, quiet: bool,
-          hub_dir: str | None, output: str, normalize: bool, overwrite: bool, retry_errors: bool,
+          root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
+          quiet: bool, hub_dir: str | None, output: str, normalize: bool, overwrite: bool, retry_errors: bool,
           chunk_size: int) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
@@ -170,4 +174,4 @@ def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: 
     sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root), output=output,
                        normalize=normalize, overwrite=overwrite, retry_errors=retry_errors, chunk=chunk_size,
                        batch_size=batch_size,
-                       workers=workers, device=device, precision=precision, progress=not quiet))
+                       workers=workers, device=device, precision=precision, resize=resize, progress=not quiet))

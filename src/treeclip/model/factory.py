@@ -21,6 +21,8 @@ from treeclip.errors import TreeclipError
 from treeclip.model.registry import get_config
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+RESIZE_MODES = {"crop": "shortest", "squash": "squash"}
+"""Inference resize modes (`--resize`) and the open_clip `resize_mode` each means."""
 
 
 def build_clip(config: dict, *, precision: str = "fp32") -> torch.nn.Module:
@@ -249,6 +251,17 @@ class ClipModel:
             self.preprocess = make_transform(self.config)
         if self.tokenizer is None:
             self.tokenizer = make_tokenizer(self.config)
+
+    def preprocess_for(self, resize: str = "crop") -> Callable:
+        """The eval transform with the image resized as `resize` says: `crop` (the model's
+        own: shorter side to the input size, then the centre crop) or `squash` (a plain
+        resize to the square input size, no crop: what pybioclip does)."""
+        if resize not in RESIZE_MODES:
+            raise TreeclipError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+        if resize == "crop":
+            return self.preprocess
+        return make_transform({**self.config, "preprocess_cfg": {**self.config["preprocess_cfg"],
+                                                                 "resize_mode": RESIZE_MODES[resize]}})
 
     # -- shape of the model --------------------------------------------------------
     @property

@@ -52,10 +52,12 @@ class BaseClassifier:
     def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = VERB_DEFAULTS["predict"],
                  batch_size: int = 32, workers: int | None = None, compile: bool = False,
                  templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
-                 label_cache: bool = True, progress: bool = False) -> None:
+                 label_cache: bool = True, progress: bool = False, resize: str = "crop") -> None:
         """`label_cache=False`: label embeddings are computed in memory and never read from
-        or written to the on-disk cache (labels a web client sent)."""
+        or written to the on-disk cache (labels a web client sent). `resize`: `crop` (the
+        model's own preprocess) or `squash` (pybioclip's plain resize)."""
         self.clip = _load_clip(model)
+        self.preprocess = self.clip.preprocess_for(resize)
         self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile, cache_dir=cache_dir)
         self.templates = tuple(load_templates(templates) if isinstance(templates, str) else templates)
         self.batch_size, self.workers, self.cache_dir, self.progress = batch_size, workers, cache_dir, progress
@@ -82,7 +84,7 @@ class BaseClassifier:
         in the batch, and {position: error line} for the others."""
         items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
         # the exact fp32 path sees open_clip's own pixels: no JPEG draft decode
-        for idx, ok, pixels, errors in iter_batches(items, self.clip.preprocess, batch_size=self.batch_size,
+        for idx, ok, pixels, errors in iter_batches(items, self.preprocess, batch_size=self.batch_size,
                                                     workers=self.workers, draft_size=self.clip.image_size,
                                                     exact=self.encoder.precision == "fp32"):
             batch = [items[i] for i in idx]

@@ -38,8 +38,9 @@ class Embeddings:
 
 def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
                   workers: int | None = None, device: str | None = "cpu", precision: str = VERB_DEFAULTS["embed"],
-                  progress: bool = False, cache_dir: str | None = None) -> Iterator[Embeddings]:
-    """`Embeddings` of `images` batch by batch, in input order (see `embed_images`)."""
+                  progress: bool = False, cache_dir: str | None = None, resize: str = "crop") -> Iterator[Embeddings]:
+    """`Embeddings` of `images` batch by batch, in input order (see `embed_images`);
+    `resize` as `ClipModel.preprocess_for`."""
     from treeclip.predict.classifiers import _load_clip
     from treeclip.predict.inputs import as_items
     from treeclip.runtime.encoder import ImageEncoder
@@ -55,7 +56,7 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), unit="img", desc="embedding", file=sys.stderr)
-    for idx, ok, pixels, errs in iter_batches(items, clip.preprocess, batch_size=batch_size, workers=workers,
+    for idx, ok, pixels, errs in iter_batches(items, clip.preprocess_for(resize), batch_size=batch_size, workers=workers,
                                               draft_size=clip.image_size, exact=encoder.precision == "fp32"):
         vectors = (encoder(pixels, normalize=normalize).numpy().astype(np.float32) if pixels is not None
                    else np.zeros((0, clip.embed_dim), np.float32))
@@ -71,7 +72,7 @@ def embed_images(model: Any, images: Any, *, normalize: bool = True, **options: 
     """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
     (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
     by default (embeddings are data others build on); `precision="fast"` for speed.
-    Options: `batch_size`, `workers`, `device`, `precision`, `progress`, `cache_dir`."""
+    Options: `batch_size`, `workers`, `device`, `precision`, `progress`, `cache_dir`, `resize`."""
     return concat_embeddings(list(embed_batches(model, images, normalize=normalize, **options)))
 
 

@@ -30,6 +30,13 @@ def make_classifier(model: str, *, taxa: str | None = None, ncbi_limit: int | No
     return TreeOfLifeClassifier(model, taxa, subset=list(subset), text_type=text_type, ncbi_limit=ncbi_limit, **common)
 
 
+def _resize_identity(common: dict) -> dict:
+    """The resize mode in a run's identity; only when not the default, so outputs written
+    before `--resize` existed still resume."""
+    resize = common.get("resize", "crop")
+    return {} if resize == "crop" else {"resize": resize}
+
+
 def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: int = 5, min_prob: float = 0.0,
                 rollup: float | None = None, fmt: str = "csv", output: str | None = None, overwrite: bool = False,
                 retry_errors: bool = False, progress: bool = True, taxa: str | None = None,
@@ -50,7 +57,7 @@ def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: 
                 "ncbi_limit": ncbi_limit, "subset": [file_identity(s) for s in subset],
                 "labels": file_identity(cls_spec), "bins": file_identity(bins), "text_type": text_type,
                 "templates": file_identity(common.get("templates")), "precision": _precision(common, "predict"),
-                "format": fmt, **options}
+                "format": fmt, **options, **_resize_identity(common)}
     ranks = _Ranks.join(common.get("device"), output)
     items = unique_names(items)
     writer, done, done_errors = ranks.open_output(output, fmt, columns, identity, overwrite=overwrite,
@@ -230,7 +237,7 @@ def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool
     from treeclip.predict.runs import model_identity
 
     identity = {"verb": "embed", "model": model_identity(model), "normalize": normalize,
-                "precision": _precision(common, "embed")}
+                "precision": _precision(common, "embed"), **_resize_identity(common)}
     ranks = _Ranks.join(common.get("device"), output)
     items = unique_names(items)
     store = _EmbeddingStore(Path(output))
