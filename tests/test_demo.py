@@ -211,3 +211,30 @@ def test_claims_compare_the_papers_sides_and_require_every_model_to_learn():
     assert not by["objective", "5-shot, unseen genera"]["holds"]  # a tie
     assert {r["baseline"] for r in rows if r["claim"] == "objective"} == {"ce"}
     assert len(rows) == 3 + 2 + 4  # 3 learned, 2 text-type rows (mixed vs com), 4 objective rows
+
+
+def test_long_profile_writes_the_papers_ablation_tables(tmp_path):
+    """`--long`'s extras on a tiny scale: the text-type table (every CLIP model queried with
+    every text type on unseen species, read back from its own results.json) and the
+    data-diversity arm (half the seen species, twice the images each)."""
+    from treeclip.demo.profiles import HALF_SPECIES, QUERY_TYPES
+
+    tiny_long = replace(TINY, variants=("com", "mixed"), seeds=(0, 1), text_type_table=True, diversity=True)
+    report = run_demo(tmp_path, tiny_long)
+    text = report.read_text(encoding="utf-8")
+    assert "## The text-type table" in text and "## Data diversity" in text
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    results = json.loads((tmp_path / "eval-text-types" / "results.json").read_text(encoding="utf-8"))
+    assert {m["label"] for m in results["models"]} == {"com-s0", "com-s1", "mixed-s0", "mixed-s1"}
+    for variant in ("com", "mixed"):
+        assert set(summary["text_type_table"][variant]) == set(QUERY_TYPES)
+        for query in QUERY_TYPES:
+            assert summary["text_type_table"][variant][query] == [
+                results["zero_shot"][f"{variant}-s{s}"][query]["synth-unseen"]["top1"] for s in (0, 1)]
+    half = json.loads((tmp_path / "data-half-species" / "synth.json").read_text(encoding="utf-8"))
+    full = json.loads((tmp_path / "data" / "synth.json").read_text(encoding="utf-8"))
+    assert half["config"]["train_species_fraction"] == 0.5 and half["roles"] == full["roles"]
+    assert half["config"]["images_per_species"] == 2 * full["config"]["images_per_species"]
+    assert set(summary["table"]) == {"com", "mixed", HALF_SPECIES}
+    assert set(summary["diversity"]) == {f"{k} {t}" for k in ("zero-shot", "1-shot", "5-shot")
+                                         for t in ("unseen species", "unseen genera")}

@@ -42,6 +42,16 @@ def query_text(variant: str) -> str:
     return QUERY_TEXT.get(variant, DEFAULT_QUERY)
 
 
+HALF_SPECIES = "half-species"
+"""The data-diversity ablation's other arm (`--long`): BioCLIP's mixed text on half the seen
+species with twice the images each (its first arm is the `mixed` model on all of them)."""
+
+
+def trained_variants(profile: "DemoProfile") -> list[str]:
+    """Every variant a profile trains: its own, and the diversity arm when it runs it."""
+    return list(profile.variants) + ([HALF_SPECIES] if profile.diversity else [])
+
+
 def variant_of(label: str) -> str:
     """The variant of a model label (`mixed-sample-s1` -> `mixed-sample`)."""
     return label.rsplit("-s", 1)[0]

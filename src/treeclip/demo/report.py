@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 from treeclip.demo.claims import check_claims, claim_lines, separation
-from treeclip.demo.profiles import (CLASSIFIERS, QUERY_TYPES, TASK_TITLES, TASKS, VARIANT_TITLES, DemoProfile,
-                                    query_text)
+from treeclip.demo.profiles import (CLASSIFIERS, HALF_SPECIES, QUERY_TYPES, TASK_TITLES, TASKS, VARIANT_TITLES,
+                                    DemoProfile, query_text, trained_variants)
 from treeclip.fsutil import write_json_atomic, write_text_atomic
-
-HALF_SPECIES = "half-species"
-"""The label stem of the data-diversity ablation's other arm: half the seen species, twice
-the images each (its first arm is BioCLIP's mixed model on all seen species)."""
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
@@ -83,8 +79,7 @@ def summarise(results: dict, profile: DemoProfile, text_types: dict | None = Non
     zero_shot_ranks: dict = {}
     hierarchy: dict = {}
     lca: dict = {}
-    variants = list(profile.variants) + ([HALF_SPECIES] if profile.diversity else [])
-    for variant in variants:
+    for variant in trained_variants(profile):
         labels, query = labels_of(variant, profile), query_text(variant)
         table[variant] = {setting: {task: [metric(results, lab, setting, task, query) for lab in labels]
                                     for task in TASKS} for setting in ("0", "1", "5")}

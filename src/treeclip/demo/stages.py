@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from treeclip.demo.parallel import job_slots, run_parallel, training_status
-from treeclip.demo.profiles import (DEFAULT_QUERY, PROFILES, QUERY_TYPES, TASKS, DemoProfile, objective_of,
-                                    query_text, variant_of)
-from treeclip.demo.report import HALF_SPECIES, write_report
+from treeclip.demo.profiles import (DEFAULT_QUERY, HALF_SPECIES, PROFILES, QUERY_TYPES, TASKS, DemoProfile,
+                                    objective_of, query_text, trained_variants, variant_of)
+from treeclip.demo.report import write_report
 from treeclip.fsutil import write_json_atomic
 
 
@@ -128,8 +128,7 @@ def _train_all(profile: DemoProfile, data: dict[str, tuple[Path, dict]], out: Pa
     """Every (variant, seed) model, the ones not yet trained side by side (one
     single-thread process per core). `data`: the training set (dir, identity) of each
     variant (the data-diversity arm has its own)."""
-    variants = list(profile.variants) + ([HALF_SPECIES] if profile.diversity else [])
-    labels = [(v, s) for v in variants for s in profile.seeds]
+    labels = [(v, s) for v in trained_variants(profile) for s in profile.seeds]
     _, threads = job_slots(len(labels), profile.parallel)  # from all jobs: a model's settings stay put on resume
     jobs = [_training_job(profile, *data.get(v, data["all"]), out / "train" / f"{v}-s{s}", v, s, threads)
             for v, s in labels]
