@@ -28,7 +28,7 @@ class RankHeads(torch.nn.Module):
 
     def __init__(self, embed_dim: int, classes: list[Taxon], ranks: tuple[str, ...]) -> None:
         super().__init__()
-        self.ranks = ranks
+        self.ranks, self.classes = ranks, list(classes)
         for rank in ranks:
             depth = RANKS.index(rank) + 1
             ids: dict[tuple[str, ...], int] = {}

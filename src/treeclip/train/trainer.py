@@ -249,12 +249,11 @@ class Trainer:
         self.clip.name = self.out.resolve().name
         save_model(self.clip, out, meta={**meta, "objective": self.cfg.objective})
         if self.classifier is not None:
-            from treeclip.data.dataset import read_taxa
             from treeclip.model.heads import save_heads
 
             heads = self.classifier.heads
             save_heads(out, heads.export_state(), objective=self.cfg.objective, ranks=heads.ranks,
-                       classes=read_taxa(self.cfg.data))
+                       classes=heads.classes)
 
     def _write_label_sets(self) -> None:
         """The training taxa and their label embeddings in `model/` and `best/` (once, at
