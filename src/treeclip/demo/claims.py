@@ -38,11 +38,6 @@ def _clean(values: Sequence[float]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
-def mean(values: Sequence[float]) -> float:
-    vals = _clean(values)
-    return statistics.fmean(vals) if vals else float("nan")
-
-
 def separation(paper_side: Sequence[float], other: Sequence[float]) -> dict:
     """The comparison of two sides measured per seed (same seed order): the mean
     difference, the pooled standard deviation over seeds, how many seeds the paper's
@@ -110,7 +105,7 @@ def _pct(values: Sequence[float]) -> str:
     vals = _clean(values)
     if not vals:
         return "-"
-    return f"{100 * mean(vals):.1f} ({', '.join(f'{100 * v:.1f}' for v in values)})"
+    return f"{100 * statistics.fmean(vals):.1f} ({', '.join(f'{100 * v:.1f}' for v in values)})"
 
 
 def claim_lines(rows: list[dict], titles: dict[str, str]) -> list[str]:

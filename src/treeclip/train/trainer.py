@@ -223,8 +223,6 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """The final validation and checkpoint, `OUT/model/` and `OUT/summary.json`."""
-        from treeclip.model import save_model
-
         self.validate(self.total_steps)
         self.save(self.total_steps)
         final_loss = mean_across_ranks(float(self.progress.loss))  # every rank's local loss -> the global batch's
