@@ -80,6 +80,8 @@ def unseen_curves(run_dir: Path, every: int) -> dict[str, dict[int, dict[str, fl
     from treeclip.evaluate.features import image_features, text_embeddings
     from treeclip.evaluate.runner import class_names
     from treeclip.evaluate.tasks import load_task
+    from treeclip.cache import CachePaths
+    from treeclip.runtime.options import InferenceOptions
     from treeclip.taxonomy.templates import load_templates
 
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -93,18 +95,19 @@ def unseen_curves(run_dir: Path, every: int) -> dict[str, dict[int, dict[str, fl
     run_parallel(_train, [(c, every) for c in configs], processes=procs, threads=threads,
                  names=[Path(c["out"]).name for c in configs], say=print)
     task = load_task(str(data / "tasks" / "synth-unseen"))
-    templates, cache = load_templates(profile.templates), run_dir / "curves" / "cache"
+    templates, cache = load_templates(profile.templates), CachePaths.default(run_dir / "curves" / "cache")
     out: dict[str, dict[int, dict[str, float]]] = {}
     for config in configs:
         variant = Path(config["out"]).name
         for checkpoint in sorted(Path(config["out"], "checkpoints").glob("step-*")):
             clip = _checkpoint_model(config["model"], checkpoint)
-            f = image_features(clip, task, cache_dir=cache, batch_size=256, progress=False)
+            f = image_features(clip, task, options=InferenceOptions.for_verb("eval", batch_size=256, workers=0),
+                               caches=cache, progress=False)
             x, y = f.features[f.ok], task.labels[f.ok]
             point = {"five_shot": fewshot.few_shot(x, y, 5)["mean"]}
             if variant not in CLASSIFIERS:
                 query = query_text(variant)
-                emb = text_embeddings(clip, class_names(task, query), templates, cache_dir=cache)
+                emb = text_embeddings(clip, class_names(task, query), templates, caches=cache)
                 point["zero_shot"] = zeroshot.zero_shot_metrics(x, y, emb)["top1"]
             out.setdefault(variant, {})[int(checkpoint.name[5:]) * config["batch_size"]] = point
     return out

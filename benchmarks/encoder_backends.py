@@ -99,10 +99,11 @@ def openvino_runner(onnx_path: Path, precision: str, threads: int):
 def contenders(args, clip, workdir: Path) -> dict:
     import torch
 
+    from treeclip.cache import CachePaths
     from treeclip.runtime.encoder import ImageEncoder, OnnxVisual
 
     threads = torch.get_num_threads()
-    cache = str(workdir / "cache")
+    cache = CachePaths.default(workdir / "cache")
     plain = clip.model.visual.eval()
 
     def eager(pixels):
@@ -112,8 +113,8 @@ def contenders(args, clip, workdir: Path) -> dict:
 
     runs = {"open_clip_fp32_eager_batch10": eager}
     for precision in args.precisions:
-        runs[f"treeclip_{precision}"] = ImageEncoder(clip, precision=precision, cache_dir=cache)
-    ort_fp32 = ImageEncoder(clip, precision="fp32", cache_dir=cache)
+        runs[f"treeclip_{precision}"] = ImageEncoder(clip, precision=precision, caches=cache)
+    ort_fp32 = ImageEncoder(clip, precision="fp32", caches=cache)
     ort_fp32.visual, ort_fp32.precision = OnnxVisual(clip, "fp32", cache), "fp32"
     runs["onnxruntime_fp32"] = ort_fp32
     for hint in ("f32", "bf16"):

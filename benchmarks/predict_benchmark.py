@@ -113,10 +113,13 @@ def baseline_embed(model, preprocess, paths, batch_size=10):
 
 def bench_embed(args, clip, plain, preprocess, paths, workdir: Path) -> dict:
     """`treeclip embed` (exact fp32 default, and --precision fast) against plain open_clip."""
+    from treeclip.cache import CachePaths
     from treeclip.predict.embed import embed_images
+    from treeclip.runtime.options import InferenceOptions
 
     def treeclip(precision, some):
-        return lambda: embed_images(clip, some, precision=precision, cache_dir=str(workdir / "cache")).vectors
+        return lambda: embed_images(clip, some, options=InferenceOptions.for_verb("embed", precision=precision),
+                                    caches=CachePaths.default(workdir / "cache")).vectors
 
     baseline_embed(plain, preprocess, paths[:2])  # warm-up (and the fast path's one-off export)
     treeclip("fp32", paths[:2])()
@@ -151,7 +154,9 @@ def bench_throughput(args, workdir: Path) -> dict:
     import torch
 
     from treeclip.model import create_model
+    from treeclip.cache import CachePaths
     from treeclip.predict import TreeOfLifeClassifier
+    from treeclip.runtime.options import InferenceOptions
 
     paths = make_photos(workdir / "photos", args.n, (args.width, args.height))
     clip = create_model(args.model, seed=0)
@@ -161,7 +166,8 @@ def bench_throughput(args, workdir: Path) -> dict:
     plain.eval()
     taxa = synthetic_taxa(args.labels, seed=1)
     start = time.perf_counter()
-    clf = TreeOfLifeClassifier(clip, taxa, templates="single", cache_dir=str(workdir / "cache"))  # precision "fast"
+    clf = TreeOfLifeClassifier(clip, taxa, options=InferenceOptions(templates="single"),  # precision "fast"
+                               caches=CachePaths.default(workdir / "cache"))
     setup_s = time.perf_counter() - start  # label embeddings + (int8) the one-off ONNX export
     # the same label embeddings, in the classifier's (lineage-sorted) order, for the baseline
     text_features = clf._labels.clone()
@@ -169,8 +175,9 @@ def bench_throughput(args, workdir: Path) -> dict:
     contenders = {"treeclip": clf}
     if args.fp32 and clf.precision != "fp32":
         # treeclip's exact path as well (shares the label embeddings: the same cache entry)
-        contenders["treeclip-fp32"] = TreeOfLifeClassifier(clip, taxa, templates="single", precision="fp32",
-                                                           cache_dir=str(workdir / "cache"))
+        contenders["treeclip-fp32"] = TreeOfLifeClassifier(
+            clip, taxa, options=InferenceOptions(templates="single", precision="fp32"),
+            caches=CachePaths.default(workdir / "cache"))
     baseline_predict(plain, preprocess, text_features, scale, paths[:2])  # warm-up
     for c in contenders.values():
         c.predict(paths[:2], k=5)

@@ -15,6 +15,7 @@ import torch
 from treeclip.train.config import make_config
 from treeclip.train.loop import train
 from train_helpers import TAXA, make_dataset
+from treeclip.cache import CachePaths
 
 FAST = dict(model="micro-vit-32", batch_size=32, lr=2e-3, warmup=5, workers=0, threads=1, progress=False,
             log_every=5, val_samples=32)
@@ -105,7 +106,7 @@ def test_evaluation_scores_a_classifier_by_its_head(dataset, tmp_path):
     train(make_config(data=str(dataset), out=str(run), steps=24, objective="ce", val_every=0, **FAST))
     task_dir = _task_of(dataset, tmp_path / "task")
     results = run_evaluation([str(run / "model")], [str(task_dir)],
-                             EvalConfig(shots=(0, 1), intrinsic=False, progress=False, cache_dir=str(tmp_path / "c")),
+                             EvalConfig(shots=(0, 1), intrinsic=False, progress=False, caches=CachePaths(tmp_path / "c")),
                              tmp_path / "eval")
     assert results["zero_shot"] == {} and results["models"][0]["objective"] == "ce"
     top1 = results["classifier"]["model"]["task"]["top1"]

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, stages
+from treeclip.cache import CachePaths
 
 TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_species=7, model="micro-vit-32",
                    steps=3, batch_size=32, lr=1e-3, warmup=1, variants=("com", "mixed-sample", "ce"), seeds=(0,),
@@ -159,7 +160,7 @@ def test_predict_examples_encode_each_image_once(demo_run, monkeypatch):
     unseen = tasks[TASKS.index("synth-unseen")]
     by_name = {p.name: str(p) for p in map(unseen.image_path, range(len(unseen)))}
     paths = [by_name[ex["image"]] for ex in examples]
-    clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, cache_dir=str(out / "models" / "label-cache"))
+    clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, caches=CachePaths(out / "models" / "label-cache"))
     top = clf.predict(paths, rank="species", k=3)
     rolled = clf.predict(paths, rollup=0.5)
     for ex, path, roll in zip(examples, paths, rolled):

@@ -9,6 +9,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from treeclip.cli import cli
+from treeclip.cache import CachePaths
+from treeclip.runtime.options import InferenceOptions
+
+
+def batch(n: int) -> InferenceOptions:
+    return InferenceOptions.for_verb("eval", batch_size=n, workers=0)
 
 SPECIES = [
     ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Vanessa", "atalanta", "red admiral"),
@@ -154,15 +160,15 @@ def test_features_order_cache_and_resume(tiny_task, tmp_path, monkeypatch):
 
     monkeypatch.setattr(F, "_encode_files", flaky)
     with pytest.raises(KeyboardInterrupt):
-        F.image_features(model, task, cache_dir=tmp_path, chunk=8, batch_size=3, progress=False)
+        F.image_features(model, task, options=batch(3), caches=CachePaths(tmp_path), chunk=8, progress=False)
     assert len(list(tmp_path.glob("features/*/parts/part-*.npy"))) == 1
-    got = F.image_features(model, task, cache_dir=tmp_path, chunk=8, batch_size=3, progress=False)
+    got = F.image_features(model, task, options=batch(3), caches=CachePaths(tmp_path), chunk=8, progress=False)
     assert calls == [0, 8, 8, 16, 24]  # the finished chunk was not encoded again
     np.testing.assert_allclose(got.features[[0, 7, 29]], direct, atol=1e-5)
     assert got.ok.sum() == 30 and got.n_failed == 1 and "broken0.jpg" in got.errors[0]
     assert not got.features[~got.ok].any()
     assert not list(tmp_path.glob("features/*/parts"))  # parts replaced by the final files
-    again = F.image_features(model, task, cache_dir=tmp_path, progress=False)
+    again = F.image_features(model, task, caches=CachePaths(tmp_path), progress=False)
     assert again.cached and np.array_equal(again.features, got.features) and again.errors == got.errors
 
 
@@ -182,7 +188,7 @@ def test_features_from_dataset_shards(tmp_path):
     (tmp_path / "task.toml").write_text('name = "ds"\n[images]\ndataset = "ds"\nsplit = "val"\n')
     task = load_task(tmp_path)
     model = load_model("micro-vit-32")
-    f = image_features(model, task, cache_dir=tmp_path / "cache", batch_size=2, progress=False)
+    f = image_features(model, task, options=batch(2), caches=CachePaths(tmp_path / "cache"), progress=False)
     assert f.ok.all() and len(task) == 5
     i = task.paths.index("k4")
     want = model.encode_images(model.preprocess(decode_image(jpgs[4]))[None]).numpy()[0]

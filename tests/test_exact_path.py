@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from treeclip.runtime.options import InferenceOptions
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def test_embed_and_fp32_predict_match_plain_open_clip(model_and_photo):
     assert emb.precision == "fp32"
     np.testing.assert_allclose(emb.vectors[0], reference, atol=1e-5)
 
-    clf = CustomLabelsClassifier(str(model_dir), ["a red thing", "a blue thing"], precision="fp32",
-                                 templates="single")
+    clf = CustomLabelsClassifier(str(model_dir), ["a red thing", "a blue thing"],
+                                 options=InferenceOptions(precision="fp32", templates="single"))
     (_, probs, ok, _), = clf.encoded_batches([str(path)])
     expected = clf.probabilities(torch.from_numpy(reference)[None])
     assert ok == [0]
@@ -91,7 +92,8 @@ def test_squash_is_a_plain_resize_and_crop_is_open_clips(model_and_photo, tmp_pa
         clip.preprocess_for("stretch")
 
     # embed with squash: the same vector as encoding the plain resize
-    emb = embed_images(str(model_dir), [str(path)], resize="squash", normalize=False)
+    emb = embed_images(str(model_dir), [str(path)], options=InferenceOptions.for_verb("embed", resize="squash"),
+                       normalize=False)
     with torch.no_grad():
         want = clip.model.encode_image(plain[None])[0].numpy()
     np.testing.assert_allclose(emb.vectors[0], want, atol=1e-5)

@@ -162,14 +162,14 @@ def test_hub_spec_names_are_checked_and_resolved_from_refs_main(tmp_path, monkey
     (repo / "snapshots" / "r1").mkdir(parents=True)
     (repo / "snapshots" / "r2").mkdir(parents=True)
     (repo / "snapshots" / "r2" / "x.json").write_text("{}")
-    monkeypatch.setenv("TREECLIP_HF_HUB", str(tmp_path))
+    find = lambda: hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x", hub=tmp_path)  # noqa: E731
     with pytest.raises(TreeclipError, match=r"no refs/main, 2 snapshots"):
-        hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x")
+        find()
     (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("r2\n")
-    assert hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x") == repo / "snapshots" / "r2"
+    (repo / "refs" / "main").write_text("r2\n")  # written by hand: the newline is not part of the name
+    assert find() == repo / "snapshots" / "r2"
     (repo / "refs" / "main").write_text("../../../etc")
     with pytest.raises(TreeclipError, match="not a revision"):
-        hub.find_snapshot("hf-hub:org/name", "model", [("x.json",)], what="x")
+        find()
     assert hub.published_label_set("hf-hub:Imageomics/BioCLIP-2") == "hf-hub:imageomics/TreeOfLife-200M"
     assert hub.published_label_set("hf-hub:org/name") is None

@@ -13,6 +13,8 @@ import torch
 from treeclip.errors import TreeclipError
 from treeclip.runtime import precision as policy
 from treeclip.runtime.encoder import ImageEncoder, top1_agreement
+from treeclip.cache import CachePaths
+from treeclip.runtime.options import InferenceOptions
 
 CPU = torch.device("cpu")
 
@@ -83,7 +85,7 @@ def test_encoder_follows_the_policy(cpu_features, trained, tmp_path):
     auto, fast = EXPECTED[cpu_features]
     clip = trained.clip
     assert ImageEncoder(clip, precision="auto").precision == auto
-    enc = ImageEncoder(clip, precision="fast", cache_dir=str(tmp_path))
+    enc = ImageEncoder(clip, precision="fast", caches=CachePaths(tmp_path))
     assert enc.precision == fast
     out = enc(trained.pixels[:4])
     assert out.dtype == torch.float32 and out.shape == (4, clip.embed_dim)
@@ -121,7 +123,7 @@ def test_bf16_agrees_with_fp32_on_a_trained_model(trained):
 
 def test_int8_agrees_with_fp32_on_a_trained_model(trained, tmp_path):
     fp32 = _fp32(trained)
-    enc = ImageEncoder(trained.clip, precision="int8", cache_dir=str(tmp_path))
+    enc = ImageEncoder(trained.clip, precision="int8", caches=CachePaths(tmp_path))
     int8 = enc(trained.pixels)
     assert top1_agreement(fp32, int8, trained.labels) >= INT8_MIN_AGREEMENT
     assert float((fp32 * int8).sum(-1).min()) >= INT8_MIN_COSINE
@@ -137,7 +139,7 @@ def test_embed_is_fp32_by_default_on_every_cpu(cpu_features, trained, tmp_path):
 
     images = [Image.fromarray((trained.pixels[i].permute(1, 2, 0).numpy() * 60 + 120).clip(0, 255)
                               .astype(np.uint8)) for i in range(6)]
-    emb = embed_images(trained.clip, images, workers=0)
+    emb = embed_images(trained.clip, images, options=InferenceOptions.for_verb("embed", workers=0))
     assert emb.precision == "fp32"
     pixels = torch.stack([trained.clip.preprocess(im) for im in images])
     np.testing.assert_allclose(emb.vectors, trained.clip.encode_images(pixels).numpy(), atol=1e-6)
@@ -185,13 +187,13 @@ def test_answers_do_not_depend_on_batch_mates_threads_or_streams(trained, precis
     and any torch thread count: resumed runs and torchrun splits write identical rows."""
     torch.set_num_threads(2)
     pixels = trained.pixels[:11]
-    enc = ImageEncoder(trained.clip, precision=precision, cache_dir=str(tmp_path))
+    enc = ImageEncoder(trained.clip, precision=precision, caches=CachePaths(tmp_path))
     whole = enc(pixels)
     assert torch.equal(enc(pixels[3:4])[0], whole[3])
     assert torch.equal(enc(pixels[2:9]), whole[2:9])
     torch.set_num_threads(1)
-    one = ImageEncoder(trained.clip, precision=precision, cache_dir=str(tmp_path), streams=1)
-    three = ImageEncoder(trained.clip, precision=precision, cache_dir=str(tmp_path), streams=3)
+    one = ImageEncoder(trained.clip, precision=precision, caches=CachePaths(tmp_path), streams=1)
+    three = ImageEncoder(trained.clip, precision=precision, caches=CachePaths(tmp_path), streams=3)
     assert torch.equal(one(pixels), whole) and torch.equal(three(pixels), whole)
     assert enc(pixels[:0]).shape == (0, trained.clip.embed_dim)
 

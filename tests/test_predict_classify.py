@@ -12,8 +12,11 @@ import torch
 from predict_helpers import MODEL, TAXA, make_bad_inputs, make_images
 from treeclip.predict import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier, embed_images
 from treeclip.taxonomy.taxon import RANKS
+from treeclip.cache import CachePaths
+from treeclip.runtime.options import InferenceOptions
 
-OPTS = dict(templates="single", workers=0, batch_size=4)
+EMBED0 = InferenceOptions.for_verb("embed", workers=0)
+OPTS = dict(options=InferenceOptions(templates="single", workers=0, batch_size=4))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tol(clip, tmp_path_factory):
-    return TreeOfLifeClassifier(clip, TAXA, cache_dir=str(tmp_path_factory.mktemp("cache")), **OPTS)
+    return TreeOfLifeClassifier(clip, TAXA, caches=CachePaths(tmp_path_factory.mktemp("cache")), **OPTS)
 
 
 def by_image(rows):
@@ -76,7 +79,7 @@ def test_k_and_min_prob(tol, images):
 
 
 def test_subset_restricts_the_softmax(clip, tol, images, tmp_path):
-    insects = TreeOfLifeClassifier(clip, TAXA, subset="class=Insecta", cache_dir=tol.cache_dir, **OPTS)
+    insects = TreeOfLifeClassifier(clip, TAXA, subset="class=Insecta", caches=tol.caches, **OPTS)
     assert len(insects.taxa) == 3
     rows = insects.predict(images, rank="species", k=9)
     assert {r["class"] for r in rows} == {"Insecta"}
@@ -90,7 +93,7 @@ def test_subset_restricts_the_softmax(clip, tol, images, tmp_path):
             assert r["score"] == pytest.approx(full[(name, r["species"])] / total, rel=1e-4)
     (tmp_path / "list.txt").write_text("Danaus plexippus\nCorvidae\n")
     both = TreeOfLifeClassifier(clip, TAXA, subset=["class=Insecta", str(tmp_path / "list.txt")],
-                                cache_dir=tol.cache_dir, **OPTS)
+                                caches=tol.caches, **OPTS)
     assert [t.scientific_name for t in both.taxa] == ["Danaus plexippus"]
 
 
@@ -111,12 +114,12 @@ def test_rollup_thresholds(tol, images):
 
 def test_custom_labels_and_bins(clip, tol, images):
     labels = ["crow", "magpie, black-billed", "rose"]
-    custom = CustomLabelsClassifier(clip, labels, cache_dir=tol.cache_dir, **OPTS)
+    custom = CustomLabelsClassifier(clip, labels, caches=tol.caches, **OPTS)
     rows = custom.predict(images, k=3)
     assert list(rows[0]) == ["file_name", "classification", "score"]
     assert {r["classification"] for r in rows} == set(labels)
     binned = BinningClassifier(clip, {"crow": "corvid", "magpie, black-billed": "corvid", "rose": "plant"},
-                               cache_dir=tol.cache_dir, **OPTS)
+                               caches=tol.caches, **OPTS)
     brows = binned.predict(images, k=5)
     per_label = {(r["file_name"], r["classification"]): r["score"] for r in rows}
     for name, rs in by_image(brows).items():
@@ -145,7 +148,8 @@ def test_worker_processes_and_pil_inputs_give_the_same_answers(clip, tol, images
     from treeclip.data.images import decode_image
 
     in_process = tol.predict(images, rank="species", k=1)
-    workers = TreeOfLifeClassifier(clip, TAXA, cache_dir=tol.cache_dir, templates="single", workers=1, batch_size=3)
+    workers = TreeOfLifeClassifier(clip, TAXA, caches=tol.caches,
+                                   options=InferenceOptions(templates="single", workers=1, batch_size=3))
     assert [(r["file_name"], r["species"]) for r in workers.predict(images, rank="species", k=1)] == \
         [(r["file_name"], r["species"]) for r in in_process]
     pil = [decode_image(p) for p in images]
@@ -190,8 +194,8 @@ def test_embed_images_normalised_and_raw(clip, images, tmp_path):
     from treeclip.predict.embed import write_embeddings
 
     bad = make_bad_inputs(tmp_path / "bad")
-    raw = embed_images(clip, [*map(str, images), str(bad["empty"])], workers=0, normalize=False)
-    unit = embed_images(clip, [*map(str, images)], workers=0, normalize=True)
+    raw = embed_images(clip, [*map(str, images), str(bad["empty"])], options=EMBED0, normalize=False)
+    unit = embed_images(clip, [*map(str, images)], options=EMBED0, normalize=True)
     assert raw.names == unit.names == [str(p) for p in images]
     assert list(raw.errors) == [str(bad["empty"])]
     assert np.allclose(np.linalg.norm(unit.vectors, axis=1), 1, atol=1e-5)
@@ -213,7 +217,7 @@ def test_int8_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
 
     pixels = noise_pixels(clip)
     fp32 = ImageEncoder(clip, precision="fp32")(pixels)
-    int8 = ImageEncoder(clip, precision="int8", cache_dir=str(tmp_path / "cache"))
+    int8 = ImageEncoder(clip, precision="int8", caches=CachePaths(tmp_path / "cache"))
     assert len(list((tmp_path / "cache" / "onnx").glob("*-int8-v*.onnx"))) == 1  # exported once, cached
     feats = int8(pixels)
     assert feats.shape == fp32.shape and torch.allclose(feats.norm(dim=-1), torch.ones(len(feats)), atol=1e-4)
@@ -221,7 +225,8 @@ def test_int8_path_agrees_with_fp32_on_top1(clip, tol, images, tmp_path):
     assert top1_agreement(fp32, feats, fp32) == 1.0
     # one image at a time: an answer does not depend on its batch mates
     assert torch.equal(int8(pixels[:5])[3], int8(pixels[3:4])[0])
-    rows = TreeOfLifeClassifier(clip, TAXA, precision="int8", cache_dir=str(tmp_path / "cache"), **OPTS).predict(
+    rows = TreeOfLifeClassifier(clip, TAXA, caches=CachePaths(tmp_path / "cache"),
+                                options=OPTS["options"].replace(precision="int8")).predict(
         images[:2], rank="family", k=1)
     assert len(rows) == 2 and all(r["score"] > 0 for r in rows)
 

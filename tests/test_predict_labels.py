@@ -12,6 +12,7 @@ from treeclip.errors import TreeclipError
 from treeclip.predict import labels as L
 from treeclip.runtime import labels as E
 from treeclip.taxonomy.taxon import RANKS
+from treeclip.cache import CachePaths
 
 
 def test_taxa_table_csv_with_binomials_and_common_names(tmp_path):
@@ -125,30 +126,30 @@ def clip():
 def test_label_cache_is_reused_and_keyed(tmp_path, clip):
     model = CountingModel(clip)
     texts = L.taxon_texts(TAXA)
-    first = E.label_embeddings(model, texts, ["a photo of {}."], cache_dir=tmp_path, chunk=4)
+    first = E.label_embeddings(model, texts, ["a photo of {}."], caches=CachePaths(tmp_path), chunk=4)
     assert model.captions == len(TAXA)
     assert first.shape == (len(TAXA), clip.embed_dim)
     assert np.allclose(np.linalg.norm(first, axis=1), 1, atol=1e-5)
-    again = E.label_embeddings(model, texts, ["a photo of {}."], cache_dir=tmp_path, chunk=4)
+    again = E.label_embeddings(model, texts, ["a photo of {}."], caches=CachePaths(tmp_path), chunk=4)
     assert model.captions == len(TAXA)  # nothing encoded the second time
     assert np.array_equal(first, again)
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npy", ".parquet"]  # names + embeddings
-    two = E.label_embeddings(model, texts, ["a photo of {}.", "a {}."], cache_dir=tmp_path)
+    assert sorted(p.suffix for p in (tmp_path / "labels").iterdir()) == [".npy", ".parquet"]  # names + embeddings
+    two = E.label_embeddings(model, texts, ["a photo of {}.", "a {}."], caches=CachePaths(tmp_path))
     assert model.captions == 3 * len(TAXA)  # other templates: another entry
     assert not np.allclose(two, first)
     # a killed run resumes from its finished chunks
     key = E.cache_key(clip.fingerprint(), texts[:6], ["x {}."])
-    parts = tmp_path / f"{key[:40]}.parts"
-    parts.mkdir()
-    np.save(parts / f"part-{0:09d}.npy", E.label_embeddings(clip, texts[:4], ["x {}."], cache_dir=tmp_path / "other"))
+    parts = tmp_path / "labels" / f"{key[:40]}.parts"
+    parts.mkdir(parents=True)
+    np.save(parts / f"part-{0:09d}.npy", E.label_embeddings(clip, texts[:4], ["x {}."], caches=CachePaths(tmp_path / "other")))
     model.captions = 0
-    resumed = E.label_embeddings(model, texts[:6], ["x {}."], cache_dir=tmp_path, chunk=4)
+    resumed = E.label_embeddings(model, texts[:6], ["x {}."], caches=CachePaths(tmp_path), chunk=4)
     assert model.captions == 2
-    assert np.allclose(resumed, E.label_embeddings(clip, texts[:6], ["x {}."], cache_dir=tmp_path / "fresh"), atol=1e-6)
+    assert np.allclose(resumed, E.label_embeddings(clip, texts[:6], ["x {}."], caches=CachePaths(tmp_path / "fresh")), atol=1e-6)
     assert not parts.exists()  # the parts go once the whole entry is saved
     # persist=False: the same embeddings, and not a file read or written
     model.captions = 0
-    memory = E.label_embeddings(model, texts[:6], ["x {}."], cache_dir=tmp_path / "never", persist=False)
+    memory = E.label_embeddings(model, texts[:6], ["x {}."], caches=CachePaths(tmp_path / "never"), persist=False)
     assert model.captions == 6 and not (tmp_path / "never").exists()
     assert np.allclose(memory, resumed, atol=1e-6)
 

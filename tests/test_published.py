@@ -30,10 +30,12 @@ from treeclip.errors import TreeclipError
 from treeclip.model import load_model
 from treeclip.model.factory import ClipModel, build_clip
 from treeclip.model.registry import get_config
+from treeclip.runtime.options import InferenceOptions
+from huggingface_hub import constants as hf_constants
 from treeclip.taxonomy.taxon import RANKS
 
 BIOCLIP, BIOCLIP2 = "hf-hub:imageomics/bioclip", "hf-hub:imageomics/bioclip-2"
-OPTS = dict(workers=0, batch_size=3, precision="fp32", progress=False)
+OPTS = dict(options=InferenceOptions(workers=0, batch_size=3, precision="fp32"), progress=False)
 
 
 # -- the fake cache --------------------------------------------------------------------------
@@ -120,8 +122,8 @@ def hub(tmp_path_factory):
 
 @pytest.fixture
 def offline(hub, monkeypatch):
-    """The fake cache as Hugging Face's own ($HF_HUB_CACHE), and no network at all."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub[0]))
+    """The fake cache as Hugging Face's own (its HF_HUB_CACHE), and no network at all."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub[0]))
     monkeypatch.delenv("TREECLIP_HF_HUB", raising=False)
 
     def refuse(*args, **kwargs):
@@ -208,14 +210,12 @@ def test_hub_roots_in_order_and_local_dir_copies(hub, monkeypatch, tmp_path):
     import shutil
 
     root, models, _ = hub
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("TREECLIP_HF_HUB", raising=False)
-    (tmp_path / "hf").mkdir()
-    os.symlink(root, tmp_path / "hf" / "hub")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # $HF_HOME/hub
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(root))  # Hugging Face's own cache
     assert load_model(BIOCLIP).fingerprint() == models["bioclip"].fingerprint()
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "nowhere"))
-    monkeypatch.setenv("TREECLIP_HF_HUB", str(root))  # treeclip's own pointer wins
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "nowhere"))
+    assert load_model(BIOCLIP2, hub_dir=root).fingerprint() == models["bioclip-2"].fingerprint()  # --hub-dir
+    monkeypatch.setenv("TREECLIP_HF_HUB", str(root))  # the library's default: treeclip's own pointer
     assert load_model(BIOCLIP2).fingerprint() == models["bioclip-2"].fingerprint()
     # a --local-dir download is a plain folder with the same files: a model dir
     snap = next((root / "models--imageomics--bioclip" / "snapshots").iterdir())
@@ -226,7 +226,7 @@ def test_hub_roots_in_order_and_local_dir_copies(hub, monkeypatch, tmp_path):
 
 
 def test_missing_files_are_one_line_naming_every_place_and_exit_2(hub, tmp_path, monkeypatch, photos):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TREECLIP_HF_HUB", str(tmp_path / "copied-hub"))
     result = CliRunner().invoke(cli, ["predict", BIOCLIP2, str(photos[0]), "-q"])
     assert result.exit_code == 2
@@ -344,8 +344,8 @@ def test_explicit_label_sets_columns_cache_and_mismatches(offline, photos, tmp_p
 
 
 def test_cli_predicts_with_the_published_set(offline, photos, tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_CACHE")
-    monkeypatch.setenv("TREECLIP_HF_HUB", "")  # restored afterwards; --hub-dir sets it
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("TREECLIP_HF_HUB", "")  # restored afterwards; only --hub-dir names the hub
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(cli, ["predict", BIOCLIP2, *map(str, photos), "--hub-dir", str(offline[0]),
                                       "--rank", "genus", "--k", "2", "--format", "jsonl", "-o", str(out),

@@ -18,6 +18,10 @@ import pytest
 from _serve_helpers import (MAX_FILE_BYTES, MAX_FILES, MAX_PIXELS, MAX_REQUEST_BYTES, N_TAXA, app_server, jpeg,
                             make_model_dir, multipart, pixel_bomb, png, post, request, start_cli_server)
 from conftest import FEATURE_SETS
+from treeclip.cache import CachePaths
+from treeclip.runtime.options import InferenceOptions
+
+SINGLE = InferenceOptions.for_verb("serve", templates="single")
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +251,8 @@ def test_custom_labels_stay_in_memory_and_are_bounded(server, model_dir):
 def test_label_set_classifiers_are_a_bounded_lru(model_dir):
     from treeclip.serve import ServeEngine
 
-    engine = ServeEngine(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
-                         label_cache_dir=str(model_dir / "cache"), label_sets=2)
+    engine = ServeEngine(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                         caches=CachePaths(model_dir / "cache"), label_sets=2)
     first = engine.classifier_for(None, ["owl", "crow"])
     engine.classifier_for("Aves", None)
     assert engine.classifier_for(None, ["owl", "crow"]) is first  # kept
@@ -263,8 +267,8 @@ def test_any_decode_failure_is_that_files_error(model_dir, monkeypatch):
     only; the request is answered, the server goes on."""
     from treeclip.serve import create_app
 
-    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
-                     label_cache_dir=str(model_dir / "cache"), max_wait_ms=0)
+    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                     caches=CachePaths(model_dir / "cache"), max_wait_ms=0)
     pipeline = app.state.engine.pipeline
     decode = pipeline.preprocess
 
@@ -363,8 +367,8 @@ def test_concurrent_requests_share_model_calls(model_dir):
     (deterministic: no request has to arrive within a time window)."""
     from treeclip.serve import create_app
 
-    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
-                     label_cache_dir=str(model_dir / "cache"), max_batch=16, max_wait_ms=0)
+    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                     caches=CachePaths(model_dir / "cache"), max_batch=16, max_wait_ms=0)
     batcher = app.state.batcher
     n = 6
     results: list = [None] * n
@@ -395,8 +399,8 @@ def test_serve_precisions_on_every_cpu_class(model_dir, monkeypatch, cpu):
     from treeclip.serve import ServeEngine
 
     monkeypatch.setenv("TREECLIP_CPU_FEATURES", FEATURE_SETS[cpu])
-    engine = ServeEngine(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
-                         label_cache_dir=str(model_dir / "cache"))
+    engine = ServeEngine(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                         caches=CachePaths(model_dir / "cache"))
     fast = "bf16" if cpu == "bf16_no_vnni" else "int8"  # int8 wherever ONNX Runtime runs it natively or not
     assert engine.precisions == {"predict": fast, "embed": "fp32"}
     pixels = engine.pipeline.preprocess(png((120, 30, 220, 255)), "e.png")

@@ -15,6 +15,10 @@ import pytest
 
 from _serve_helpers import app_server, exchange, jpeg, make_model_dir, multipart, post, request, start_cli_server
 from treeclip.serve.access import Access
+from treeclip.cache import CachePaths
+from treeclip.runtime.options import InferenceOptions
+
+SINGLE = InferenceOptions.for_verb("serve", templates="single")
 
 NOTEBOOK = "https://notebook.example.org"
 
@@ -153,8 +157,8 @@ def test_malformed_allow_origin_is_a_usage_error(model_dir):
 def live(model_dir):
     from treeclip.serve import create_app
 
-    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), templates="single",
-                     label_cache_dir=str(model_dir / "cache"), max_wait_ms=0, max_concurrent=1,
+    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                     caches=CachePaths(model_dir / "cache"), max_wait_ms=0, max_concurrent=1,
                      request_timeout=None)
     with app_server(app) as base:
         yield app, base

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from test_published import BIOCLIP2, hub, offline, photos  # noqa: F401 (fixtures)
+from treeclip.runtime.options import InferenceOptions
 
 
 def test_serve_engine_uses_the_published_label_set(offline, photos, monkeypatch):
@@ -15,7 +16,7 @@ def test_serve_engine_uses_the_published_label_set(offline, photos, monkeypatch)
     def no_text_encoding(*args, **kwargs):
         raise AssertionError("a published label set must never be re-encoded")
 
-    engine = ServeEngine(BIOCLIP2, templates="single")
+    engine = ServeEngine(BIOCLIP2, options=InferenceOptions.for_verb("serve", templates="single"))
     monkeypatch.setattr(label_module, "label_embeddings", no_text_encoding)
     sets = offline[2]["200M"]
     assert len(engine.tree.columns) == len(sets) and engine.tree.label_set.embeddings is not None

@@ -71,7 +71,7 @@ def _ints(text: str) -> tuple[int, ...]:
               help="At most this many points per t-SNE panel.")
 @click.option("--out", "out_dir", default="eval-results", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.md, results.json and the PNGs.")
-@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--cache", "cache_root", default=None, type=click.Path(file_okay=False),
               help="Cache root for image features and class text embeddings [default: $TREECLIP_CACHE, "
                    "else ~/.cache/treeclip].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
@@ -80,25 +80,30 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--precision", default=VERB_DEFAULTS["eval"], show_default=True, type=click.Choice(PRECISIONS),
               help="Image tower precision of the features (docs/predict.md#precision); fp32 is exact.")
+@click.option("--hub-dir", type=click.Path(file_okay=False),
+              help="A Hugging Face hub folder to look in for hf-hub:ORG/NAME models first [default: $TREECLIP_HF_HUB].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def run(models: tuple[str, ...], tasks: tuple[str, ...], shots: str, text_types: tuple[str, ...], templates: str,
-        trials: int, linear_probe: bool, intrinsic: bool, tsne_points: int, out_dir: str, cache_dir: str | None,
-        batch_size: int, workers: int, device: str, precision: str, quiet: bool) -> None:
+        trials: int, linear_probe: bool, intrinsic: bool, tsne_points: int, out_dir: str, cache_root: str | None,
+        batch_size: int, workers: int, device: str, precision: str, hub_dir: str | None, quiet: bool) -> None:
     """Evaluate MODELS on the tasks; print the paper-layout tables; write report.md,
     results.json and the intrinsic PNGs to --out. Exit 1 if some images failed."""
     from treeclip.errors import EXIT_SOME_FAILED
     from treeclip.evaluate.report import terminal_report
     from treeclip.evaluate.runner import DEFAULT_TEXT, EvalConfig, run_evaluation
+    from treeclip.cache import CachePaths
     from treeclip.evaluate.zeroshot import CLASS_TEXT_TYPES
+    from treeclip.runtime.options import InferenceOptions
 
     types = tuple(t.strip() for spec in text_types for t in spec.split(",") if t.strip()) or (DEFAULT_TEXT,)
     bad = [t for t in types if t not in CLASS_TEXT_TYPES + (DEFAULT_TEXT,)]
     if bad:
         raise click.BadParameter(f"{bad[0]!r} is not one of {', '.join(CLASS_TEXT_TYPES)}", param_hint="--text-type")
-    cfg = EvalConfig(shots=_ints(shots), text_types=types, templates=templates, seeds=tuple(range(trials)),
-                     linear_probe=linear_probe, intrinsic=intrinsic, tsne_points=tsne_points,
-                     batch_size=batch_size, workers=workers, device=device, precision=precision,
-                     cache_dir=cache_dir, progress=not quiet)
+    inference = InferenceOptions.for_verb("eval", device=device, precision=precision, batch_size=batch_size,
+                                          workers=workers, templates=templates)
+    cfg = EvalConfig(shots=_ints(shots), text_types=types, seeds=tuple(range(trials)), linear_probe=linear_probe,
+                     intrinsic=intrinsic, tsne_points=tsne_points, inference=inference,
+                     caches=CachePaths.default(cache_root, hub_dir), progress=not quiet)
     results = run_evaluation(list(models), list(tasks), cfg, out_dir)
     click.echo(terminal_report(results))
     n_failed = results["failures"]["count"]

@@ -14,7 +14,7 @@ import click
               help="Instead: the published models (hf-hub:imageomics/bioclip, bioclip-2) and their tree-of-life "
                    "label sets, and where each was found offline (or every place looked).")
 @click.option("--hub-dir", type=click.Path(file_okay=False),
-              help="With --published: a Hugging Face hub folder to look in first (sets TREECLIP_HF_HUB).")
+              help="With --published: a Hugging Face hub folder to look in first [default: $TREECLIP_HF_HUB].")
 def models(as_json: bool, published: bool, hub_dir: str | None) -> None:
     """List the registered model configs: parameters, image size, embedding size, context.
 
@@ -47,19 +47,17 @@ def models(as_json: bool, published: bool, hub_dir: str | None) -> None:
 
 def _published(as_json: bool, hub_dir: str | None) -> None:
     """One row per published model and label set: found (where) or not (where looked)."""
-    import os
-
+    from treeclip.cache import CachePaths
     from treeclip.errors import TreeclipError
-    from treeclip.model.hub import HUB_ENV, HUB_PREFIX, PUBLISHED_LABEL_SETS
+    from treeclip.model.hub import HUB_PREFIX, PUBLISHED_LABEL_SETS
     from treeclip.model.weights import resolve_source
     from treeclip.runtime.labelsets import hub_label_set
 
-    if hub_dir:
-        os.environ[HUB_ENV] = hub_dir
+    hub = CachePaths.default(hub=hub_dir).hub
     rows = []
     for model, dataset in PUBLISHED_LABEL_SETS.items():
-        for spec, kind, find in ((HUB_PREFIX + model, "model", resolve_source),
-                                 (HUB_PREFIX + dataset, "label set", lambda s: hub_label_set(s)[0].parent)):
+        for spec, kind, find in ((HUB_PREFIX + model, "model", lambda s: resolve_source(s, hub_dir=hub)),
+                                 (HUB_PREFIX + dataset, "label set", lambda s: hub_label_set(s, hub_dir=hub)[0].parent)):
             try:
                 rows.append({"spec": spec, "kind": kind, "for": HUB_PREFIX + model, "found": True,
                              "where": str(find(spec))})

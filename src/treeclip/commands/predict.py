@@ -9,9 +9,9 @@ from typing import Callable
 import click
 
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
-from treeclip.taxonomy.taxon import TEXT_TYPES
+from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES
 
-RANK_CHOICES = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
 
 
 def _input_options(precision: str) -> Callable[[Callable], Callable]:
@@ -43,22 +43,32 @@ def _add_options(fn: Callable, precision: str) -> Callable:
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--hub-dir", type=click.Path(file_okay=False),
                      help="A Hugging Face hub folder (models--ORG--NAME/, datasets--ORG--NAME/) to look in for "
-                          "hf-hub:ORG/NAME before $HF_HUB_CACHE / ~/.cache/huggingface/hub; sets "
-                          "TREECLIP_HF_HUB. Nothing is ever downloaded."),
+                          "hf-hub:ORG/NAME before $HF_HUB_CACHE / ~/.cache/huggingface/hub [default: "
+                          "$TREECLIP_HF_HUB]. Nothing is ever downloaded."),
+        click.option("--cache", "cache_root", type=click.Path(file_okay=False),
+                     help="Cache root: label embeddings in labels/, exported graphs in onnx/ "
+                          "[default: $TREECLIP_CACHE or ~/.cache/treeclip]."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _use_hub_dir(hub_dir: str | None) -> None:
-    """Make `--hub-dir` the first hub folder every layer looks in (model and label sets)."""
-    if hub_dir:
-        import os
+def inference_options(verb: str, *, device: str, precision: str, batch_size: int, workers: int | None,
+                      resize: str, templates: str | None = None, compile_: bool = False):
+    """The verb's `InferenceOptions` from its command-line values (checked here)."""
+    from treeclip.runtime.options import InferenceOptions
 
-        from treeclip.model.hub import HUB_ENV
+    values = {"templates": templates} if templates is not None else {}
+    return InferenceOptions.for_verb(verb, device=device, precision=precision, batch_size=batch_size,
+                                     workers=workers, resize=resize, compile=compile_, **values)
 
-        os.environ[HUB_ENV] = hub_dir
+
+def cache_paths(cache_root: str | None, hub_dir: str | None):
+    """The `CachePaths` of `--cache` and `--hub-dir` (the environment's where not given)."""
+    from treeclip.cache import CachePaths
+
+    return CachePaths.default(cache_root, hub_dir)
 
 
 def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
@@ -76,7 +86,7 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.command()
 @click.argument("model")
 @_input_options(VERB_DEFAULTS["predict"])
-@click.option("--rank", default="species", show_default=True, type=click.Choice(RANK_CHOICES),
+@click.option("--rank", default="species", show_default=True, type=click.Choice(RANKS),
               help="Rank of the answers: species probabilities summed to it.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="Answers per image.")
 @click.option("--min-prob", default=0.0, show_default=True, type=click.FloatRange(0, 1),
@@ -103,14 +113,13 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
                                                                        "CSV/JSONL output is resumed.")
 @click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
 @click.option("--retry-errors", is_flag=True, help="When resuming, try the images whose rows are errors again.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
-              help="Label-embedding cache [default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
 def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
-            quiet: bool, hub_dir: str | None, rank: str, k: int, min_prob: float, taxa: str | None, ncbi_limit: int | None,
-            subset: tuple[str, ...], cls_spec: str | None, bins: str | None, rollup: float | None, templates: str,
-            text_type: str, fmt: str, output: str | None, overwrite: bool, retry_errors: bool, cache_dir: str | None, compile_: bool) -> None:
+            quiet: bool, hub_dir: str | None, cache_root: str | None, rank: str, k: int, min_prob: float,
+            taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...], cls_spec: str | None,
+            bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str, output: str | None,
+            overwrite: bool, retry_errors: bool, compile_: bool) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
     \b
@@ -126,21 +135,18 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     for --cls/--bins) plus `error` for inputs that could not be read. Exit 1 when some
     inputs failed.
     """
-    from treeclip.errors import TreeclipError
-
-    _use_hub_dir(hub_dir)
-    if (cls_spec or bins) and (taxa or subset or rollup is not None or rank != "species"):
-        raise TreeclipError("--cls/--bins classify among custom labels; they do not mix with "
-                            "--taxa, --subset, --rank or --rollup")
-    if cls_spec and bins:
-        raise TreeclipError("give --cls or --bins, not both")
+    from treeclip.predict.options import AnswerOptions, LabelChoice, OutputOptions
     from treeclip.predict.runner import run_predict
 
-    code = run_predict(model, _gather(images, list_file, csv_file, column, root), rank=rank, k=k,
-                       min_prob=min_prob, taxa=taxa, ncbi_limit=ncbi_limit, subset=list(subset), cls_spec=cls_spec,
-                       bins=bins, rollup=rollup, templates=templates, text_type=text_type, fmt=fmt, output=output,
-                       overwrite=overwrite, retry_errors=retry_errors, cache_dir=cache_dir, compile=compile_, batch_size=batch_size,
-                       workers=workers, device=device, precision=precision, resize=resize, progress=not quiet)
+    labels = LabelChoice(taxa=taxa, ncbi_limit=ncbi_limit, subset=subset, cls_spec=cls_spec, bins=bins,
+                         text_type=text_type)
+    answers = AnswerOptions(rank=rank, k=k, min_prob=min_prob, rollup=rollup)
+    answers.for_labels(labels)  # --cls with --rank/--rollup fails here, before any image is read
+    options = inference_options("predict", device=device, precision=precision, batch_size=batch_size,
+                                workers=workers, resize=resize, templates=templates, compile_=compile_)
+    code = run_predict(model, _gather(images, list_file, csv_file, column, root), labels=labels, answers=answers,
+                       output=OutputOptions(output, fmt, overwrite=overwrite, retry_errors=retry_errors),
+                       options=options, caches=cache_paths(cache_root, hub_dir), progress=not quiet)
     sys.exit(code)
 
 
@@ -157,8 +163,8 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
               help="Images per chunk kept beside the output as they are done (what a resume starts from).")
 def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
           root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
-          quiet: bool, hub_dir: str | None, output: str, normalize: bool, overwrite: bool, retry_errors: bool,
-          chunk_size: int) -> None:
+          quiet: bool, hub_dir: str | None, cache_root: str | None, output: str, normalize: bool, overwrite: bool,
+          retry_errors: bool, chunk_size: int) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
     \b
@@ -168,10 +174,12 @@ def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: 
     Exact fp32 by default. A rerun with the same -o resumes (results are kept in chunks
     beside it as they come); under torchrun the inputs are split over the ranks.
     """
+    from treeclip.predict.options import OutputOptions
     from treeclip.predict.runner import run_embed
 
-    _use_hub_dir(hub_dir)
-    sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root), output=output,
-                       normalize=normalize, overwrite=overwrite, retry_errors=retry_errors, chunk=chunk_size,
-                       batch_size=batch_size,
-                       workers=workers, device=device, precision=precision, resize=resize, progress=not quiet))
+    options = inference_options("embed", device=device, precision=precision, batch_size=batch_size,
+                                workers=workers, resize=resize)
+    sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root),
+                       output=OutputOptions(output, overwrite=overwrite, retry_errors=retry_errors),
+                       normalize=normalize, chunk=chunk_size, options=options,
+                       caches=cache_paths(cache_root, hub_dir), progress=not quiet))

@@ -21,8 +21,8 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
               help="Port (0 picks a free one and prints it).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu, cuda, cuda:1, mps.")
 @click.option("--precision", default=VERB_DEFAULTS["serve"], show_default=True, type=click.Choice(PRECISIONS),
-              help="Image tower precision of /predict: fast = bf16 where the CPU has bf16 units, else int8; "
-                   "fp32 is exact (docs/predict.md#precision).")
+              help="Image tower precision of /predict: fast = int8 (ONNX Runtime) where the CPU has int8 units "
+                   "(VNNI/AMX), bf16 where it has only bf16 units; fp32 is exact (docs/predict.md#precision).")
 @click.option("--embed-precision", default=VERB_DEFAULTS["serve-embed"], show_default=True,
               type=click.Choice(PRECISIONS), help="Precision of the embeddings /embed returns (exact fp32 by default).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096),
@@ -36,8 +36,9 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
               help="Pixels per image (width x height); larger images are refused before decoding.")
 @click.option("--max-request-mb", default=200.0, show_default=True, type=click.FloatRange(0.001),
               help="Megabytes per request, all images together.")
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-              help="Label-embedding cache (default: $TREECLIP_CACHE/labels or ~/.cache/treeclip/labels).")
+@click.option("--cache", "cache_root", default=None, type=click.Path(file_okay=False),
+              help="Cache root: label embeddings in labels/, exported graphs in onnx/ "
+                   "[default: $TREECLIP_CACHE or ~/.cache/treeclip].")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="Also answer requests for this host name (repeatable), e.g. lab-pc.local when clients "
                    "use that name; loopback names, and with a network --host any IP address, are answered anyway.")
@@ -53,10 +54,10 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--hub-dir", type=click.Path(file_okay=False),
               help="A Hugging Face hub folder to look in for hf-hub:ORG/NAME models and label sets first "
-                   "(see treeclip predict --help). Nothing is ever downloaded.")
+                   "[default: $TREECLIP_HF_HUB] (see treeclip predict --help). Nothing is ever downloaded.")
 def serve(model: str, taxa: str | None, templates: str, host: str, port: int, device: str, precision: str,
           embed_precision: str, max_batch: int, max_wait_ms: float, max_files: int, max_file_mb: float,
-          max_pixels: int, max_request_mb: float, cache_dir: str | None, allow_hosts: tuple[str, ...],
+          max_pixels: int, max_request_mb: float, cache_root: str | None, allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], max_concurrent: int, request_timeout: float, log_level: str,
           hub_dir: str | None) -> None:
     """Serve a web page and HTTP API that classify photos with MODEL.
@@ -71,10 +72,10 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
     Example:
       treeclip serve runs/demo/model --taxa runs/demo/data
     """
-    from treeclip.commands.predict import _use_hub_dir
-
-    _use_hub_dir(hub_dir)
     import uvicorn
+
+    from treeclip.commands.predict import cache_paths
+    from treeclip.runtime.options import InferenceOptions
 
     from treeclip.serve import Access, UploadLimits, create_app
 
@@ -87,9 +88,11 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
                           max_pixels=max_pixels)
     sock = _listen(host, port)
     click.echo(f"treeclip: loading {model} and its label embeddings ...", err=True)
-    app = create_app(model, taxa=taxa, limits=limits, device=device, precision=precision, embed_precision=embed_precision,
-                     max_batch=max_batch, max_wait_ms=max_wait_ms, label_cache_dir=cache_dir, templates=templates,
-                     access=access, max_concurrent=max_concurrent, request_timeout=request_timeout)
+    options = InferenceOptions.for_verb("serve", device=device, precision=precision, templates=templates)
+    app = create_app(model, taxa=taxa, options=options, embed_precision=embed_precision,
+                     caches=cache_paths(cache_root, hub_dir), limits=limits, max_batch=max_batch,
+                     max_wait_ms=max_wait_ms, access=access, max_concurrent=max_concurrent,
+                     request_timeout=request_timeout)
     bound = sock.getsockname()[1]
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     used = app.state.engine.precisions

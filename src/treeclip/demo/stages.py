@@ -11,15 +11,17 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from treeclip.cache import CachePaths
 from treeclip.demo.parallel import job_slots, run_parallel, training_status
 from treeclip.demo.profiles import (DEFAULT_QUERY, HALF_SPECIES, PROFILES, QUERY_TYPES, TASKS, DemoProfile,
                                     objective_of, query_text, trained_variants, variant_of)
 from treeclip.demo.report import write_report
 from treeclip.fsutil import write_json_atomic
+from treeclip.runtime.options import InferenceOptions
 
 
 def _say(msg: str) -> None:
@@ -160,8 +162,9 @@ def _eval_config(profile: DemoProfile, out: Path, **changes: Any):
     # the cache sits inside OUT, so a fresh OUT is evaluated from scratch
     # figures: one task, t-SNE panels of the first seed's models; no silhouettes (the report
     # reads the 5-NN accuracy and the common-rank depth)
-    cfg = EvalConfig(shots=(0, 1, 5), text_types=(DEFAULT_QUERY,), templates=profile.templates,
-                     tsne_points=profile.tsne_points, batch_size=256, cache_dir=str(out / "cache"), progress=False,
+    inference = InferenceOptions.for_verb("eval", batch_size=256, workers=0, templates=profile.templates)
+    cfg = EvalConfig(shots=(0, 1, 5), text_types=(DEFAULT_QUERY,), tsne_points=profile.tsne_points,
+                     inference=inference, caches=CachePaths.default(out / "cache"), progress=False,
                      silhouette=False, figure_tasks=("synth-unseen",),
                      figure_models=tuple(f"{v}-s{profile.seeds[0]}" for v in profile.variants))
     return replace(cfg, **changes)
@@ -172,12 +175,12 @@ def _own_queries(models: dict[Path, dict]) -> dict[str, tuple[str, ...]]:
     return {str(m): (query_text(variant_of(m.name)),) for m in models}
 
 
-def _warm_job(job: tuple[str, list[str], dict]) -> None:
+def _warm_job(job: tuple[str, list[str], Any]) -> None:
     """Fill the evaluation caches of one model (in a job process)."""
-    from treeclip.evaluate.runner import EvalConfig, warm_caches
+    from treeclip.evaluate.runner import warm_caches
 
-    model_dir, task_refs, cfg_dict = job
-    warm_caches(model_dir, task_refs, EvalConfig(**cfg_dict))
+    model_dir, task_refs, cfg = job
+    warm_caches(model_dir, task_refs, cfg)
 
 
 def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], out: Path, cfg,
@@ -188,7 +191,7 @@ def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], 
     first, one process per core."""
     from treeclip.evaluate.runner import run_evaluation
 
-    settings = {"eval": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "cache_dir")},
+    settings = {"eval": cfg.record(),
                 "tasks": tasks, "text_types": text_types,
                 "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
     results_path = out / "results.json"
@@ -196,8 +199,9 @@ def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], 
         return json.loads(results_path.read_text(encoding="utf-8"))
     (out / STAGE_RECORD).unlink(missing_ok=True)  # the record vouches for finished results only
     procs, threads = job_slots(len(models), profile.parallel)
-    cfg_dicts = {m: {**asdict(cfg), "device": "cpu", "text_types": text_types[str(m)]} for m in models}
-    run_parallel(_warm_job, [(str(m), tasks, cfg_dicts[m]) for m in models], processes=procs, threads=threads,
+    cpu = cfg.inference.replace(device="cpu")
+    configs = {m: replace(cfg, inference=cpu, text_types=text_types[str(m)]) for m in models}
+    run_parallel(_warm_job, [(str(m), tasks, configs[m]) for m in models], processes=procs, threads=threads,
                  names=[f"encoding for {m.name}" for m in models], say=_say)
     _say(f"scoring {', '.join(Path(t).name for t in tasks)}")
     results = run_evaluation([str(m) for m in models], tasks, cfg, out, text_types=text_types)
@@ -233,7 +237,7 @@ def _predict_examples(model_dir: Path, data_dir: Path, n: int = 6) -> list[dict]
     firsts = list(first_of_class.values())
     picked = firsts[:: max(len(firsts) // n, 1)][:n]  # one image each of species spread over the set
     paths = [str(unseen.image_path(i)) for i in picked]
-    clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, cache_dir=str(model_dir.parent / "label-cache"))
+    clf = TreeOfLifeClassifier(str(model_dir), taxa=taxa, caches=CachePaths.default(model_dir.parent / "label-cache"))
     examples: list[dict] = []
     start = 0
     for batch, probs, ok, _errors in clf.encoded_batches(paths):  # each image encoded once

@@ -7,7 +7,7 @@ policy gives `eval` (exact fp32 by default; `treeclip.runtime.precision`).
 The cache key is (model fingerprint, task images fingerprint, precision), so every
 evaluation of one model on one image set (zero-shot with any text type or templates,
 few-shot, linear probe, intrinsic) encodes each image once. A cache entry is a folder
-under `cache_dir('features')` (`$TREECLIP_CACHE/features`, or `--cache DIR/features`):
+in `CachePaths.features` (`$TREECLIP_CACHE/features`, or `--cache DIR/features`):
 
     <model fp[:16]>-<images fp[:16]>[-<precision>]/features.npy   (n, dim) float32, L2-normalised
                                                   /images.parquet  index, path, ok, error
@@ -32,13 +32,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from treeclip.cache import cache_dir as cache_folder
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.evaluate.tasks import Task, iter_shard_images
 from treeclip.fsutil import atomic_path, write_json_atomic, write_npy_atomic
 from treeclip.runtime.encoder import ImageEncoder
 from treeclip.runtime.images import Item, iter_batches
 from treeclip.runtime.parts import PartStore, fill_by_parts
-from treeclip.runtime.precision import VERB_DEFAULTS
+from treeclip.runtime.options import InferenceOptions
 
 FORMAT_VERSION = 2
 """Format version of a feature cache entry; checked on read."""
@@ -56,11 +56,6 @@ class Features:
     @property
     def n_failed(self) -> int:
         return int((~self.ok).sum())
-
-
-def cache_root(cache_dir: str | Path | None) -> Path:
-    """Where feature entries live: `CACHE_DIR/features`, else `$TREECLIP_CACHE/features`."""
-    return Path(cache_dir) / "features" if cache_dir is not None else cache_folder("features")
 
 
 def cache_entry(root: Path, model_fp: str, images_fp: str, precision: str = "fp32") -> Path:
@@ -87,15 +82,17 @@ class _Encoding:
             self.ok[idx] = True
 
 
-def image_features(model, task: Task, *, cache_dir: str | Path | None = None, batch_size: int = 64,
-                   workers: int = 0, chunk: int = 8192, progress: bool = True,
-                   precision: str = VERB_DEFAULTS["eval"], device: str | None = None) -> Features:
+def image_features(model, task: Task, *, options: InferenceOptions | None = None, caches: CachePaths | None = None,
+                   chunk: int = 8192, progress: bool = True) -> Features:
     """Features of every image of `task` under `model` (a `treeclip.model.ClipModel`),
-    from the cache when there; see the module docstring. `cache_dir` is the cache root
-    (None: `$TREECLIP_CACHE`); `precision` as `--precision` (exact fp32 by default)."""
-    encoder = ImageEncoder(model, device=device or str(model.device), precision=precision)
+    from the cache when there; see the module docstring. `options`: precision (exact fp32
+    by default), device (default the model's), batch size and decoding workers; `caches`:
+    where entries live (None: the environment's)."""
+    options = options or InferenceOptions.for_verb("eval", device=str(model.device), batch_size=64, workers=0)
+    caches = caches_or_default(caches)
+    encoder = ImageEncoder(model, device=options.device, precision=options.precision, caches=caches)
     model_fp, images_fp, n = model.fingerprint(), task.images_fingerprint(), len(task)
-    entry = cache_entry(cache_root(cache_dir), model_fp, images_fp, encoder.precision)
+    entry = cache_entry(caches.features, model_fp, images_fp, encoder.precision)
     hit = _load_entry(entry, model_fp, images_fp, n, encoder.precision)
     if hit is not None:
         return hit
@@ -103,7 +100,7 @@ def image_features(model, task: Task, *, cache_dir: str | Path | None = None, ba
 
     bar = tqdm(total=n, desc=f"encode {task.name} with {model.name}", unit="img", file=sys.stderr,
                disable=not progress, leave=False)
-    run = _Encoding(encoder, task, batch_size, workers, np.zeros((n, model.embed_dim), np.float32),
+    run = _Encoding(encoder, task, options.batch_size, options.workers or 0, np.zeros((n, model.embed_dim), np.float32),
                     np.zeros(n, bool), [""] * n, bar)
     if task.shards is not None:
         _encode_shards(run)
@@ -205,11 +202,10 @@ def _save_entry(entry: Path, model, task: Task, run: _Encoding, precision: str) 
 
 
 def text_embeddings(model, names: Sequence[str], templates: Sequence[str], *,
-                    cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
+                    caches: CachePaths | None = None, progress: bool = False) -> np.ndarray:
     """Zero-shot class embeddings (`runtime.labels.class_embeddings`), cached by model
     fingerprint, names and templates in the label-embedding cache that `predict` uses
-    (`cache_dir` is the cache root; None: `$TREECLIP_CACHE`)."""
+    (`caches.labels`; None: the environment's)."""
     from treeclip.runtime.labels import label_embeddings
 
-    return label_embeddings(model, list(names), list(templates), progress=progress,
-                            cache_dir=Path(cache_dir) / "labels" if cache_dir is not None else None)
+    return label_embeddings(model, list(names), list(templates), progress=progress, caches=caches)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,19 +15,27 @@ import numpy as np
 from treeclip.evaluate import fewshot, intrinsic, linear_probe, report, zeroshot
 from treeclip.evaluate.features import image_features, text_embeddings
 from treeclip.evaluate.tasks import Task, describe, load_task
-from treeclip.runtime.precision import VERB_DEFAULTS
+from treeclip.cache import CachePaths
+from treeclip.errors import TreeclipError
+from treeclip.runtime.options import InferenceOptions
 
 DEFAULT_TEXT = "default"
 """Text-type key meaning: each task's own default (taxon_com for taxonomic classes)."""
 
 
+def default_eval_options() -> InferenceOptions:
+    """Evaluation's defaults: exact fp32, BioCLIP's 81 templates, decoding in this process."""
+    return InferenceOptions.for_verb("eval", batch_size=64, workers=0, templates="bioclip")
+
+
 @dataclass
 class EvalConfig:
-    """What to measure; see `treeclip eval --help` for each option."""
+    """What to measure; see `treeclip eval --help` for each option. `inference`: device,
+    precision, batching and templates; `caches`: features/ and labels/ (None: the
+    environment's)."""
 
     shots: tuple[int, ...] = (0, 1, 5)
     text_types: tuple[str, ...] = (DEFAULT_TEXT,)
-    templates: str = "bioclip"
     seeds: tuple[int, ...] = fewshot.DEFAULT_SEEDS
     linear_probe: bool = False
     intrinsic: bool = True
@@ -36,12 +44,20 @@ class EvalConfig:
     silhouette: bool = True            # the per-rank silhouettes of the hierarchy measure (quadratic)
     figure_tasks: tuple[str, ...] | None = None   # tasks that get figures (by name); None: every task
     figure_models: tuple[str, ...] | None = None    # models (by label) in the figures; None: every model
-    batch_size: int = 64
-    workers: int = 0
-    device: str = "cpu"
-    precision: str = VERB_DEFAULTS["eval"]
-    cache_dir: str | None = None       # cache root (features/, labels/); None: $TREECLIP_CACHE
+    inference: InferenceOptions = field(default_factory=default_eval_options)
+    caches: CachePaths | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.inference.resize != "crop":
+            raise TreeclipError("eval encodes images with each model's own preprocess (resize crop)")
+
+    def record(self) -> dict:
+        """The settings as results.json records them (the inference options inline)."""
+        inference = self.inference
+        fields = {k: v for k, v in asdict(self).items() if k not in ("inference", "caches", "progress")}
+        return {**fields, "templates": inference.templates, "batch_size": inference.batch_size,
+                "workers": inference.workers, "device": inference.device, "precision": inference.precision}
 
 
 def _log(msg: str, cfg: EvalConfig) -> None:
@@ -69,13 +85,12 @@ def class_names(task: Task, text_type: str) -> list[str]:
 
 def _task_features(model, task: Task, cfg: EvalConfig, progress: bool):
     """One task's image features under `model`, from the cache when encoded before."""
-    return image_features(model, task, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=cfg.workers,
-                          progress=progress, precision=cfg.precision)
+    return image_features(model, task, options=cfg.inference, caches=cfg.caches, progress=progress)
 
 
 def _class_embeddings(model, task: Task, text_type: str, templates, cfg: EvalConfig, progress: bool) -> np.ndarray:
     """One task's zero-shot class embeddings of `text_type`, from the cache when encoded before."""
-    return text_embeddings(model, class_names(task, text_type), templates, cache_dir=cfg.cache_dir, progress=progress)
+    return text_embeddings(model, class_names(task, text_type), templates, caches=cfg.caches, progress=progress)
 
 
 def warm_caches(spec: str, task_refs: Sequence[str], cfg: EvalConfig) -> None:
@@ -84,21 +99,21 @@ def warm_caches(spec: str, task_refs: Sequence[str], cfg: EvalConfig) -> None:
     other processes first)."""
     from treeclip.model import load_model
 
-    model = load_model(spec, device=cfg.device)
-    templates = _templates(cfg.templates)
-    zero_shot = 0 in cfg.shots and _species_head(spec) is None
+    model = load_model(spec, device=cfg.inference.device, hub_dir=_hub(cfg))
+    templates = cfg.inference.template_texts()
+    zero_shot = 0 in cfg.shots and _species_head(spec, _hub(cfg)) is None
     for task in map(load_task, task_refs):
         _task_features(model, task, cfg, progress=False)
         for t in cfg.text_types if zero_shot else ():
             _class_embeddings(model, task, t, templates, cfg, progress=False)
 
 
-def _species_head(spec: str):
+def _species_head(spec: str, hub_dir: Path | None = None):
     """The species head of a model trained with a classification objective, else None."""
     from treeclip.model.heads import has_heads, read_species_head
     from treeclip.model.weights import resolve_source
 
-    path = resolve_source(spec)
+    path = resolve_source(spec, hub_dir=hub_dir)
     model_dir = path if path.is_dir() else path.parent
     return read_species_head(model_dir) if has_heads(model_dir) else None
 
@@ -159,12 +174,12 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    templates = _templates(cfg.templates)
+    templates = cfg.inference.template_texts()
     tasks = [load_task(ref) for ref in task_refs]  # every spec checked before any encoding
     labels = model_labels(model_specs)
     results: dict = {
         "treeclip_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "config": {**cfg.record(), "cache_dir": str(cfg.caches.root) if cfg.caches else None},
         "models": [], "tasks": [describe(t) for t in tasks],
         "zero_shot": {}, "few_shot": {}, "classifier": {}, "linear_probe": {}, "intrinsic": {}, "figures": {},
     }
@@ -181,14 +196,8 @@ def run_evaluation(model_specs: Sequence[str], task_refs: Sequence[str], cfg: Ev
     return results
 
 
-def _templates(name: str) -> list[str]:
-    from treeclip.errors import TreeclipError
-    from treeclip.taxonomy.templates import load_templates
-
-    try:
-        return load_templates(name)
-    except ValueError as e:
-        raise TreeclipError(str(e)) from None
+def _hub(cfg: EvalConfig):
+    return cfg.caches.hub if cfg.caches else None
 
 
 def _evaluate_model(spec: str, label: str, first: bool, tasks: Sequence[Task], cfg: EvalConfig,
@@ -198,8 +207,8 @@ def _evaluate_model(spec: str, label: str, first: bool, tasks: Sequence[Task], c
 
     from treeclip.model import load_model
 
-    model = load_model(spec, device=cfg.device)
-    head = _species_head(spec)
+    model = load_model(spec, device=cfg.inference.device, hub_dir=_hub(cfg))
+    head = _species_head(spec, _hub(cfg))
     results["models"].append({"spec": spec, "label": label, "name": model.name, "fingerprint": model.fingerprint(),
                               **({"objective": head.objective} if head is not None else {})})
     for task in tasks:

@@ -74,12 +74,16 @@ def read_config(model_dir: str | Path) -> dict:
     return {"model_cfg": config["model_cfg"], "preprocess_cfg": config["preprocess_cfg"]}
 
 
-def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str = "fp32") -> ClipModel:
+def load_model(spec: str, *, device: str | torch.device = "cpu", precision: str = "fp32",
+               hub_dir: str | Path | None = None) -> ClipModel:
     """A model from `spec`: a model dir, `local-dir:DIR`, `hf-hub:ORG/NAME` (read from the
-    local Hugging Face cache, never downloaded; see `treeclip.model.hub`), a weights file
-    with `open_clip_config.json` beside it, or a registered name (random weights, seed 0)."""
+    local Hugging Face cache, never downloaded, `hub_dir` searched first, default
+    `CachePaths.default().hub`; see `treeclip.model.hub`), a weights file with
+    `open_clip_config.json` beside it, or a registered name (random weights, seed 0)."""
+    from treeclip.cache import CachePaths
+
     spec = str(spec)
-    path = resolve_source(spec)
+    path = resolve_source(spec, hub_dir=hub_dir if hub_dir is not None else CachePaths.default().hub)
     if path.is_dir():
         model_dir, weights = path, weights_path(path)
     elif path.is_file():

@@ -27,12 +27,12 @@ def strip_local_dir(spec: str | Path) -> Path:
     return Path(text[len(LOCAL_DIR):] if text.startswith(LOCAL_DIR) else text)
 
 
-def resolve_source(spec: str | Path) -> Path:
+def resolve_source(spec: str | Path, *, hub_dir: str | Path | None = None) -> Path:
     """The path a model spec names: `hf-hub:ORG/NAME` -> its snapshot folder in the local
-    Hugging Face cache (which must hold the config and a weights file; see `model.hub`),
-    `local-dir:DIR` -> DIR, anything else -> itself."""
+    Hugging Face cache (which must hold the config and a weights file; `hub_dir` is searched
+    first, see `model.hub`), `local-dir:DIR` -> DIR, anything else -> itself."""
     if hub.is_hub_spec(spec):
-        return hub.find_snapshot(str(spec), "model", [(CONFIG_FILE,), DIR_WEIGHTS],
+        return hub.find_snapshot(str(spec), "model", [(CONFIG_FILE,), DIR_WEIGHTS], hub=hub_dir,
                                  what=f"model files ({CONFIG_FILE} and a weights file, e.g. {WEIGHTS_FILE})")
     return strip_local_dir(spec)
 

@@ -5,7 +5,8 @@
     rows = clf.predict(["a.jpg", "photos/"], rank="family", k=3)
 
 Every classifier embeds its labels once (cached on disk), encodes images in batches
-(decoding in background threads) and turns `exp(logit_scale) * image @ label` into a softmax.
+(decoding in worker processes, or in the main process on 2 cores: `InferenceOptions.workers`)
+and turns `exp(logit_scale) * image @ label` into a softmax.
 Rows are dicts with pybioclip's keys: `file_name`, the ranks or `classification`, `score`;
 an unreadable input gives one row with `error` set and the run goes on.
 """
@@ -18,29 +19,29 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.predict import aggregate as agg
 from treeclip.runtime.encoder import ImageEncoder
 from treeclip.runtime.labels import label_embeddings
-from treeclip.runtime.precision import VERB_DEFAULTS
+from treeclip.runtime.options import InferenceOptions
 from treeclip.runtime.images import Item, iter_batches
 from treeclip.predict.inputs import as_items
 from treeclip.predict.labels import DEFAULT_TEXT_TYPE, load_label_source, subset_mask, taxon_texts
-from treeclip.runtime.labelsets import DEFAULT_TEMPLATES, LabelMatrix, LabelSet, dense_rows
+from treeclip.runtime.labelsets import LabelMatrix, LabelSet, dense_rows
 from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
-from treeclip.taxonomy.templates import load_templates
 
 DENSE_BYTES = 256 << 20
 """Precomputed label embeddings up to this size are copied into memory (as a tensor on the
 classifier's device); larger ones are scored block by block from the memory-mapped file."""
 
 
-def _load_clip(model: Any):
+def _load_clip(model: Any, caches: CachePaths | None = None):
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from treeclip.model import load_model
 
-        return load_model(str(model))
+        return load_model(str(model), hub_dir=caches_or_default(caches).hub)
     if not hasattr(model, "encode_texts"):
         raise TypeError("model must be a model spec (name, dir, checkpoint) or a treeclip ClipModel")
     return model
@@ -49,19 +50,21 @@ def _load_clip(model: Any):
 class BaseClassifier:
     """Shared machinery: model, image encoder, label embeddings, batched probabilities."""
 
-    def __init__(self, model: Any, *, device: str | None = "cpu", precision: str = VERB_DEFAULTS["predict"],
-                 batch_size: int = 32, workers: int | None = None, compile: bool = False,
-                 templates: str | Sequence[str] = DEFAULT_TEMPLATES, cache_dir: str | None = None,
-                 label_cache: bool = True, progress: bool = False, resize: str = "crop") -> None:
-        """`label_cache=False`: label embeddings are computed in memory and never read from
-        or written to the on-disk cache (labels a web client sent). `resize`: `crop` (the
-        model's own preprocess) or `squash` (pybioclip's plain resize)."""
-        self.clip = _load_clip(model)
-        self.preprocess = self.clip.preprocess_for(resize)
-        self.encoder = ImageEncoder(self.clip, device=device, precision=precision, compile=compile, cache_dir=cache_dir)
-        self.templates = tuple(load_templates(templates) if isinstance(templates, str) else templates)
-        self.batch_size, self.workers, self.cache_dir, self.progress = batch_size, workers, cache_dir, progress
-        self.label_cache = label_cache
+    def __init__(self, model: Any, *, options: InferenceOptions | None = None, caches: CachePaths | None = None,
+                 label_cache: bool = True, progress: bool = False) -> None:
+        """`model`: a spec (`load_model`) or a `ClipModel`; `options`: device, precision,
+        batching, templates, resize (default `InferenceOptions()`); `caches`: where label
+        embeddings and exported graphs are kept (default: the environment's).
+        `label_cache=False`: label embeddings are computed in memory and never read from
+        or written to the on-disk cache (labels a web client sent)."""
+        self.options = options = options or InferenceOptions()
+        self.caches = caches = caches_or_default(caches)
+        self.clip = _load_clip(model, caches)
+        self.preprocess = self.clip.preprocess_for(options.resize)
+        self.encoder = ImageEncoder(self.clip, device=options.device, precision=options.precision,
+                                    compile=options.compile, caches=caches)
+        self.templates = options.template_texts()
+        self.progress, self.label_cache = progress, label_cache
         self.logit_scale = self.clip.logit_scale()
         self._labels: torch.Tensor | None = None
 
@@ -70,7 +73,7 @@ class BaseClassifier:
         return self.encoder.precision
 
     def _set_labels(self, texts: Sequence[str]) -> None:
-        emb = label_embeddings(self.clip, texts, self.templates, cache_dir=self.cache_dir, persist=self.label_cache,
+        emb = label_embeddings(self.clip, texts, self.templates, caches=self.caches, persist=self.label_cache,
                                progress=self.progress)
         self._labels = torch.from_numpy(emb).to(self.encoder.device)
 
@@ -84,8 +87,8 @@ class BaseClassifier:
         in the batch, and {position: error line} for the others."""
         items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
         # the exact fp32 path sees open_clip's own pixels: no JPEG draft decode
-        for idx, ok, pixels, errors in iter_batches(items, self.preprocess, batch_size=self.batch_size,
-                                                    workers=self.workers, draft_size=self.clip.image_size,
+        for idx, ok, pixels, errors in iter_batches(items, self.preprocess, batch_size=self.options.batch_size,
+                                                    workers=self.options.workers, draft_size=self.clip.image_size,
                                                     exact=self.encoder.precision == "fp32"):
             batch = [items[i] for i in idx]
             first = idx[0] if idx else 0
@@ -135,15 +138,16 @@ class TreeOfLifeClassifier(BaseClassifier):
 
     def __init__(self, model: Any, taxa: Sequence[Taxon] | LabelSet | str | None = None, *,
                  subset: str | Sequence[str] | None = None, text_type: str = DEFAULT_TEXT_TYPE,
-                 ncbi_limit: int | None = None, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
+                 ncbi_limit: int | None = None, options: InferenceOptions | None = None,
+                 caches: CachePaths | None = None, label_cache: bool = True, progress: bool = False) -> None:
+        super().__init__(model, options=options, caches=caches, label_cache=label_cache, progress=progress)
         self.text_type = text_type
         if isinstance(taxa, LabelSet):
             labels = taxa
         elif taxa is None or isinstance(taxa, str):
             spec = model if isinstance(model, str) else getattr(self.clip, "name", None)
             labels = load_label_source(taxa, spec, limit=ncbi_limit, templates=self.templates, text_type=text_type,
-                                       cache_dir=self.cache_dir, progress=self.progress)
+                                       caches=self.caches, progress=self.progress)
         else:
             labels = LabelSet.of_taxa(taxa)
         self.label_set = labels = self._encoded(labels)
@@ -178,7 +182,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         taxa = list(dict.fromkeys(labels.taxa if labels.taxa is not None else labels.columns.to_taxa()))
         taxa = [taxa[i] for i in agg.sort_taxa(taxa)]
         emb = label_embeddings(self.clip, taxon_texts(taxa, self.text_type), self.templates,
-                               cache_dir=self.cache_dir, persist=self.label_cache, progress=self.progress)
+                               caches=self.caches, persist=self.label_cache, progress=self.progress)
         return LabelSet(TaxaColumns.from_taxa(taxa), emb.T, labels.source, taxa)
 
     def _use(self, labels: LabelSet, take: np.ndarray) -> None:
@@ -254,8 +258,9 @@ class CustomLabelsClassifier(BaseClassifier):
     """Classify among the user's own labels (`--cls`): rows `file_name`,
     `classification`, `score`."""
 
-    def __init__(self, model: Any, labels: Sequence[str], **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
+    def __init__(self, model: Any, labels: Sequence[str], *, options: InferenceOptions | None = None,
+                 caches: CachePaths | None = None, label_cache: bool = True, progress: bool = False) -> None:
+        super().__init__(model, options=options, caches=caches, label_cache=label_cache, progress=progress)
         self.labels = list(dict.fromkeys(str(c).strip() for c in labels if str(c).strip()))
         if not self.labels:
             raise TreeclipError("no custom labels given")
@@ -279,9 +284,10 @@ class BinningClassifier(CustomLabelsClassifier):
     """Custom labels whose probabilities are summed into bins (`--bins`): `cls_to_bin`
     maps each label to its bin; rows name the bin in `classification`."""
 
-    def __init__(self, model: Any, cls_to_bin: Mapping[str, str], **kwargs: Any) -> None:
+    def __init__(self, model: Any, cls_to_bin: Mapping[str, str], *, options: InferenceOptions | None = None,
+                 caches: CachePaths | None = None, label_cache: bool = True, progress: bool = False) -> None:
         labels = [str(c).strip() for c in cls_to_bin]
-        super().__init__(model, labels, **kwargs)
+        super().__init__(model, labels, options=options, caches=caches, label_cache=label_cache, progress=progress)
         bins = {str(c).strip(): str(b).strip() for c, b in cls_to_bin.items()}
         self.bins = list(dict.fromkeys(bins[c] for c in self.labels))
         position = {b: i for i, b in enumerate(self.bins)}

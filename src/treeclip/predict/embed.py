@@ -20,9 +20,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from treeclip.cache import CachePaths
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_npy_atomic, write_text_atomic
-from treeclip.runtime.precision import VERB_DEFAULTS
+from treeclip.runtime.options import InferenceOptions
 
 
 @dataclass
@@ -36,18 +37,17 @@ class Embeddings:
     precision: str = "fp32"
 
 
-def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size: int = 32,
-                  workers: int | None = None, device: str | None = "cpu", precision: str = VERB_DEFAULTS["embed"],
-                  progress: bool = False, cache_dir: str | None = None, resize: str = "crop") -> Iterator[Embeddings]:
-    """`Embeddings` of `images` batch by batch, in input order (see `embed_images`);
-    `resize` as `ClipModel.preprocess_for`."""
+def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: InferenceOptions | None = None,
+                  caches: CachePaths | None = None, progress: bool = False) -> Iterator[Embeddings]:
+    """`Embeddings` of `images` batch by batch, in input order (see `embed_images`)."""
     from treeclip.predict.classifiers import _load_clip
     from treeclip.predict.inputs import as_items
     from treeclip.runtime.encoder import ImageEncoder
     from treeclip.runtime.images import Item, iter_batches
 
-    clip = _load_clip(model)
-    encoder = ImageEncoder(clip, device=device, precision=precision, cache_dir=cache_dir)
+    options = options or InferenceOptions.for_verb("embed")
+    clip = _load_clip(model, caches)
+    encoder = ImageEncoder(clip, device=options.device, precision=options.precision, caches=caches)
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
     bar = None
     if progress:
@@ -56,8 +56,9 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), unit="img", desc="embedding", file=sys.stderr)
-    for idx, ok, pixels, errs in iter_batches(items, clip.preprocess_for(resize), batch_size=batch_size, workers=workers,
-                                              draft_size=clip.image_size, exact=encoder.precision == "fp32"):
+    for idx, ok, pixels, errs in iter_batches(items, clip.preprocess_for(options.resize), batch_size=options.batch_size,
+                                              workers=options.workers, draft_size=clip.image_size,
+                                              exact=encoder.precision == "fp32"):
         vectors = (encoder(pixels, normalize=normalize).numpy().astype(np.float32) if pixels is not None
                    else np.zeros((0, clip.embed_dim), np.float32))
         yield Embeddings([items[i].name for i in ok], vectors, {items[i].name: e for i, e in errs.items()},
@@ -68,12 +69,14 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, batch_size
         bar.close()
 
 
-def embed_images(model: Any, images: Any, *, normalize: bool = True, **options: Any) -> Embeddings:
+def embed_images(model: Any, images: Any, *, normalize: bool = True, options: InferenceOptions | None = None,
+                 caches: CachePaths | None = None, progress: bool = False) -> Embeddings:
     """Embed `images` (paths, folders, globs, bytes, PIL images or `Item`s) with `model`
     (a spec or a ClipModel); `normalize=False` keeps the raw projection output. Exact fp32
-    by default (embeddings are data others build on); `precision="fast"` for speed.
-    Options: `batch_size`, `workers`, `device`, `precision`, `progress`, `cache_dir`, `resize`."""
-    return concat_embeddings(list(embed_batches(model, images, normalize=normalize, **options)))
+    by default (embeddings are data others build on); `options=InferenceOptions(precision="fast")`
+    for speed."""
+    return concat_embeddings(list(embed_batches(model, images, normalize=normalize, options=options, caches=caches,
+                                                progress=progress)))
 
 
 def concat_embeddings(parts: Sequence[Embeddings], dim: int = 0) -> Embeddings:

@@ -20,16 +20,20 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import read_text
 from treeclip.runtime.labelsets import DEFAULT_TEMPLATES, DEFAULT_TEXT_TYPE, LabelSet
 from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon
+
+_Reader = Callable[[Path, Path], LabelSet]
+"""`read_label_set` bound to the caller's caches and progress."""
 
 
 def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | None = None) -> list[Taxon]:
@@ -41,7 +45,7 @@ def load_taxa(spec: str | None, model_spec: str | None = None, *, limit: int | N
 
 def load_label_source(spec: str | None, model_spec: str | None = None, *, limit: int | None = None,
                       templates: Sequence[str] | None = None, text_type: str = DEFAULT_TEXT_TYPE,
-                      cache_dir: str | None = None, progress: bool = True) -> LabelSet:
+                      caches: CachePaths | None = None, progress: bool = True) -> LabelSet:
     """The label set of tree-of-life mode. `spec` is one of:
 
     - a CSV/Parquet taxa table, or `ncbi:CLADE` (species under CLADE in the offline NCBI
@@ -53,20 +57,25 @@ def load_label_source(spec: str | None, model_spec: str | None = None, *, limit:
       in it with these `templates` and `text_type`, else its `taxa.parquet`.
 
     Without `spec`, the model's own: its dir as above, else the set published for a
-    published model (`hf-hub:imageomics/bioclip-2` -> TreeOfLife-200M, read offline)."""
+    published model (`hf-hub:imageomics/bioclip-2` -> TreeOfLife-200M, read offline).
+    `caches`: where parsed names are kept and which hub folder is searched first."""
+    from functools import partial
+
+    from treeclip.runtime.labelsets import read_label_set
     from treeclip.taxonomy.templates import load_templates
 
     templates = tuple(templates) if templates is not None else load_templates(DEFAULT_TEMPLATES)
-    read = {"cache_dir": cache_dir, "progress": progress}
+    caches = caches_or_default(caches)
+    read = partial(read_label_set, caches=caches, progress=progress)
     if spec and spec.startswith("ncbi:"):
         return LabelSet.of_taxa(_ncbi_taxa(spec, limit), spec)
     if spec is None:
-        return _model_labels(model_spec, templates, text_type, read)
+        return _model_labels(model_spec, templates, text_type, read, caches)
     from treeclip.model.hub import is_hub_spec
 
     if is_hub_spec(spec):
-        return _hub_labels(spec, "the label set", read)
-    from treeclip.runtime.labelsets import find_pair, read_label_set
+        return _hub_labels(spec, "the label set", read, caches)
+    from treeclip.runtime.labelsets import find_pair
 
     path = Path(spec)
     if path.is_dir():
@@ -75,7 +84,7 @@ def load_label_source(spec: str | None, model_spec: str | None = None, *, limit:
             raise TreeclipError(f"{spec}: folder has no taxa.parquet (nor a txt_emb_species label set)")
         return found
     pair = find_pair(path)
-    return read_label_set(*pair, **read) if pair else LabelSet.of_taxa(read_taxa_table(path), spec)
+    return read(*pair) if pair else LabelSet.of_taxa(read_taxa_table(path), spec)
 
 
 def _ncbi_taxa(spec: str, limit: int | None) -> list[Taxon]:
@@ -88,17 +97,17 @@ def _ncbi_taxa(spec: str, limit: int | None) -> list[Taxon]:
     return taxa
 
 
-def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: dict) -> LabelSet | None:
+def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: _Reader) -> LabelSet | None:
     """A folder's label set: its pair when it fits (or when there is no taxa.parquet to
     encode instead), else its taxa.parquet; None when it has neither."""
-    from treeclip.runtime.labelsets import META_FILE, TAXA_FILE, find_pair, pair_fits, read_label_set
+    from treeclip.runtime.labelsets import META_FILE, TAXA_FILE, find_pair, pair_fits
 
     pair = find_pair(folder)
     table = folder / TAXA_FILE
     if pair and not table.is_file():
-        return read_label_set(*pair, **read)
+        return read(*pair)
     if pair and pair_fits(folder, templates, text_type):
-        return read_label_set(*pair, **read)
+        return read(*pair)
     if not table.is_file():
         return None
     if pair and (folder / META_FILE).is_file():
@@ -107,13 +116,14 @@ def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: di
     return LabelSet.of_taxa(read_taxa_table(table), str(table))
 
 
-def _hub_labels(spec: str, what: str, read: dict) -> LabelSet:
-    from treeclip.runtime.labelsets import hub_label_set, read_label_set
+def _hub_labels(spec: str, what: str, read: _Reader, caches: CachePaths) -> LabelSet:
+    from treeclip.runtime.labelsets import hub_label_set
 
-    return read_label_set(*hub_label_set(spec, what), **read)
+    return read(*hub_label_set(spec, what, hub_dir=caches.hub))
 
 
-def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: str, read: dict) -> LabelSet:
+def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: str, read: _Reader,
+                  caches: CachePaths) -> LabelSet:
     """The label set that comes with a model: see `load_label_source`."""
     if not model_spec:
         raise TreeclipError("no taxa table: give taxa (a CSV/Parquet file, a dir with taxa.parquet, a "
@@ -121,14 +131,14 @@ def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: s
     from treeclip.model.hub import published_label_set
     from treeclip.model.weights import resolve_source
 
-    base = resolve_source(model_spec)
+    base = resolve_source(model_spec, hub_dir=caches.hub)
     folder = base if base.is_dir() else base.parent if base.is_file() else None
     found = _dir_labels(folder, templates, text_type, read) if folder is not None else None
     if found is not None:
         return found
     published = published_label_set(model_spec)
     if published:
-        return _hub_labels(published, f"the label set published for {model_spec}", read)
+        return _hub_labels(published, f"the label set published for {model_spec}", read, caches)
     raise TreeclipError(f"{model_spec}: the model has no taxa.parquet (nor a txt_emb_species label set); give "
                         "a taxa table with --taxa FILE (CSV/Parquet), a label set with --taxa DIR, or --taxa ncbi:CLADE")
 

@@ -7,95 +7,100 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED
+from treeclip.predict.options import AnswerOptions, LabelChoice, OutputOptions
 from treeclip.runtime.images import Item
+from treeclip.runtime.options import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from treeclip.predict.classifiers import BaseClassifier
 
 
-def make_classifier(model: str, *, taxa: str | None = None, ncbi_limit: int | None = None,
-                    subset: Sequence[str] = (), cls_spec: str | None = None, bins: str | None = None,
-                    text_type: str = "taxon_com", **common: Any) -> "BaseClassifier":
-    """The classifier the options ask for."""
+def make_classifier(model: str, labels: LabelChoice, options: InferenceOptions, caches: CachePaths, *,
+                    progress: bool = False) -> "BaseClassifier":
+    """The classifier `labels` ask for."""
     from treeclip.predict.classifiers import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier
     from treeclip.predict.labels import parse_bins, parse_labels
 
-    if bins:
-        return BinningClassifier(model, parse_bins(bins), **common)
-    if cls_spec:
-        return CustomLabelsClassifier(model, parse_labels(cls_spec), **common)
-    return TreeOfLifeClassifier(model, taxa, subset=list(subset), text_type=text_type, ncbi_limit=ncbi_limit, **common)
+    shared = {"options": options, "caches": caches, "progress": progress}
+    if labels.bins:
+        return BinningClassifier(model, parse_bins(labels.bins), **shared)
+    if labels.cls_spec:
+        return CustomLabelsClassifier(model, parse_labels(labels.cls_spec), **shared)
+    return TreeOfLifeClassifier(model, labels.taxa, subset=list(labels.subset), text_type=labels.text_type,
+                                ncbi_limit=labels.ncbi_limit, **shared)
 
 
-def _resize_identity(common: dict) -> dict:
-    """The resize mode in a run's identity; only when not the default, so outputs written
-    before `--resize` existed still resume."""
-    resize = common.get("resize", "crop")
-    return {} if resize == "crop" else {"resize": resize}
+def _run_identity(verb: str, model: str, options: InferenceOptions) -> dict:
+    """What every predict/embed output depends on: the model, the precision that runs on
+    this machine, and the resize mode (only when not the default, so outputs written
+    before `--resize` existed still resume)."""
+    from treeclip.predict.runs import model_identity
+    from treeclip.runtime.precision import resolve_device, resolve_precision
+
+    identity = {"verb": verb, "model": model_identity(model),
+                "precision": resolve_precision(options.precision, resolve_device(options.device))}
+    return identity if options.resize == "crop" else {**identity, "resize": options.resize}
 
 
-def run_predict(model: str, items: Sequence[Item], *, rank: str = "species", k: int = 5, min_prob: float = 0.0,
-                rollup: float | None = None, fmt: str = "csv", output: str | None = None, overwrite: bool = False,
-                retry_errors: bool = False, progress: bool = True, taxa: str | None = None,
-                ncbi_limit: int | None = None, subset: Sequence[str] = (), cls_spec: str | None = None,
-                bins: str | None = None, text_type: str = "taxon_com", **common: Any) -> int:
+def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = LabelChoice(),
+                answers: AnswerOptions = AnswerOptions(), output: OutputOptions = OutputOptions(),
+                options: InferenceOptions | None = None, caches: CachePaths | None = None,
+                progress: bool = True) -> int:
     """Classify `items` and write their rows; see `treeclip predict --help`. Under torchrun
     the inputs are split over the ranks and the parts merged (`predict.runs`)."""
     from treeclip.predict import output as out
     from treeclip.predict.inputs import unique_names
-    from treeclip.predict.runs import file_identity, model_identity
+    from treeclip.predict.runs import file_identity
 
-    if cls_spec or bins:
-        columns, options = out.label_columns(), {"k": k, "min_prob": min_prob}
+    options, caches = options or InferenceOptions.for_verb("predict"), caches_or_default(caches)
+    row_options = answers.for_labels(labels)
+    if labels.custom:
+        columns = out.label_columns()
     else:
-        columns = out.rollup_columns() if rollup is not None else out.tree_columns(rank)
-        options = {"rank": rank, "k": k, "min_prob": min_prob, "rollup": rollup}
-    identity = {"verb": "predict", "model": model_identity(model), "taxa": file_identity(taxa),
-                "ncbi_limit": ncbi_limit, "subset": [file_identity(s) for s in subset],
-                "labels": file_identity(cls_spec), "bins": file_identity(bins), "text_type": text_type,
-                "templates": file_identity(common.get("templates")), "precision": _precision(common, "predict"),
-                "format": fmt, **options, **_resize_identity(common)}
-    ranks = _Ranks.join(common.get("device"), output)
+        columns = out.rollup_columns() if answers.rollup is not None else out.tree_columns(answers.rank)
+    identity = {**_run_identity("predict", model, options), "taxa": file_identity(labels.taxa),
+                "ncbi_limit": labels.ncbi_limit, "subset": [file_identity(s) for s in labels.subset],
+                "labels": file_identity(labels.cls_spec), "bins": file_identity(labels.bins),
+                "text_type": labels.text_type, "templates": file_identity(_template_spec(options)),
+                "format": output.fmt, **row_options}
+    ranks = _Ranks.join(options.device, output.path)
     items = unique_names(items)
-    writer, done, done_errors = ranks.open_output(output, fmt, columns, identity, overwrite=overwrite,
-                                                  retry_errors=retry_errors)
+    writer, done, done_errors = ranks.open_output(output, columns, identity)
     todo = [it for it in items if it.name not in done]
     skipped = len(items) - len(todo)
     earlier = sum(it.name in done_errors for it in items)  # failed in an earlier run, kept as error rows
     mine = ranks.block(todo)
     if not todo:  # all done by an earlier run (every rank sees the same): no need to load the model
-        ranks.finish(writer, output, fmt, columns, [it.name for it in items])
-        print(f"treeclip predict: nothing to do, all {skipped} images are in {output}{_earlier(earlier)}",
+        ranks.finish(writer, output, columns, [it.name for it in items])
+        print(f"treeclip predict: nothing to do, all {skipped} images are in {output.path}{_earlier(earlier)}",
               file=sys.stderr)
         return EXIT_SOME_FAILED if earlier else EXIT_OK
-    clf = make_classifier(model, taxa=taxa, ncbi_limit=ncbi_limit, subset=subset, cls_spec=cls_spec,
-                          bins=bins, text_type=text_type, progress=progress and ranks.is_main, **common)
+    clf = make_classifier(model, labels, options, caches, progress=progress and ranks.is_main)
     start = time.perf_counter()
-    failed = _classify(clf, mine, writer, options, progress and ranks.is_main)
+    failed = _classify(clf, mine, writer, row_options, progress and ranks.is_main)
     seconds = time.perf_counter() - start
     failed, done_now = ranks.total(failed), ranks.total(len(mine))
-    ranks.finish(writer, output, fmt, columns, [it.name for it in items])
+    ranks.finish(writer, output, columns, [it.name for it in items])
     if ranks.is_main:
         rate = f", {done_now / seconds:.1f} img/s" if seconds > 0 else ""
-        where = f" -> {output}" if output else ""
+        where = f" -> {output.path}" if output.path else ""
         print(f"treeclip predict: {done_now - failed} classified, {failed} failed, {skipped} skipped "
               f"(already in the output{_earlier(earlier)}){where} "
               f"[{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]", file=sys.stderr)
     return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
 
 
+def _template_spec(options: InferenceOptions) -> str | None:
+    """The templates as identity: the spec (a set's name or a file), or the texts joined."""
+    return options.templates if isinstance(options.templates, str) else "\n".join(options.templates)
+
+
 def _earlier(n: int) -> str:
     return f"; {n} of them failed before: --retry-errors tries them again" if n else ""
-
-
-def _precision(common: dict, verb: str) -> str:
-    """The concrete precision a run's options mean on this machine (part of its identity)."""
-    from treeclip.runtime.precision import VERB_DEFAULTS, resolve_device, resolve_precision
-
-    return resolve_precision(common.get("precision", VERB_DEFAULTS[verb]), resolve_device(common.get("device")))
 
 
 def _classify(clf, items: Sequence[Item], writer, options: dict, progress: bool) -> int:
@@ -173,29 +178,30 @@ class _Ranks:
         dist.all_reduce(t)
         return int(t.item())
 
-    def open_output(self, output: str | None, fmt: str, columns: Sequence[str], identity: dict, *,
-                    overwrite: bool, retry_errors: bool):
+    def open_output(self, output: OutputOptions, columns: Sequence[str], identity: dict):
         """(writer for this rank's rows, names already done, those of them that are error
         rows). Rank 0 first checks the
         output's identity, folds parts an interrupted run left into it and drops error
         rows to retry; then every rank reads the same done set."""
         from treeclip.predict import output as out
 
-        if not output or fmt == "table":
-            return out.PredictionWriter(output, fmt, columns, resume=False), set(), set()
+        path, fmt = output.path, output.fmt
+        if not path or fmt == "table":
+            return out.PredictionWriter(path, fmt, columns, resume=False), set(), set()
         if self.is_main:
-            _settle_output(Path(output), fmt, columns, identity, overwrite=overwrite, retry_errors=retry_errors)
+            _settle_output(Path(path), fmt, columns, identity, overwrite=output.overwrite,
+                           retry_errors=output.retry_errors)
         self.barrier()
         if self.world == 1:
-            writer = out.PredictionWriter(output, fmt, columns, resume=True)
+            writer = out.PredictionWriter(path, fmt, columns, resume=True)
             return writer, writer.done, writer.done_errors
-        stored = out.read_stored(Path(output), fmt, columns)
+        stored = out.read_stored(Path(path), fmt, columns)
         from treeclip.predict.runs import part_path
 
         errors = {n for n, bad in zip(stored.names, stored.errors) if bad}
-        return out.PredictionWriter(part_path(output, self.rank), fmt, columns, resume=False), set(stored.names), errors
+        return out.PredictionWriter(part_path(path, self.rank), fmt, columns, resume=False), set(stored.names), errors
 
-    def finish(self, writer, output: str | None, fmt: str, columns: Sequence[str], order: list[str]) -> None:
+    def finish(self, writer, output: OutputOptions, columns: Sequence[str], order: list[str]) -> None:
         """Close this rank's writer; when every rank is done, rank 0 merges the parts."""
         from treeclip.predict import output as out
         from treeclip.predict.runs import existing_parts
@@ -204,7 +210,7 @@ class _Ranks:
         if self.world > 1:
             self.barrier()
             if self.is_main:
-                out.merge_outputs(Path(output), existing_parts(output), fmt, columns, order)
+                out.merge_outputs(Path(output.path), existing_parts(output.path), output.fmt, columns, order)
             self.end()  # nobody exits (and ends the run) while rank 0 still merges
 
 
@@ -227,31 +233,32 @@ def _settle_output(output: Path, fmt: str, columns: Sequence[str], identity: dic
     out.PredictionWriter(output, fmt, columns, resume=True, retry_errors=retry_errors).close()
 
 
-def run_embed(model: str, items: Sequence[Item], *, output: str, normalize: bool = False, progress: bool = True,
-              overwrite: bool = False, retry_errors: bool = False, chunk: int = 1024, **common: Any) -> int:
-    """Embed `items` and write them; see `treeclip embed --help`. Resumable: results are
-    kept in chunks beside the output as they come (`predict.embed`); under torchrun the
-    inputs are split over the ranks and rank 0 writes the output."""
+def run_embed(model: str, items: Sequence[Item], *, output: OutputOptions, normalize: bool = False,
+              chunk: int = 1024, options: InferenceOptions | None = None, caches: CachePaths | None = None,
+              progress: bool = True) -> int:
+    """Embed `items` and write them to `output.path`; see `treeclip embed --help`.
+    Resumable: results are kept in chunks beside the output as they come (`predict.embed`);
+    under torchrun the inputs are split over the ranks and rank 0 writes the output."""
     from treeclip.predict.embed import embed_batches
     from treeclip.predict.inputs import unique_names
-    from treeclip.predict.runs import model_identity
 
-    identity = {"verb": "embed", "model": model_identity(model), "normalize": normalize,
-                "precision": _precision(common, "embed"), **_resize_identity(common)}
-    ranks = _Ranks.join(common.get("device"), output)
+    options, caches = options or InferenceOptions.for_verb("embed"), caches_or_default(caches)
+    identity = {**_run_identity("embed", model, options), "normalize": normalize}
+    ranks = _Ranks.join(options.device, output.path)
     items = unique_names(items)
-    store = _EmbeddingStore(Path(output))
+    store = _EmbeddingStore(Path(output.path))
     if ranks.is_main:
-        store.settle(identity, overwrite=overwrite)
+        store.settle(identity, overwrite=output.overwrite)
     ranks.barrier()
-    done, done_errors = store.done(retry_errors=retry_errors)
+    done, done_errors = store.done(retry_errors=output.retry_errors)
     todo = [it for it in items if it.name not in done]
     earlier = sum(it.name in done_errors for it in items)
     mine = ranks.block(todo)
     failed = 0
     if todo:
         pending = []
-        for emb in embed_batches(model, mine, normalize=normalize, progress=progress and ranks.is_main, **common):
+        for emb in embed_batches(model, mine, normalize=normalize, options=options, caches=caches,
+                                 progress=progress and ranks.is_main):
             for line in emb.errors.values():
                 print(f"treeclip: {line}", file=sys.stderr)
             failed += len(emb.errors)

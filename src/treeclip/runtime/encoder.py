@@ -1,11 +1,12 @@
 """Image embeddings of a model at the precision the policy chose (`runtime.precision`):
 fp32 (exact), a bf16 copy of the image tower, or the tower exported to ONNX Runtime with
-dynamic int8 quantization (cached under `cache_dir('onnx')`, keyed by model fingerprint,
+dynamic int8 quantization (cached in `CachePaths.onnx`, keyed by model fingerprint,
 library versions and `ONNX_FORMAT`).
 
 On a CPU the tower runs as `runtime.vit.FastVisual` where it can (open_clip's arithmetic,
 class-token-only last block), one image per model call, each call on one thread, with
-`streams` calls running side by side on threads of their own. So an image's embedding
+`streams` calls running side by side on threads of their own (each set to one torch
+thread once, when it starts: the caller's thread count is never touched). So an image's embedding
 never depends on its batch mates, the batch size, the thread count or the process count:
 resumed runs and torchrun splits give the same bits as one run (a batched fp32 product's
 bits depend on its row count and its threads). One thread per call also saves
@@ -20,7 +21,9 @@ embeddings are computed in fp32 and cached.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import sys
 import threading
@@ -29,11 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from treeclip.cache import cache_dir as cache_folder
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.runtime.precision import resolve_device, resolve_precision
 from treeclip.runtime.vit import fast_visual
@@ -52,7 +54,7 @@ class ImageEncoder:
     `streams`: model calls run side by side on a CPU (default: torch's thread count)."""
 
     def __init__(self, clip, *, device: str | None = "cpu", precision: str = "auto",
-                 compile: bool = False, cache_dir: str | os.PathLike | None = None,
+                 compile: bool = False, caches: CachePaths | None = None,
                  streams: int | None = None) -> None:
         self.clip = clip
         self.device = resolve_device(device)
@@ -63,7 +65,7 @@ class ImageEncoder:
         self._lock = threading.Lock()
         if self.precision == "int8":
             try:
-                self.visual: Callable = OnnxVisual(clip, "int8", cache_dir)
+                self.visual: Callable = OnnxVisual(clip, "int8", caches)
                 return
             except Exception as e:
                 if precision == "int8":
@@ -100,8 +102,8 @@ class ImageEncoder:
             return self.visual(x).float()
 
     def _map(self, calls: list[torch.Tensor]) -> list[torch.Tensor]:
-        if len(calls) == 1 or self.streams == 1 or threading.current_thread().name.startswith("treeclip-model"):
-            return [_one_thread(self._run, c) for c in calls]
+        if threading.current_thread().name.startswith("treeclip-model"):  # already a one-thread stream
+            return [self._run(c) for c in calls]
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="treeclip-model",
@@ -115,28 +117,17 @@ class ImageEncoder:
             self._pool = None
 
 
-def _one_thread(fn: Callable, x: torch.Tensor) -> torch.Tensor:
-    """fn(x) on one torch thread (the bits of a product depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(x)
-    finally:
-        torch.set_num_threads(before)
-
-
 class OnnxVisual:
     """The image tower in ONNX Runtime: `kind` "int8" (dynamic quantization: weights int8,
-    activations quantized per call, one image per call) or "fp32". Exported once to `graph_path(...)` under
-    `cache_dir('onnx')`. Runs on one
-    thread per call (the encoder's streams run calls side by side)."""
+    activations quantized per call, one image per call) or "fp32". Exported once to `graph_path(...)`
+    in `caches.onnx`. Runs on one thread per call (the encoder's streams run calls side by side)."""
 
-    def __init__(self, clip, kind: str = "int8", cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, clip, kind: str = "int8", caches: CachePaths | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise TreeclipError(f"--precision {kind} through ONNX needs ONNX Runtime: pip install onnxruntime onnx") from None
-        self.path = graph_path(clip, kind, cache_dir, f"ort{ort.__version__}")
+        self.path = graph_path(clip, kind, caches_or_default(caches).onnx, f"ort{ort.__version__}")
         if not self.path.is_file():
             export_onnx(clip, self.path, quantize=kind == "int8")
         options = ort.SessionOptions()
@@ -150,10 +141,9 @@ class OnnxVisual:
         return torch.from_numpy(self.session.run(None, {"pixels": x})[0])
 
 
-def graph_path(clip, kind: str, cache_dir: str | os.PathLike | None, library: str) -> Path:
-    """Where an exported graph of `clip`'s image tower lives: keyed by the model's
-    fingerprint, the graph kind, `ONNX_FORMAT`, the runtime's and torch's versions."""
-    root = Path(cache_dir) / "onnx" if cache_dir else cache_folder("onnx")
+def graph_path(clip, kind: str, root: Path, library: str) -> Path:
+    """Where an exported graph of `clip`'s image tower lives in the folder `root`: keyed by
+    the model's fingerprint, the graph kind, `ONNX_FORMAT`, the runtime's and torch's versions."""
     torch_version = torch.__version__.split("+")[0]
     return root / f"{clip.fingerprint()[:32]}-visual-{kind}-v{ONNX_FORMAT}-{library}-torch{torch_version}.onnx"
 
@@ -161,7 +151,6 @@ def graph_path(clip, kind: str, cache_dir: str | os.PathLike | None, library: st
 def export_onnx(clip, path: Path, *, quantize: bool) -> None:
     """Export the fp32 image tower (as `FastVisual` where it applies) to ONNX, quantized
     dynamically to int8 when asked; written atomically."""
-    import logging
     import tempfile
 
     from treeclip.fsutil import atomic_path
@@ -185,13 +174,25 @@ def export_onnx(clip, path: Path, *, quantize: bool) -> None:
                 return
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            logging.disable(logging.WARNING)  # the quantizer logs advice on the root logger
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
-            finally:
-                logging.disable(logging.NOTSET)
+            with _quantizer_advice_dropped(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+
+
+@contextlib.contextmanager
+def _quantizer_advice_dropped():
+    """Drop the advice ONNX Runtime's quantizer logs on the root logger (it suggests
+    pre-processing that does not apply here); every other record passes."""
+    root = logging.getLogger()
+
+    def not_quantizer(record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in Path(record.pathname).parts
+
+    root.addFilter(not_quantizer)
+    try:
+        yield
+    finally:
+        root.removeFilter(not_quantizer)
 
 
 def top1_agreement(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> float:

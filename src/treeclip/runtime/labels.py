@@ -3,7 +3,7 @@
 A label's embedding is BioCLIP's zero-shot class embedding: the mean of the L2-normalised
 text embeddings of the label put through every template, renormalised.
 
-The cache (`cache_dir('labels')`, i.e. `$TREECLIP_CACHE/labels`): `<key>.npy` (embeddings)
+The cache (`CachePaths.labels`, by default `$TREECLIP_CACHE/labels`): `<key>.npy` (embeddings)
 + `<key>.names.parquet` (the labels, checked on read), where the key is a sha256 of the
 cache format version, the model fingerprint, the templates and the label texts, so a
 second run with the same model and labels encodes nothing. Large label sets are encoded in
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from treeclip.cache import cache_dir as cache_folder
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_npy_atomic
 from treeclip.runtime.parts import PartStore, fill_by_parts
@@ -71,11 +70,11 @@ def cache_key(model_fingerprint: str, texts: Sequence[str], templates: Sequence[
 
 
 def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
-                     cache_dir: str | os.PathLike | None = None, persist: bool = True, chunk: int = 512,
+                     caches: CachePaths | None = None, persist: bool = True, chunk: int = 512,
                      progress: bool = True) -> np.ndarray:
     """(n_labels, dim) float32 class embeddings of `texts` under `clip`, read from the cache
-    when this model, these texts and templates were encoded before (`cache_dir` None: the
-    default cache). `persist=False` computes them without reading or writing any file
+    (`caches.labels`; None: the default caches) when this model, these texts and templates
+    were encoded before. `persist=False` computes them without reading or writing any file
     (labels sent by a web client must not fill the shared cache)."""
     texts, templates = list(texts), list(templates)
     if not texts:
@@ -85,7 +84,7 @@ def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
     if not persist:
         fill_by_parts(out, chunk, compute, None)
         return out
-    root = cache_folder("labels", cache_dir)
+    root = caches_or_default(caches).labels
     stem = cache_key(clip.fingerprint(), texts, templates)[:40]
     final, names = root / f"{stem}.npy", root / f"{stem}.names.parquet"
     cached = _load_cached(final, names, texts, clip.embed_dim)

