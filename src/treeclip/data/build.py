@@ -29,7 +29,6 @@ build that fails earlier (a missing source, a bad catalog) leaves the old datase
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -44,7 +43,8 @@ from treeclip.data.sources import SourceItem, read_source
 from treeclip.data.source_taxa import resolve_items
 from treeclip.data.staging import ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
 from treeclip.errors import TreeclipError
-from treeclip.fsutil import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from treeclip.fsutil import remove_stale_temporaries, write_text_atomic
+from treeclip.identity import RunIdentity
 from treeclip.taxonomy.taxon import Taxon
 
 if TYPE_CHECKING:
@@ -208,10 +208,10 @@ def plan_chunks(state: BuildState, resume: bool) -> None:
     opts, work = state.opts, state.work
     state.plan = [(k, it.path) for k, it in state.by_key.items()]
     state.chunks = [state.plan[i:i + opts.chunk_size] for i in range(0, len(state.plan), opts.chunk_size)]
-    fingerprint = plan_fingerprint(state.plan, opts.image_options())
-    plan_file = work / "plan.json"
-    resuming = resume and plan_file.exists()
-    if resuming and json.loads(plan_file.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+    plan = RunIdentity(work / "plan.json", {"fingerprint": plan_fingerprint(state.plan, opts.image_options())},
+                       free=("n_items", "n_chunks"))
+    resuming = resume and plan.path.exists()
+    if resuming and not plan.matches():
         raise TreeclipError(f"{state.out}: the sources or image options changed since the interrupted build; "
                             "run again without --resume")
     invalidate(state.out)  # from here on OUT changes: no reader may take it for finished
@@ -221,8 +221,7 @@ def plan_chunks(state: BuildState, resume: bool) -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    write_json_atomic(plan_file, {"fingerprint": fingerprint, "n_items": len(state.plan),
-                                  "n_chunks": len(state.chunks)})
+    plan.write(n_items=len(state.plan), n_chunks=len(state.chunks))
 
 
 def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable[[int], None] | None) -> None:

@@ -20,7 +20,7 @@ from treeclip.demo.parallel import job_slots, run_parallel, training_status
 from treeclip.demo.profiles import (DEFAULT_QUERY, HALF_SPECIES, PROFILES, QUERY_TYPES, TASKS, DemoProfile,
                                     objective_of, query_text, trained_variants, variant_of)
 from treeclip.demo.report import write_report
-from treeclip.fsutil import write_json_atomic
+from treeclip.identity import RunIdentity
 from treeclip.runtime.options import InferenceOptions
 
 
@@ -44,23 +44,9 @@ def _synthesize(profile: DemoProfile, data_dir: Path, *, half_species: bool = Fa
 STAGE_RECORD = "demo-stage.json"
 
 
-def _changes(stage_dir: Path, settings: dict) -> list[str] | None:
-    """None when `stage_dir` records exactly `settings`; else what differs, in words."""
-    try:
-        old = json.loads((stage_dir / STAGE_RECORD).read_text(encoding="utf-8"))["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return ["no record of its settings"]
-    new = json.loads(json.dumps(settings))  # tuples -> lists, as the record holds them
-    if old == new:
-        return None
-    keys = sorted(set(old) | set(new), key=str)
-    return [k if isinstance(old.get(k), dict) else f"{k} {old.get(k)} -> {new.get(k)}"
-            for k in keys if old.get(k) != new.get(k)]
-
-
-def _record(stage_dir: Path, settings: dict) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stage_dir / STAGE_RECORD, {"settings": settings})
+def _stage_identity(stage_dir: Path, settings: dict) -> RunIdentity:
+    """What a stage's outputs in `stage_dir` are a function of (its record, `STAGE_RECORD`)."""
+    return RunIdentity(stage_dir / STAGE_RECORD, settings, key="settings")
 
 
 def _digest(settings: dict) -> str:
@@ -109,13 +95,15 @@ def _training_job(profile: DemoProfile, data_dir: Path, data: dict, run_dir: Pat
                       val_text_type="taxon_com" if query == DEFAULT_QUERY else query,
                       label_set=False)  # the demo's predict stage classifies over every task species
     settings = {**{k: v for k, v in cfg.as_dict().items() if k not in ("data", "out", "progress")}, "data": data}
-    changes = _changes(run_dir, settings)
-    todo = changes is not None or not (run_dir / "model" / "open_clip_model.safetensors").exists()
+    identity = _stage_identity(run_dir, settings)
+    same = identity.matches()
+    todo = not same or not (run_dir / "model" / "open_clip_model.safetensors").exists()
     if todo:
-        if changes is not None and run_dir.exists():
+        if not same and run_dir.exists():
+            changes = identity.changes_in_words() or ["no record of its settings"]
             _say(f"{run_dir.name}: trained with other settings ({'; '.join(changes)}); training it again")
             shutil.rmtree(run_dir)
-        _record(run_dir, settings)
+        identity.write()
     return TrainingJob(f"{variant}-s{seed}", run_dir, cfg.as_dict(), settings, todo)
 
 
@@ -194,10 +182,10 @@ def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], 
     settings = {"eval": cfg.record(),
                 "tasks": tasks, "text_types": text_types,
                 "models": [[str(m), _digest(trained)] for m, trained in models.items()]}
-    results_path = out / "results.json"
-    if results_path.exists() and _changes(out, settings) is None:
+    results_path, identity = out / "results.json", _stage_identity(out, settings)
+    if results_path.exists() and identity.matches():
         return json.loads(results_path.read_text(encoding="utf-8"))
-    (out / STAGE_RECORD).unlink(missing_ok=True)  # the record vouches for finished results only
+    identity.forget()  # the record vouches for finished results only
     procs, threads = job_slots(len(models), profile.parallel)
     cpu = cfg.inference.replace(device="cpu")
     configs = {m: replace(cfg, inference=cpu, text_types=text_types[str(m)]) for m in models}
@@ -205,7 +193,7 @@ def _evaluate(profile: DemoProfile, tasks: list[str], models: dict[Path, dict], 
                  names=[f"encoding for {m.name}" for m in models], say=_say)
     _say(f"scoring {', '.join(Path(t).name for t in tasks)}")
     results = run_evaluation([str(m) for m in models], tasks, cfg, out, text_types=text_types)
-    _record(out, settings)
+    identity.write()
     return results
 
 

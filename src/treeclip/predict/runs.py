@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from treeclip.errors import TreeclipError
-from treeclip.fsutil import write_json_atomic
+from treeclip.identity import RunIdentity
 
 RUN_FORMAT = 1
 T = TypeVar("T")
@@ -67,20 +67,15 @@ def check_identity(output: str | os.PathLike, identity: dict[str, Any], *, fresh
     """Refuse to resume `output` when it was made with another identity; record ours.
     `fresh`: the output is being started afresh (no rows of an earlier run are kept)."""
     path = identity_path(output)
-    wanted = {"format": RUN_FORMAT, **identity}
-    if not fresh and path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            stored = None
-        if stored != wanted:
-            changed = sorted(k for k in set(wanted) | set(stored or {}) if (stored or {}).get(k) != wanted.get(k))
-            raise TreeclipError(f"{output}: made by a run with other settings ({', '.join(changed) or 'unreadable'}"
-                                f" differ); resuming would mix rows. Give another --output or --overwrite")
-    elif not fresh and Path(output).exists() and Path(output).stat().st_size > 0:
+    record = RunIdentity(path, {"format": RUN_FORMAT, **identity})
+    changed = None if fresh else record.changes()
+    if changed:
+        raise TreeclipError(f"{output}: made by a run with other settings ({', '.join(changed)} differ); "
+                            "resuming would mix rows. Give another --output or --overwrite")
+    if changed is None and not fresh and Path(output).exists() and Path(output).stat().st_size > 0:
         raise TreeclipError(f"{output}: exists but has no {path.name}, so it cannot be checked before resuming; "
                             "give another --output or --overwrite")
-    write_json_atomic(path, wanted)
+    record.write()
 
 
 def rank_block(items: Sequence[T], rank: int, world: int) -> list[T]:

@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
 
 from treeclip.errors import TreeclipError
+from treeclip.identity import RunIdentity
 from treeclip.train.config import TrainConfig
 from treeclip.train.state import CHECKPOINTS, list_checkpoints
 
@@ -44,19 +44,16 @@ def clear_run(out: Path) -> None:
             path.unlink()
 
 
+def run_identity(out: Path, settings: dict) -> RunIdentity:
+    """The identity of `out`'s run: the `config.json` it was started with (settings added
+    since, e.g. `objective`, had their default then; `FREE_TO_CHANGE` ones are not part of it)."""
+    return RunIdentity(out / "config.json", settings, free=FREE_TO_CHANGE, defaults=TrainConfig().as_dict())
+
+
 def changed_settings(out: Path, settings: dict) -> list[str]:
     """The settings that differ from the ones `out`'s run was started with (none if it
     has no config.json)."""
-    try:
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError):
-        return ["config.json (unreadable)"]
-    # a setting added after the run started (e.g. `objective`) had its default then
-    defaults = TrainConfig().as_dict()
-    keys = (set(saved) | set(settings)) - FREE_TO_CHANGE
-    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != settings.get(k))
+    return run_identity(out, settings).changes() or []
 
 
 def check_run_dir(out: Path, settings: dict, *, resuming: bool, allow_changes: bool) -> None:

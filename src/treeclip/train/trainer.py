@@ -32,6 +32,7 @@ from treeclip.runtime.distributed import DistInfo, barrier
 from treeclip.train.loss import clamp_logit_scale
 from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
 from treeclip.train.optim import lr_at, make_optimizer, set_lr
+from treeclip.train.runs import run_identity
 from treeclip.train.state import load_checkpoint, read_meta, save_checkpoint, set_rng_state
 from treeclip.train.step import Towers, to_device, train_step
 from treeclip.train.validate import Validator, has_val_split
@@ -149,7 +150,7 @@ class Trainer:
         cfg, info, resumed = self.cfg, self.info, self.progress.resumed_from
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            fsutil.write_json_atomic(self.out / "config.json", cfg.as_dict())
+            run_identity(self.out, cfg.as_dict()).write()
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.progress.step if resumed else None,
                                   enabled=info.is_main)
         if info.is_main and resumed is not None:
