@@ -20,7 +20,7 @@ import click
               help="Evaluation set whose exact and near duplicates are removed: a task dir (task.toml), "
                    "image folder, catalog or iNat JSON (repeatable).")
 @click.option("--exclude-threshold", type=click.IntRange(0, 256), default=None,
-              help="Perceptual-hash Hamming distance (of 256 bits) counted as a near duplicate [default: 28].")
+              help="PDQ Hamming distance (of 256 bits) counted as a near duplicate [default: 10, BioCLIP 2's].")
 @click.option("--size", type=click.IntRange(8, 4096), default=224, show_default=True, help="Stored image size (px).")
 @click.option("--resize", "resize_mode", type=click.Choice(["crop", "shorter", "stretch"]), default="crop",
               show_default=True, help="crop: shorter side to SIZE then centre square; shorter: keep aspect; "

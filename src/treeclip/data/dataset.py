@@ -32,7 +32,7 @@ from treeclip.fsutil import atomic_path, fsync_path, remove_stale_temporaries, w
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 FORMAT = "treeclip-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the catalog's `phash` is Meta's PDQ (1: a PDQ-like DCT hash)
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
 TABLES = ("catalog.parquet", "taxa.parquet")

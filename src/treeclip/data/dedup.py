@@ -2,10 +2,11 @@
 of evaluation images (a perceptual hash within a Hamming threshold) removed from training.
 
 Every image is hashed the way the builder sees it (`source_image_hashes`): the sha256 of its
-decoded, resized pixels (exact duplicates, whatever the file format) and a 256-bit DCT
-perceptual hash of the decoded image (near duplicates: re-encoded, resized, slightly
-cropped). Evaluation images are indexed with crops of themselves too (see `phash_variants`), and
-the search is one matrix product per block of training images.
+decoded, resized pixels (exact duplicates, whatever the file format) and the 256-bit PDQ
+perceptual hash (Meta's, `treeclip.data.phash`) of the decoded image (near duplicates:
+re-encoded, resized). PDQ is not robust to crops, so evaluation images are indexed with
+crops of themselves too (see `phash_variants`): slightly cropped copies are caught as well.
+The search is one matrix product per block of training images.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import numpy as np
 from treeclip.data.phash import HASH_BITS, hex_to_bits
 from treeclip.errors import InputError, TreeclipError
 
-DEFAULT_THRESHOLD = 28
-"""Hamming distance (of 256 bits) at or below which a training image is a near duplicate.
-Measured on this hash (docs/data.md): re-encoded or half-size copies <= 18 (median 2-6),
-crops keeping >= 83% of each side (any corner or centred) <= 28 from the nearest indexed
-crop (median <= 18), unrelated images >= 86. (BioCLIP 2 used 10 with PDQ; distances of two
-different hashes do not transfer.)"""
+DEFAULT_THRESHOLD = 10
+"""PDQ Hamming distance (of 256 bits) at or below which a training image is a near
+duplicate: BioCLIP 2's threshold for removing evaluation images from its training data.
+Measured (docs/data.md): re-encoded or moderately resized copies mostly <= 8, other photos
+of the same species >= 48, unrelated images >= 90."""
 
 _BLOCK = 4096
 _REF_BLOCK = 32768
@@ -103,9 +103,9 @@ def source_image_hashes(path: str, *, size: int, resize_mode: str = "crop", max_
     `variants` the crop hashes `phashes`. (A stored sample's own hashes:
     `treeclip.data.dataset.stored_image_hashes`.)"""
     from treeclip.data.images import MAX_PIXELS, decode_image, pixel_sha256, resize_image
-    from treeclip.data.phash import phash, phash_variants
+    from treeclip.data.phash import DECODE_MIN, phash, phash_variants
 
-    img = decode_image(path, name=name, max_pixels=max_pixels or MAX_PIXELS, draft_size=size)
+    img = decode_image(path, name=name, max_pixels=max_pixels or MAX_PIXELS, draft_size=max(size, DECODE_MIN))
     out = {"sha256": pixel_sha256(resize_image(img, size, mode=resize_mode)), "phash": phash(img)}
     if variants:
         out["phashes"] = phash_variants(img)

@@ -185,7 +185,7 @@ def _reason(e: BaseException) -> str:
     return text[:120]
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Every mode to RGB; transparency composited on white; 16-bit and float scaled."""
     mode = img.mode
     if mode == "RGB":
@@ -283,7 +283,7 @@ def _loading(label: str, step, *args) -> None:
 
 def _rgb_or_error(img: Image.Image, label: str) -> Image.Image:
     try:
-        return _to_rgb(img)
+        return to_rgb(img)
     except Exception as e:
         raise InputError(f"{label}: unsupported image mode {img.mode} ({_reason(e)})") from None
 

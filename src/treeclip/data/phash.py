@@ -1,44 +1,66 @@
-"""A 256-bit perceptual hash (DCT, PDQ-like) for near-duplicate detection.
+"""Meta's PDQ perceptual hash (through the `pdqhash` bindings) for near-duplicate detection.
 
-The image is reduced to 64 x 64 grey levels by area averaging, transformed with a 2-D
-DCT-II, and the 16 x 16 lowest frequencies are thresholded at their median: 256 bits
-that survive re-encoding, resizing, mild crops and colour shifts. Like PDQ, distances are
-Hamming distances between the 256-bit hashes; BioCLIP 2 removed test-set near-duplicates
-at a PDQ distance of 10.
+PDQ (facebook/ThreatExchange, `pdq/`) takes an image's luminance down to 64 x 64 with Jarosz
+(tent) filters, keeps the 16 x 16 lowest frequencies of its 2-D DCT and thresholds them at
+their median: 256 bits that survive re-encoding, resizing and colour shifts, but not crops
+or mirroring. Distances are Hamming distances between two hashes; BioCLIP 2 removed
+near duplicates of its evaluation images from training at a PDQ distance of 10, our
+`dedup.DEFAULT_THRESHOLD`. The hex form is the one of Meta's reference implementation (64
+hex digits, most significant bit first), so the hashes compare with other PDQ tools'.
+
+An image is converted to RGB first (`images.to_rgb`: palette, alpha, 16-bit and float modes
+as the decoder converts them) and, when a side exceeds `MAX_SIDE` (256), reduced to
+`MAX_SIDE` px on its long side by area averaging, for two reasons:
+- the same photo must reach PDQ at the same resolution however it is stored: the builder
+  decodes a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's draft) as long as both sides stay
+  >= max(build size, `DECODE_MIN`), a PNG at full size. Without the cap a q90 JPEG copy
+  of a 1024 px PNG was 6-14 bits from it (hashed at 256 vs 512 px); with it, 0-2;
+- speed and memory: `pdqhash` filters every pixel of its input in float64 (a 12 MP photo:
+  ~1 s and ~320 MB of temporaries), for a 64 x 64 result; at <= 256 px a hash takes ~1 ms.
+PDQ itself low-passes to 64 x 64 (Jarosz filters), so 256 px keeps 4x what it uses.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
 HASH_BITS = 256
-_GRID = 64
-_LOW = 16
+MAX_SIDE = 256
+"""Images are hashed at most this many px on their long side (see the module docstring)."""
+DECODE_MIN = 224
+"""The builder decodes images it hashes with both sides >= max(build size, this)."""
 
 
-@lru_cache(maxsize=1)
-def _dct_matrix() -> np.ndarray:
-    """The first `_LOW` rows of the orthonormal DCT-II matrix for `_GRID` samples."""
-    n = np.arange(_GRID)
-    k = np.arange(_LOW)[:, None]
-    m = np.cos(np.pi * (2 * n + 1) * k / (2 * _GRID)) * np.sqrt(2.0 / _GRID)
-    m[0] /= np.sqrt(2.0)
-    return m
+def _capped(img: Image.Image) -> Image.Image:
+    """`img` in RGB, at most MAX_SIDE px on a side (the image itself when it already is)."""
+    from treeclip.data.images import to_rgb
+
+    img = to_rgb(img)
+    w, h = img.size
+    if max(w, h) > MAX_SIDE:
+        scale = MAX_SIDE / max(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    return img
+
+
+def phash_quality(img: Image.Image) -> tuple[np.ndarray, int]:
+    """(the hash as 32 bytes, uint8, bits packed big-endian; PDQ's quality 0-100). Meta
+    calls a quality under 50 too little information to match on (flat or tiny images:
+    an image under ~4 px hashes to all zeros, quality 0)."""
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.asarray(_capped(img), dtype=np.uint8))
+    return np.packbits(np.asarray(bits, dtype=np.uint8)), int(quality)
 
 
 def phash_bits(img: Image.Image) -> np.ndarray:
-    """The hash as 32 bytes (uint8), bits packed big-endian."""
-    grey = np.asarray(img.convert("L").resize((_GRID, _GRID), Image.Resampling.BOX), dtype=np.float64)
-    d = _dct_matrix()
-    coeffs = d @ grey @ d.T
-    return np.packbits((coeffs > np.median(coeffs)).ravel())
+    """The PDQ hash as 32 bytes (uint8), bits packed big-endian."""
+    return phash_quality(img)[0]
 
 
 def phash(img: Image.Image) -> str:
-    """The 256-bit perceptual hash of `img` as 64 hex digits."""
+    """The 256-bit PDQ hash of `img` as 64 hex digits."""
     return phash_bits(img).tobytes().hex()
 
 
@@ -61,13 +83,11 @@ _ANCHORS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 def phash_variants(img: Image.Image) -> list[str]:
     """Hashes of `img` and of its crops (centre and four corners at each of CROP_SCALES).
 
-    A DCT hash moves a lot under cropping (a 3% crop per side flips ~50 of 256 bits), so
-    evaluation images are indexed with these 50 crops too: a training copy cropped to
-    >= ~83% of each side (centred or towards any corner) then lands within ~28 bits of one.
+    PDQ is not crop-robust (an 8% crop per side lands 6-14 bits away; a crop a pixel or
+    two off an indexed one, at 256 px, 8-18), so evaluation images are indexed with these
+    50 crops too: a training copy cropped like one of them is caught (docs/data.md).
     """
-    if max(img.size) > 4 * _GRID:
-        img = img.copy()
-        img.thumbnail((8 * _GRID, 8 * _GRID), Image.Resampling.BOX)
+    img = _capped(img)  # once, not once per crop
     w, h = img.size
     out = [phash(img)]
     for s in CROP_SCALES:

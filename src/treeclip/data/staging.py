@@ -16,6 +16,11 @@ from treeclip.errors import InputError
 from treeclip.fsutil import atomic_path, write_json_atomic
 
 
+STAGE_VERSION = 2
+"""What a staged record means; part of the plan fingerprint, so that `--resume` never mixes
+chunks staged by another version. 2: `phash` is Meta's PDQ (1: a PDQ-like DCT hash)."""
+
+
 def chunk_name(i: int) -> str:
     """The file stem of staged chunk `i`."""
     return f"chunk-{i:06d}"
@@ -24,9 +29,9 @@ def chunk_name(i: int) -> str:
 def process_image(path: str, opts: dict) -> tuple[bytes, str, str]:
     """One image -> (JPEG bytes, pixel sha256 of the stored image, phash); InputError if bad."""
     from treeclip.data.images import decode_image, encode_jpeg, pixel_sha256, resize_image
-    from treeclip.data.phash import phash
+    from treeclip.data.phash import DECODE_MIN, phash
 
-    img = decode_image(path, max_pixels=opts["max_pixels"], draft_size=opts["size"])
+    img = decode_image(path, max_pixels=opts["max_pixels"], draft_size=max(opts["size"], DECODE_MIN))
     hash_p = phash(img)
     small = resize_image(img, opts["size"], mode=opts["resize_mode"])
     return encode_jpeg(small, quality=opts["quality"]), pixel_sha256(small), hash_p
@@ -60,8 +65,9 @@ def process_chunk(args: tuple[int, list[tuple[str, str]], str, dict]) -> tuple[i
 
 
 def plan_fingerprint(plan: list[tuple[str, str]], opts: dict) -> str:
-    """sha256 of the (key, path) plan and the image options: a resume must match it."""
-    h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode())
+    """sha256 of the (key, path) plan, the image options and STAGE_VERSION: a resume must
+    match it."""
+    h = hashlib.sha256(json.dumps({**opts, "stage_version": STAGE_VERSION}, sort_keys=True).encode())
     for key, path in plan:
         h.update(f"{key}\0{path}\n".encode("utf-8"))
     return h.hexdigest()
