@@ -165,3 +165,20 @@ def test_missing_exclusion_set_is_a_clear_error(tmp_path):
 
     with pytest.raises(TreeclipError, match="no such evaluation set"):
         build_exclusion_index([str(tmp_path / "nope")], size=32, progress=False)
+
+
+def test_flat_evaluation_images_match_only_exactly(tmp_path):
+    """PDQ gives flat images no information (quality 0: their hash is rounding noise): an
+    evaluation image like that is indexed for exact matches only, so a flat training image
+    (a blank frame, a grey card) is never taken for its near duplicate by chance."""
+    grey = Image.new("RGB", (256, 256), (128, 128, 128))
+    dark = Image.new("RGB", (256, 256), (20, 20, 20))
+    assert phash_quality(grey)[1] < 50 and phash_quality(dark)[1] < 50
+    h = source_image_hashes(str(save(grey, tmp_path / "eval.png", "PNG")), size=64, variants=True)
+    assert h["phashes"] == []
+    index = ExclusionIndex()
+    index.add("grey", h["sha256"], h["phashes"])
+    other = source_image_hashes(str(save(dark, tmp_path / "dark.png", "PNG")), size=64)
+    same = source_image_hashes(str(save(grey, tmp_path / "copy.bmp", "BMP")), size=64)
+    assert index.match(other["sha256"], other["phash"]) is None
+    assert index.match(same["sha256"], same["phash"])[0] == "exact"

@@ -103,12 +103,14 @@ def source_image_hashes(path: str, *, size: int, resize_mode: str = "crop", max_
     `variants` the crop hashes `phashes`. (A stored sample's own hashes:
     `treeclip.data.dataset.stored_image_hashes`.)"""
     from treeclip.data.images import MAX_PIXELS, decode_image, pixel_sha256, resize_image
-    from treeclip.data.phash import DECODE_MIN, phash, phash_variants
+    from treeclip.data.phash import DECODE_MIN, MIN_QUALITY, phash, phash_quality, phash_variants
 
     img = decode_image(path, name=name, max_pixels=max_pixels or MAX_PIXELS, draft_size=max(size, DECODE_MIN))
     out = {"sha256": pixel_sha256(resize_image(img, size, mode=resize_mode)), "phash": phash(img)}
     if variants:
-        out["phashes"] = phash_variants(img)
+        # a flat or tiny evaluation image has too little structure for its hash to mean
+        # anything (PDQ quality < MIN_QUALITY; all such images hash alike): exact matches only
+        out["phashes"] = phash_variants(img) if phash_quality(img)[1] >= MIN_QUALITY else []
     return out
 
 

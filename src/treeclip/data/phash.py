@@ -28,6 +28,8 @@ from PIL import Image
 HASH_BITS = 256
 MAX_SIDE = 256
 """Images are hashed at most this many px on their long side (see the module docstring)."""
+MIN_QUALITY = 50
+"""PDQ quality below which Meta advises not to match on a hash (flat or tiny images)."""
 DECODE_MIN = 224
 """The builder decodes images it hashes with both sides >= max(build size, this)."""
 
