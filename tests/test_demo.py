@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, stages
 from treeclip.cache import CachePaths
+from treeclip.demo import PROFILES, TASKS, DemoProfile, run_demo, stages
 
 TINY = DemoProfile("tiny", species=40, images_per_species=6, eval_images_per_species=7, model="micro-vit-32",
                    steps=3, batch_size=32, lr=1e-3, warmup=1, variants=("com", "mixed-sample", "ce"), seeds=(0,),

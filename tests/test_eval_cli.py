@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from treeclip.cli import cli
 from treeclip.cache import CachePaths
+from treeclip.cli import cli
 from treeclip.runtime.options import InferenceOptions
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from treeclip.cache import CachePaths
 from treeclip.errors import TreeclipError
 from treeclip.runtime import precision as policy
 from treeclip.runtime.encoder import ImageEncoder, top1_agreement
-from treeclip.cache import CachePaths
 from treeclip.runtime.options import InferenceOptions
 
 CPU = torch.device("cpu")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from predict_helpers import MODEL, TAXA, make_bad_inputs, make_images
-from treeclip.predict import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier, embed_images
-from treeclip.taxonomy.taxon import RANKS
 from treeclip.cache import CachePaths
+from treeclip.predict import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier, embed_images
 from treeclip.runtime.options import InferenceOptions
+from treeclip.taxonomy.taxon import RANKS
 
 EMBED0 = InferenceOptions.for_verb("embed", workers=0)
 OPTS = dict(options=InferenceOptions(templates="single", workers=0, batch_size=4))

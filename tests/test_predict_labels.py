@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from predict_helpers import MODEL, TAXA, save_model_dir, write_taxa_csv
+from treeclip.cache import CachePaths
 from treeclip.errors import TreeclipError
 from treeclip.predict import labels as L
 from treeclip.runtime import labels as E
 from treeclip.taxonomy.taxon import RANKS
-from treeclip.cache import CachePaths
 
 
 def test_taxa_table_csv_with_binomials_and_common_names(tmp_path):

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from _serve_helpers import app_server, exchange, jpeg, make_model_dir, multipart, post, request, start_cli_server
-from treeclip.serve.access import Access
 from treeclip.cache import CachePaths
 from treeclip.runtime.options import InferenceOptions
+from treeclip.serve.access import Access
 
 SINGLE = InferenceOptions.for_verb("serve", templates="single")
 

@@ -50,6 +50,9 @@ def cli() -> None:
     does, and predict or embed organism images at any rank. Exit codes: 0 success,
     1 the run finished but some inputs failed, 2 bad usage or unusable input.
     """
+    from treeclip.log import configure_cli
+
+    configure_cli()
 
 
 def main() -> None:

@@ -32,20 +32,22 @@ import hashlib
 import os
 import random
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from treeclip.data.dataset import Sample, invalidate, write_dataset
 from treeclip.data.images import MAX_PIXELS
-from treeclip.data.sources import SourceItem, read_source
 from treeclip.data.source_taxa import resolve_items
+from treeclip.data.sources import SourceItem, read_source
 from treeclip.data.staging import ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import remove_stale_temporaries, write_text_atomic
 from treeclip.identity import RunIdentity
+from treeclip.log import get_logger, progress_bar
 from treeclip.taxonomy.taxon import Taxon
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from treeclip.data.dedup import ExclusionIndex
@@ -113,12 +115,6 @@ def item_key(item: SourceItem) -> str:
     return hashlib.sha256(f"{item.source}\0{item.source_id}".encode("utf-8")).hexdigest()[:24]
 
 
-def _say(line: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"treeclip: {line}", file=sys.stderr)
-
-
 # -- the build state and its stages -------------------------------------------------------
 
 
@@ -154,12 +150,12 @@ class BuildState:
         self.shown[stage] = self.shown.get(stage, 0) + 1
         if self.shown[stage] <= MAX_LINES_PER_STAGE:  # all of them go to the report file
             where = item.path or f"{item.source} {item.source_id}"
-            _say(reason if reason.startswith(where) or stage == "input" else f"{where}: {reason}")
+            log.warning(reason if reason.startswith(where) or stage == "input" else f"{where}: {reason}")
 
     def say_hidden(self) -> None:
         for stage, n in self.shown.items():
             if n > MAX_LINES_PER_STAGE:
-                _say(f"... and {n - MAX_LINES_PER_STAGE} more {stage} problems, listed in {self.out / REPORT}")
+                log.warning(f"... and {n - MAX_LINES_PER_STAGE} more {stage} problems, listed in {self.out / REPORT}")
 
     @property
     def n_inputs(self) -> int:
@@ -227,8 +223,6 @@ def plan_chunks(state: BuildState, resume: bool) -> None:
 def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable[[int], None] | None) -> None:
     """Stage 3: hash the evaluation sets (first: a bad --exclude fails before the long
     part), then process and stage every chunk not staged yet, in worker processes."""
-    from tqdm import tqdm
-
     from treeclip.data import dedup
 
     opts, chunks = state.opts, state.chunks
@@ -241,8 +235,8 @@ def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable
                                                       threshold=state.threshold, max_pixels=opts.max_pixels,
                                                       pool=pool, progress=progress)
         done = set(range(len(chunks))) - set(todo)
-        bar = tqdm(total=len(state.plan), initial=sum(len(chunks[i]) for i in done), desc="processing images",
-                   unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(len(state.plan), initial=sum(len(chunks[i]) for i in done), desc="processing images",
+                           enabled=progress)
         jobs = [(i, chunks[i], str(state.work), opts.image_options()) for i in todo]
         results = pool.imap_unordered(process_chunk, jobs) if pool is not None else map(process_chunk, jobs)
         for index, ok, bad in results:

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 from treeclip.data.shards import SHARD_PATTERN, ShardWriter
 from treeclip.errors import InputError, TreeclipError
 from treeclip.fsutil import atomic_path, fsync_path, remove_stale_temporaries, write_json_atomic
+from treeclip.log import progress_bar
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 FORMAT = "treeclip-dataset"
@@ -130,10 +131,7 @@ def write_dataset(
     rows: dict[str, list] = {c: [] for c in CATALOG_COLUMNS}
     counts = [0] * len(taxa)
     seen: set[str] = set()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(desc="writing shards", unit="img", dynamic_ncols=True)
+    bar = progress_bar(desc="writing shards", enabled=progress)
     try:
         for s in samples:
             _check_sample(s, seen, cls_of)
@@ -148,16 +146,14 @@ def write_dataset(
             shard = w.write(sample_members(s, cls, hashes))
             counts[cls] += 1
             _add_catalog_row(rows, s, cls, f"{s.split}/{shard}", hashes)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         shards = {split: w.close() for split, w in writers.items()}
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     _remove_stale_shards(out, shards)
     write_catalog(out, rows)
     write_taxa(out, taxa, counts)

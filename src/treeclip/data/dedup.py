@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import string
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -22,6 +21,9 @@ import numpy as np
 
 from treeclip.data.phash import HASH_BITS, hex_to_bits
 from treeclip.errors import InputError, TreeclipError
+from treeclip.log import get_logger, progress_bar
+
+log = get_logger(__name__)
 
 DEFAULT_THRESHOLD = 10
 """PDQ Hamming distance (of 256 bits) at or below which a training image is a near
@@ -153,7 +155,7 @@ def exclusion_paths(spec: str) -> Iterator[tuple[str, str]]:
         raise TreeclipError(f"{spec}: no such evaluation set (a task dir, image folder, catalog or iNat JSON)")
     for item in items:
         if item.error:
-            print(f"treeclip: exclude set: {item.error}", file=sys.stderr)
+            log.warning(f"exclude set: {item.error}")
             continue
         yield item.path, item.path
 
@@ -175,13 +177,10 @@ def build_exclusion_index(specs: Iterable[str], *, size: int, resize_mode: str =
     if not jobs:
         return index
     results = pool.imap(_hash_one, jobs, chunksize=16) if pool is not None else map(_hash_one, jobs)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=len(jobs), desc="hashing evaluation images", unit="img", dynamic_ncols=True)
+    results = progress_bar(len(jobs), iterable=results, desc="hashing evaluation images", enabled=progress)
     for label, res in results:
         if isinstance(res, str):
-            print(f"treeclip: exclude set: skipped {res}", file=sys.stderr)
+            log.warning(f"exclude set: skipped {res}")
         else:
             index.add(label, res["sha256"], res["phashes"])
     return index

@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import webdataset as wds
 
+from treeclip.log import get_logger
 from treeclip.taxonomy.taxon import TEXT_TYPES
+
+log = get_logger(__name__)
 
 
 def _resolve_urls(source: str | os.PathLike | Sequence[str], split: str) -> list[str]:
@@ -83,7 +85,7 @@ def decode_sample(sample: dict[str, Any], *, draft_size: int | None = None) -> d
 
 
 def _warn_and_skip(exn: BaseException) -> bool:
-    print(f"treeclip: skipped a sample: {' '.join(str(exn).split())}", file=sys.stderr)
+    log.warning(f"skipped a sample: {' '.join(str(exn).split())}")
     return True
 
 

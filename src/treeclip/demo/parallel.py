@@ -26,7 +26,10 @@ def _init_child(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
+    from treeclip.log import configure_cli
+
     torch.set_num_threads(threads)
+    configure_cli()  # a job's messages reach the terminal as the parent's do
 
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, processes: int, threads: int,

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +20,14 @@ from treeclip.demo.profiles import (DEFAULT_QUERY, HALF_SPECIES, PROFILES, QUERY
                                     objective_of, query_text, trained_variants, variant_of)
 from treeclip.demo.report import write_report
 from treeclip.identity import RunIdentity
+from treeclip.log import get_logger
 from treeclip.runtime.options import InferenceOptions
+
+log = get_logger(__name__)
 
 
 def _say(msg: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    log.info(f"[demo {time.strftime('%H:%M:%S')}] {msg}")
 
 
 def _synthesize(profile: DemoProfile, data_dir: Path, *, half_species: bool = False) -> dict:

@@ -25,7 +25,6 @@ Class text embeddings come from the label-embedding cache that `predict` uses
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -35,10 +34,11 @@ import numpy as np
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.evaluate.tasks import Task, iter_shard_images
 from treeclip.fsutil import atomic_path, write_json_atomic, write_npy_atomic
+from treeclip.log import progress_bar
 from treeclip.runtime.encoder import ImageEncoder
 from treeclip.runtime.images import Item, iter_batches
-from treeclip.runtime.parts import PartStore, fill_by_parts
 from treeclip.runtime.options import InferenceOptions
+from treeclip.runtime.parts import PartStore, fill_by_parts
 
 FORMAT_VERSION = 2
 """Format version of a feature cache entry; checked on read."""
@@ -96,10 +96,7 @@ def image_features(model, task: Task, *, options: InferenceOptions | None = None
     hit = _load_entry(entry, model_fp, images_fp, n, encoder.precision)
     if hit is not None:
         return hit
-    from tqdm import tqdm
-
-    bar = tqdm(total=n, desc=f"encode {task.name} with {model.name}", unit="img", file=sys.stderr,
-               disable=not progress, leave=False)
+    bar = progress_bar(n, desc=f"encode {task.name} with {model.name}", enabled=progress, leave=False)
     run = _Encoding(encoder, task, options.batch_size, options.workers or 0, np.zeros((n, model.embed_dim), np.float32),
                     np.zeros(n, bool), [""] * n, bar)
     if task.shards is not None:

@@ -4,7 +4,6 @@ per model (features cached on disk), and every setting reuses those features."""
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -12,12 +11,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from treeclip.cache import CachePaths
+from treeclip.errors import TreeclipError
 from treeclip.evaluate import fewshot, intrinsic, linear_probe, report, zeroshot
 from treeclip.evaluate.features import image_features, text_embeddings
 from treeclip.evaluate.tasks import Task, describe, load_task
-from treeclip.cache import CachePaths
-from treeclip.errors import TreeclipError
+from treeclip.log import get_logger
 from treeclip.runtime.options import InferenceOptions
+
+log = get_logger(__name__)
 
 DEFAULT_TEXT = "default"
 """Text-type key meaning: each task's own default (taxon_com for taxonomic classes)."""
@@ -62,7 +64,7 @@ class EvalConfig:
 
 def _log(msg: str, cfg: EvalConfig) -> None:
     if cfg.progress:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def model_labels(specs: Sequence[str]) -> list[str]:

@@ -22,13 +22,13 @@ import torch
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.predict import aggregate as agg
-from treeclip.runtime.encoder import ImageEncoder
-from treeclip.runtime.labels import label_embeddings
-from treeclip.runtime.options import InferenceOptions
-from treeclip.runtime.images import Item, iter_batches
 from treeclip.predict.inputs import as_items
 from treeclip.predict.labels import DEFAULT_TEXT_TYPE, load_label_source, subset_mask, taxon_texts
+from treeclip.runtime.encoder import ImageEncoder
+from treeclip.runtime.images import Item, iter_batches
+from treeclip.runtime.labels import label_embeddings
 from treeclip.runtime.labelsets import LabelMatrix, LabelSet, dense_rows
+from treeclip.runtime.options import InferenceOptions
 from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon, rank_index
 

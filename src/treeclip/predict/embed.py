@@ -23,6 +23,7 @@ import numpy as np
 from treeclip.cache import CachePaths
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_npy_atomic, write_text_atomic
+from treeclip.log import progress_bar
 from treeclip.runtime.options import InferenceOptions
 
 
@@ -49,13 +50,7 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: I
     clip = _load_clip(model, caches)
     encoder = ImageEncoder(clip, device=options.device, precision=options.precision, caches=caches)
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
-    bar = None
-    if progress:
-        import sys
-
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), unit="img", desc="embedding", file=sys.stderr)
+    bar = progress_bar(len(items), desc="embedding", enabled=progress)
     for idx, ok, pixels, errs in iter_batches(items, clip.preprocess_for(options.resize), batch_size=options.batch_size,
                                               workers=options.workers, draft_size=clip.image_size,
                                               exact=encoder.precision == "fp32"):
@@ -63,10 +58,8 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: I
                    else np.zeros((0, clip.embed_dim), np.float32))
         yield Embeddings([items[i].name for i in ok], vectors, {items[i].name: e for i, e in errs.items()},
                          encoder.precision)
-        if bar is not None:
-            bar.update(len(idx))
-    if bar is not None:
-        bar.close()
+        bar.update(len(idx))
+    bar.close()
 
 
 def embed_images(model: Any, images: Any, *, normalize: bool = True, options: InferenceOptions | None = None,

@@ -18,19 +18,21 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
 from treeclip.cache import CachePaths, caches_or_default
+from treeclip.data.tables import COMMON_COLUMNS, read_rows, read_taxa_table, taxon_from_row  # noqa: F401  (re-exported)
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import read_text
+from treeclip.log import get_logger
 from treeclip.runtime.labelsets import DEFAULT_TEMPLATES, DEFAULT_TEXT_TYPE, LabelSet
 from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon
+
+log = get_logger(__name__)
 
 _Reader = Callable[[Path, Path], LabelSet]
 """`read_label_set` bound to the caller's caches and progress."""
@@ -111,8 +113,8 @@ def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: _R
     if not table.is_file():
         return None
     if pair and (folder / META_FILE).is_file():
-        print(f"treeclip: {folder}: its txt_emb_species pair was made by another model, templates or text "
-              "type; encoding its taxa.parquet instead", file=sys.stderr)
+        log.warning(f"{folder}: its txt_emb_species pair was made by another model, templates or text "
+                    "type; encoding its taxa.parquet instead")
     return LabelSet.of_taxa(read_taxa_table(table), str(table))
 
 
@@ -296,7 +298,7 @@ def _report_missing(spec: str, names: list[str], keep: np.ndarray, found: set[st
     missing = [n for n in names if n.lower() not in found]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        print(f"treeclip: --subset {spec}: no label taxa for {shown}", file=sys.stderr)
+        log.warning(f"--subset {spec}: no label taxa for {shown}")
     return keep
 
 

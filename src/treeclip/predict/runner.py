@@ -4,16 +4,18 @@ with a summary. Returns the exit code (0, or 1 when some inputs failed)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED
+from treeclip.log import get_logger, progress_bar
 from treeclip.predict.options import AnswerOptions, LabelChoice, OutputOptions
 from treeclip.runtime.images import Item
 from treeclip.runtime.options import InferenceOptions
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from treeclip.predict.classifiers import BaseClassifier
@@ -76,8 +78,7 @@ def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = Labe
     mine = ranks.block(todo)
     if not todo:  # all done by an earlier run (every rank sees the same): no need to load the model
         ranks.finish(writer, output, columns, [it.name for it in items])
-        print(f"treeclip predict: nothing to do, all {skipped} images are in {output.path}{_earlier(earlier)}",
-              file=sys.stderr)
+        log.info(f"predict: nothing to do, all {skipped} images are in {output.path}{_earlier(earlier)}")
         return EXIT_SOME_FAILED if earlier else EXIT_OK
     clf = make_classifier(model, labels, options, caches, progress=progress and ranks.is_main)
     start = time.perf_counter()
@@ -88,9 +89,9 @@ def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = Labe
     if ranks.is_main:
         rate = f", {done_now / seconds:.1f} img/s" if seconds > 0 else ""
         where = f" -> {output.path}" if output.path else ""
-        print(f"treeclip predict: {done_now - failed} classified, {failed} failed, {skipped} skipped "
-              f"(already in the output{_earlier(earlier)}){where} "
-              f"[{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]", file=sys.stderr)
+        log.info(f"predict: {done_now - failed} classified, {failed} failed, {skipped} skipped "
+                 f"(already in the output{_earlier(earlier)}){where} "
+                 f"[{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]")
     return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
 
 
@@ -105,18 +106,15 @@ def _earlier(n: int) -> str:
 
 def _classify(clf, items: Sequence[Item], writer, options: dict, progress: bool) -> int:
     """Stream `items` through `clf` into `writer`; each failure one line; returns failures."""
-    bar = _bar(len(items), progress)
     failed = 0
-    for rows in clf.predict_batches(list(items), **options):
-        writer.write(rows)
-        for row in rows:
-            if row.get("error"):
-                failed += 1
-                _say(row["error"], bar)
-        if bar is not None:
+    with progress_bar(len(items), desc="predicting", enabled=progress and bool(items)) as bar:
+        for rows in clf.predict_batches(list(items), **options):
+            writer.write(rows)
+            for row in rows:
+                if row.get("error"):
+                    failed += 1
+                    log.warning(row["error"])
             bar.update(len({r["file_name"] for r in rows}))
-    if bar is not None:
-        bar.close()
     return failed
 
 
@@ -260,7 +258,7 @@ def run_embed(model: str, items: Sequence[Item], *, output: OutputOptions, norma
         for emb in embed_batches(model, mine, normalize=normalize, options=options, caches=caches,
                                  progress=progress and ranks.is_main):
             for line in emb.errors.values():
-                print(f"treeclip: {line}", file=sys.stderr)
+                log.warning(line)
             failed += len(emb.errors)
             pending.append(emb)
             if sum(len(p.names) + len(p.errors) for p in pending) >= chunk:
@@ -272,9 +270,9 @@ def run_embed(model: str, items: Sequence[Item], *, output: OutputOptions, norma
     embedded, failed = ranks.total(len(mine) - failed), ranks.total(failed)
     if ranks.is_main:
         files = store.finish([it.name for it in items])
-        print(f"treeclip embed: {embedded} embedded, {failed} failed, {len(items) - len(todo)} skipped "
-              f"(already in the output{_earlier(earlier)}) -> {', '.join(map(str, files))} "
-              f"[{identity['precision']}{ranks.describe()}]", file=sys.stderr)
+        log.info(f"embed: {embedded} embedded, {failed} failed, {len(items) - len(todo)} skipped "
+                 f"(already in the output{_earlier(earlier)}) -> {', '.join(map(str, files))} "
+                 f"[{identity['precision']}{ranks.describe()}]")
     ranks.end()
     return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
 
@@ -329,18 +327,3 @@ class _EmbeddingStore:
         files = write_embeddings(self.output, merge_embeddings(self.stored(), order))
         shutil.rmtree(self.parts, ignore_errors=True)
         return files
-
-
-def _bar(total: int, progress: bool):
-    if not progress or not total:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="predicting", file=sys.stderr)
-
-
-def _say(line: str, bar) -> None:
-    if bar is not None:
-        bar.write(f"treeclip: {line}", file=sys.stderr)
-    else:
-        print(f"treeclip: {line}", file=sys.stderr)

@@ -25,7 +25,6 @@ import contextlib
 import copy
 import logging
 import os
-import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +36,11 @@ import torch.nn.functional as F
 
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
+from treeclip.log import get_logger
 from treeclip.runtime.precision import resolve_device, resolve_precision
 from treeclip.runtime.vit import fast_visual
+
+log = get_logger(__name__)
 
 ONNX_FORMAT = 2
 """Format version of the exported graphs; part of their cache key (2: the class-token-only
@@ -71,8 +73,8 @@ class ImageEncoder:
                 if precision == "int8":
                     raise
                 # "fast" chose int8 but this model does not export: fall back to exact fp32
-                print(f"treeclip: int8 path unavailable for {clip.name} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:100]}); using fp32", file=sys.stderr)
+                log.warning(f"int8 path unavailable for {clip.name} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:100]}); using fp32")
                 self.precision = "fp32"
         visual = clip.model.visual
         if self.precision == "bf16" or self.device != clip.device:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_npy_atomic
+from treeclip.log import progress_bar
 from treeclip.runtime.parts import PartStore, fill_by_parts
 
 LABELS_FORMAT = 2
@@ -91,21 +91,13 @@ def label_embeddings(clip, texts: Sequence[str], templates: Sequence[str], *,
     if cached is not None:
         return cached
     parts = PartStore(root / f"{stem}.parts")
-    bar = _bar(len(texts), progress)
-    fill_by_parts(out, chunk, compute, parts, done=bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
+    # small label sets take a moment: no bar
+    with progress_bar(len(texts), desc="embedding labels", unit="label", enabled=progress and len(texts) >= 1000,
+                      leave=False) as bar:
+        fill_by_parts(out, chunk, compute, parts, done=bar.update)
     _save_cache(final, names, texts, out)
     parts.clear()
     return out
-
-
-def _bar(total: int, progress: bool):
-    if not progress or total < 1000:  # small label sets take a moment; no bar
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="label", desc="embedding labels", file=sys.stderr, leave=False)
 
 
 def _load_cached(final: Path, names: Path, texts: list[str], dim: int) -> np.ndarray | None:

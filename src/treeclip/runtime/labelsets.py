@@ -24,7 +24,6 @@ import json
 import mmap
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -35,8 +34,11 @@ import numpy as np
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import atomic_path, write_json_atomic, write_npy_atomic, write_text_atomic
+from treeclip.log import get_logger
 from treeclip.runtime.taxa_columns import TaxaColumns
 from treeclip.taxonomy.taxon import RANKS, Taxon
+
+log = get_logger(__name__)
 
 EMBEDDINGS_FILE = "txt_emb_species.npy"
 NAMES_FILE = "txt_emb_species.json"
@@ -162,12 +164,12 @@ def cached_columns(path: str | os.PathLike, *, caches: CachePaths | None = None,
     except (OSError, ValueError, KeyError):
         pass  # absent or damaged: parse again
     if progress:
-        print(f"treeclip: reading the taxa of {path} (once; kept in {entry.parent})", file=sys.stderr)
+        log.info(f"reading the taxa of {path} (once; kept in {entry.parent})")
     columns = read_names(path)
     try:
         columns.save(entry)
     except OSError as err:  # a read-only cache costs time on the next run, nothing else
-        print(f"treeclip: cannot cache the taxa of {path} in {entry.parent} ({err.strerror or err})", file=sys.stderr)
+        log.warning(f"cannot cache the taxa of {path} in {entry.parent} ({err.strerror or err})")
     return columns
 
 

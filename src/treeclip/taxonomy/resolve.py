@@ -20,12 +20,12 @@ name (see benchmarks/taxonomy_resolve.py).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from treeclip.errors import TreeclipError
+from treeclip.log import progress_bar
 from treeclip.taxonomy.catalogs import read_catalog_table, write_catalog_table
 from treeclip.taxonomy.names import (
     clean_common_name,
@@ -225,7 +225,6 @@ def _resolve_rows(ref: "NcbiReference", cleaned: list[Any], free: Any, overwrite
     `placed_above`) and the number of distinct keys."""
     import numpy as np
     import pandas as pd
-    from tqdm import tqdm
 
     if len(free):
         codes, keys = pd.MultiIndex.from_arrays(cleaned + [free]).factorize()
@@ -233,8 +232,8 @@ def _resolve_rows(ref: "NcbiReference", cleaned: list[Any], free: Any, overwrite
     else:
         codes, keys = np.array([], dtype=np.int64), []
     results = [_resolve_key(ref, tuple(k), overwrite)
-               for k in tqdm(keys, desc="resolving names", unit="name", disable=not progress or None,
-                             mininterval=1.0, file=sys.stderr)]
+               for k in progress_bar(len(keys), iterable=keys, desc="resolving names", unit="name",
+                                     enabled=progress, mininterval=1.0)]
     rows = {
         "ranks": [np.array([r[0][i] for r in results], dtype=object)[codes] for i in range(len(RANKS))],
         "status": np.array([r[1] for r in results], dtype=object)[codes],

@@ -24,7 +24,10 @@ from typing import Callable
 import torch
 
 from treeclip.errors import InputError, TreeclipError
+from treeclip.log import get_logger
 from treeclip.train.order import TEXT_MODES, BatchSampler, Plan, ShardIndex, mix_seed, split_shards
+
+log = get_logger(__name__)
 
 __all__ = ["TEXT_MODES", "BatchSampler", "Plan", "ShardIndex", "mix_seed", "split_shards", "ShardSamples",
            "ImageCache", "Batch", "Collate", "caption_token_ids", "make_loader"]
@@ -98,7 +101,7 @@ class ShardSamples(torch.utils.data.Dataset):
 
 
 def _skipped(index: ShardIndex, j: int, reason: str) -> None:
-    print(f"treeclip: {index.shards[int(index.shard[j])]}: sample {j}: {reason}; skipped", file=sys.stderr)
+    log.warning(f"{index.shards[int(index.shard[j])]}: sample {j}: {reason}; skipped")
 
 
 def _damaged(tries: int, i: int) -> TreeclipError:
@@ -138,8 +141,8 @@ class ImageCache:
         head, mean, std, size = _split_transform(transform)
         n = len(samples.index)
         if head is None or n * 3 * size * size > CACHE_MAX_BYTES:
-            print("treeclip: training images are decoded at every read (not cached: "
-                  f"{'transform' if head is None else 'too large'})", file=sys.stderr)
+            log.info("training images are decoded at every read (not cached: "
+                     f"{'transform' if head is None else 'too large'})")
             return None
         pixels = torch.zeros((n, 3, size, size), dtype=torch.uint8)
         ok, texts, classes, keys = [False] * n, [{}] * n, [0] * n, [""] * n

@@ -14,17 +14,19 @@ validation `train.validate`, checkpoints `train.state`, the data order `train.da
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from treeclip.errors import TreeclipError
+from treeclip.log import get_logger
 from treeclip.runtime.distributed import barrier, cleanup, init_distributed
 from treeclip.train.config import TrainConfig
 from treeclip.train.runs import check_run_dir, checkpoints_to_try, clear_run
 from treeclip.train.state import find_checkpoint
 from treeclip.train.step import Towers, train_step
 from treeclip.train.trainer import Trainer
+
+log = get_logger(__name__)
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False,
@@ -66,7 +68,7 @@ def _resume(trainer: Trainer, out: Path, spec: str) -> None:
             if spec != "latest":
                 raise
             failures.append(str(err))
-            print(f"treeclip: {err}", file=sys.stderr)
+            log.warning(str(err))
     if failures:
         raise TreeclipError(f"{out}: no checkpoint reads back ({len(failures)} tried); start afresh with --overwrite")
 
@@ -79,7 +81,7 @@ def _already_finished(trainer: Trainer, out: Path) -> dict[str, Any] | None:
         raise TreeclipError(f"{trainer.progress.resumed_from}: at step {step}, past this run's {total} steps")
     summary = out / "summary.json"
     if step == total and summary.is_file() and (out / "model" / "open_clip_model.safetensors").is_file():
-        print(f"treeclip: {out} finished its {total} steps already; nothing to do", file=sys.stderr)
+        log.info(f"{out} finished its {total} steps already; nothing to do")
         return json.loads(summary.read_text(encoding="utf-8"))
     return None
 

@@ -5,7 +5,6 @@ all processes."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,9 @@ from typing import Any
 import torch
 
 from treeclip import fsutil
+from treeclip.log import get_logger
+
+log = get_logger(__name__)
 
 
 class MetricsLog:
@@ -49,8 +51,7 @@ def _records(path: Path) -> list[tuple[str, dict]]:
         if isinstance(record, dict):
             out.append((line, record))
         else:
-            print(f"treeclip: {path}: line {n} is not a whole metrics record (a killed write?); dropped",
-                  file=sys.stderr)
+            log.warning(f"{path}: line {n} is not a whole metrics record (a killed write?); dropped")
     return out
 
 

@@ -13,14 +13,16 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Iterator
 
 from treeclip.errors import TreeclipError
 from treeclip.identity import RunIdentity
+from treeclip.log import get_logger
 from treeclip.train.config import TrainConfig
 from treeclip.train.state import CHECKPOINTS, list_checkpoints
+
+log = get_logger(__name__)
 
 FREE_TO_CHANGE = frozenset({"out", "progress", "log_every", "save_every", "keep_checkpoints", "workers", "threads",
                             "label_set", "device"})
@@ -77,5 +79,5 @@ def checkpoints_to_try(out: Path, spec: str) -> Iterator[Path]:
     found = list_checkpoints(out)
     for i, path in enumerate(reversed(found)):
         if i:
-            print(f"treeclip: trying the checkpoint before it: {path}", file=sys.stderr)
+            log.warning(f"trying the checkpoint before it: {path}")
         yield path

@@ -13,7 +13,6 @@ loader's workers are seeded from when `run` starts iterating.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,13 @@ from typing import Any, Iterator
 import torch
 
 from treeclip import fsutil
+from treeclip.model.factory import compact_text_vocabulary
 from treeclip.runtime.precision import resolve_train_precision
 from treeclip.train.classifier import OBJECTIVE_RANKS, ImageClassifier, RankHeads
 from treeclip.train.config import TrainConfig
-from treeclip.model.factory import compact_text_vocabulary
 from treeclip.train.data import (Batch, BatchSampler, Plan, ShardIndex, ShardSamples, caption_token_ids, make_loader,
                                  split_shards)
+from treeclip.log import get_logger, progress_bar
 from treeclip.runtime.distributed import DistInfo, barrier
 from treeclip.train.loss import clamp_logit_scale
 from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
@@ -36,6 +36,8 @@ from treeclip.train.runs import run_identity
 from treeclip.train.state import load_checkpoint, read_meta, save_checkpoint, set_rng_state
 from treeclip.train.step import Towers, to_device, train_step
 from treeclip.train.validate import Validator, has_val_split
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -118,12 +120,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train from the current step to the last, validating and checkpointing as the
         config says; then the final validation, checkpoint and model. Returns the summary."""
-        from tqdm import tqdm
-
         cfg = self.cfg
         batches = self._start()
-        bar = tqdm(total=self.total_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
-                   file=sys.stderr, disable=not (self.info.is_main and cfg.progress), desc="train")
+        bar = progress_bar(self.total_steps, initial=self.progress.step, unit="step", desc="train",
+                           enabled=self.info.is_main and cfg.progress)
         window = ThroughputWindow()
         for _ in range(self.progress.step, self.total_steps):
             t0 = time.perf_counter()
@@ -154,7 +154,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.progress.step if resumed else None,
                                   enabled=info.is_main)
         if info.is_main and resumed is not None:
-            print(f"treeclip: resuming {self.out} at step {self.progress.step} from {resumed}", file=sys.stderr)
+            log.info(f"resuming {self.out} at step {self.progress.step} from {resumed}")
         if info.distributed:
             self.towers = torch.nn.parallel.DistributedDataParallel(
                 self.towers, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -23,6 +23,7 @@ from treeclip.data.synth.writer import TaskWriter, species_key
 from treeclip.data.synth_names import TABLE_PATH
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import write_json_atomic
+from treeclip.log import progress_bar
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
 
@@ -128,15 +129,6 @@ def _trained_species(species: list[Species], roles: dict[Taxon, str], config: Sy
     return {seen[i] for i in order[:keep]}
 
 
-def _progress_bar(jobs: list[_Job], progress: bool):
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    total = sum(j.n_train + j.n_eval for j in jobs)
-    return tqdm(total=total, desc="synth", unit="img", dynamic_ncols=True, file=sys.stderr)
-
-
 def _samples(jobs: list[_Job], config: SynthConfig, writers: dict[str, TaskWriter], bar) -> Iterator:
     """The training samples, in job order; each job's evaluation images go to its task."""
     from treeclip.data.dataset import Sample
@@ -151,8 +143,7 @@ def _samples(jobs: list[_Job], config: SynthConfig, writers: dict[str, TaskWrite
             split = "val" if i >= config.images_per_species - n_val else "train"
             yield Sample(f"{stem}_{i:04d}", jpeg, sp.taxon, split, source="synth",
                          source_id=f"ncbi:{sp.ncbi_taxid}", extra={"sha256": sha, "phash": ph})
-        if bar is not None:
-            bar.update(len(done.train) + len(done.eval))
+        bar.update(len(done.train) + len(done.eval))
 
 
 def _summary(settings: dict, species: list[Species], roles: dict[Taxon, str], manifest: dict,
@@ -192,7 +183,7 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
     started = time.perf_counter()
     species, roles, jobs = _plan(config)
     writers = {role: TaskWriter(out / "tasks", role) for role in TASKS}
-    bar = _progress_bar(jobs, progress)
+    bar = progress_bar(sum(j.n_train + j.n_eval for j in jobs), desc="synth", enabled=progress)
     build_info = {"generator": "treeclip.data.synth", "config": settings, "table": TABLE_PATH.name,
                   "table_sha256": _table_digest()}
     try:
@@ -200,8 +191,7 @@ def synthesize(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(), 
                                  taxa=[j.species.taxon for j in jobs if j.n_train],
                                  build_info=build_info)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     tasks = {TASKS[role][0]: w.close() for role, w in writers.items()}
     for t in tasks.values():
         t["path"] = t["path"] and os.path.relpath(t["path"], out)
