@@ -15,7 +15,7 @@ steadier of the two on a shared CPU). Also prints the CPU's
 flags that decide the kernels (avx2, avx512f, avx512_bf16, avx512_vnni, amx).
 
     .venv/bin/python benchmarks/text_and_vit_paths.py              # ~1.5 min on one loaded core
-    .venv/bin/python benchmarks/text_and_vit_paths.py --texts 64 --images 4 --rounds 1
+    .venv/bin/python benchmarks/text_and_vit_paths.py --texts 64 --images 4 --rounds 1 --bf16
 """
 
 from __future__ import annotations
@@ -117,17 +117,21 @@ def bench_text(clip, captions: list[str], rounds: int, batch: int = 256) -> dict
             "max_tokens": int(lengths.max()), "context": int(tok(captions[:1]).shape[1])}
 
 
-def bench_vit(model, n_images: int, rounds: int) -> dict:
+def bench_vit(model, n_images: int, rounds: int, dtype=None) -> dict:
+    import copy
+
     import torch
 
     from treeclip.runtime.vit import FastVisual
 
-    visual = model.visual.eval()
+    visual = model.visual.eval() if dtype is None else copy.deepcopy(model.visual).to(dtype).eval()
     fast = FastVisual(visual).eval()
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
     pixels = torch.randn(n_images, 1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    if dtype is not None:
+        pixels = pixels.to(dtype)
     with torch.inference_mode():
-        diff = float((visual(pixels[0]) - fast(pixels[0])).abs().max())  # warm-up too
+        diff = float((visual(pixels[0]).float() - fast(pixels[0]).float()).abs().max())  # warm-up too
         fast(pixels[0])
         times = _alternate({"open_clip visual": visual, "treeclip FastVisual": fast},
                            [(x,) for _ in range(rounds) for x in pixels])
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--texts", type=int, default=128, help="captions to encode (default 128)")
     ap.add_argument("--images", type=int, default=16, help="images, one at a time (default 16)")
     ap.add_argument("--rounds", type=int, default=2, help="passes over the captions and images (default 2)")
+    ap.add_argument("--bf16", action="store_true", help="also the image towers in bf16 (the `bf16` path)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"cpu": cpu_flags(), "torch": torch.__version__, "open_clip": open_clip.__version__, "threads": 1,
            "text": bench_text(clip, taxon_captions(args.texts), args.rounds),
            "image": bench_vit(model, args.images, args.rounds)}
+    if args.bf16:
+        out["image_bf16"] = bench_vit(model, args.images, args.rounds, dtype=torch.bfloat16)
     out["seconds"] = round(time.perf_counter() - t0, 1)
 
     cpu = out["cpu"]
@@ -168,12 +175,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {k:24s} {v['wall']:8.1f} texts/s wall, {v['cpu']:8.1f} per CPU s")
     print(f"  ratio treeclip/open_clip {t['ratio']['wall']:.2f}x wall, {t['ratio']['cpu']:.2f}x CPU   "
           f"max |diff| {t['max_abs_diff']:.1e}")
-    i = out["image"]
-    print(f"image ({i['images']} images, batch 1, fp32):")
-    for k, v in i["images_per_s"].items():
-        print(f"  {k:24s} {v['wall']:8.2f} images/s wall, {v['cpu']:8.2f} per CPU s")
-    print(f"  ratio treeclip/open_clip {i['ratio']['wall']:.2f}x wall, {i['ratio']['cpu']:.2f}x CPU   "
-          f"max |diff| {i['max_abs_diff']:.1e}")
+    for key, dtype in (("image", "fp32"), ("image_bf16", "bf16")):
+        if key not in out:
+            continue
+        i = out[key]
+        print(f"image ({i['images']} images, batch 1, {dtype}):")
+        for k, v in i["images_per_s"].items():
+            print(f"  {k:24s} {v['wall']:8.2f} images/s wall, {v['cpu']:8.2f} per CPU s")
+        print(f"  ratio treeclip/open_clip {i['ratio']['wall']:.2f}x wall, {i['ratio']['cpu']:.2f}x CPU   "
+              f"max |diff| {i['max_abs_diff']:.1e}")
     print(f"({out['seconds']} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
