@@ -4,7 +4,7 @@ dynamic int8 quantization (cached under `cache_dir('onnx')`, keyed by model fing
 library versions and `ONNX_FORMAT`).
 
 On a CPU the tower runs as open_clip's own module (fp32 and bf16; `runtime.vit.FastVisual`,
-a rewrite of it, gained only 1.06-1.08x there: benchmarks/text_and_vit_paths.py, and is
+a rewrite of it, gained only 1.02-1.08x there: benchmarks/text_and_vit_paths.py, and is
 kept for the int8 export's graph), one image per model call, each call on one thread, with
 `streams` calls running side by side on threads of their own. So an image's embedding
 never depends on its batch mates, the batch size, the thread count or the process count:

@@ -2,7 +2,7 @@
 the int8 path exports to ONNX (`runtime.encoder.export_onnx`).
 
 The torch fp32 and bf16 paths run open_clip's own module instead: there this rewrite gained
-only 1.06-1.08x at one thread, batch 1 (benchmarks/text_and_vit_paths.py, docs/benchmarks.md),
+only 1.02-1.08x at one thread, batch 1 (benchmarks/text_and_vit_paths.py, docs/benchmarks.md),
 under the 1.1x that pays for a copy kept in step with open_clip by hand. The export keeps it
 for its smaller graph (7% fewer products, no fused attention op that ONNX lacks).
 
