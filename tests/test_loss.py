@@ -34,16 +34,27 @@ def test_hand_computed_three_pairs():
     assert contrastive_loss(img, txt, _log(1.0)).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_matches_open_clip_clip_loss_on_random_features():
+def test_plain_loss_is_open_clips_clip_loss_bit_for_bit():
+    """On one process the plain loss is open_clip's `ClipLoss(local_loss=True,
+    gather_with_grad=True)` (given exp of the log temperature): the same value and the
+    same gradients, to the bit."""
     from open_clip.loss import ClipLoss
 
+    from treeclip.train.loss import ContrastiveLoss
+
+    assert issubclass(ContrastiveLoss, ClipLoss)
     g = torch.Generator().manual_seed(0)
-    img = F.normalize(torch.randn(16, 8, generator=g), dim=-1)
-    txt = F.normalize(torch.randn(16, 8, generator=g), dim=-1)
-    scale = torch.tensor(2.3)
-    ours = contrastive_loss(img, txt, scale)
-    theirs = ClipLoss()(img, txt, scale.exp())
-    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    raw_img, raw_txt = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    results = []
+    for loss_fn in (lambda i, t, s: contrastive_loss(i, t, s),
+                    lambda i, t, s: ClipLoss(local_loss=True, gather_with_grad=True)(i, t, s.exp())):
+        img, txt = raw_img.clone().requires_grad_(True), raw_txt.clone().requires_grad_(True)
+        scale = torch.tensor(2.3, requires_grad=True)
+        loss = loss_fn(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), scale)
+        loss.backward()
+        results.append((loss.detach(), img.grad, txt.grad, scale.grad))
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
 
 
 def test_taxon_aware_does_not_count_same_taxon_pairs_as_negatives():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from treeclip.taxonomy import MIXED_TEXT_TYPES, RANKS, TEXT_TYPES, Taxon, rank_index
@@ -108,6 +111,29 @@ def test_hybrid_names_keep_sign() -> None:
     assert mint.scientific_name == "Mentha ×piperita"
     triticale = Taxon.of("Plantae", "Tracheophyta", "Liliopsida", "Poales", "Poaceae", "×triticosecale")
     assert triticale.genus == "×Triticosecale"
+
+
+def test_templates_are_open_clips_strings_in_its_order() -> None:
+    """The 80 templates come from open_clip (label-cache keys and results depend on the
+    exact strings and their order): open_clip's lambdas called with "{}", as they were
+    when treeclip kept a copy."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES as theirs
+
+    assert OPENAI_IMAGENET_TEMPLATES == tuple(t("{}") for t in theirs)
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80
+    assert OPENAI_IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
+    assert OPENAI_IMAGENET_TEMPLATES[39] == "a photo of a {}."
+    assert OPENAI_IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
+    assert len(BIOCLIP_TEMPLATES) == 81 and BIOCLIP_TEMPLATES[0] == "a photo of {}."
+    assert BIOCLIP_TEMPLATES[1:] == OPENAI_IMAGENET_TEMPLATES
+
+
+def test_templates_do_not_import_open_clip_or_torch() -> None:
+    code = ("import sys\nfrom treeclip.taxonomy import BIOCLIP_TEMPLATES\n"
+            "print(len(BIOCLIP_TEMPLATES), 'open_clip' in sys.modules, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["81", "False", "False"]
 
 
 def test_templates_as_data(tmp_path) -> None:

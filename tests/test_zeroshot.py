@@ -129,6 +129,26 @@ def test_real_model_text_batches_match_one_by_one():
         np.testing.assert_allclose(emb[c], mean / np.linalg.norm(mean), atol=1e-5)
 
 
+def test_class_embeddings_equal_open_clips_zero_shot_classifier():
+    """Ours is open_clip's `build_zero_shot_classifier` (on open_clip's own text path:
+    the padded `CLIP.encode_text`), up to float32 rounding of the numpy vs torch sums."""
+    import torch
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    from treeclip.model import load_model
+    from treeclip.taxonomy.templates import BIOCLIP_TEMPLATES
+
+    model = load_model("micro-vit-32")
+    names = ["Pica hudsonia", "Corvus corax", "Apis mellifera", "Animalia Chordata Aves Passeriformes Corvidae Pica",
+             "black-billed magpie"]
+    templates = list(BIOCLIP_TEMPLATES[:12])
+    ours = class_embeddings(model.encode_texts, names, templates)
+    theirs = build_zero_shot_classifier(model.model.eval(), model.tokenizer, names, templates,
+                                        num_classes_per_batch=2)
+    assert theirs.dtype == torch.float32 and tuple(theirs.shape) == (model.embed_dim, len(names))
+    assert np.abs(ours - theirs.T.numpy()).max() <= 1e-6
+
+
 def test_rank_accuracy_counts_a_wrong_species_of_the_right_genus_at_genus():
     from treeclip.evaluate.zeroshot import rank_accuracy
     from treeclip.taxonomy.taxon import Taxon

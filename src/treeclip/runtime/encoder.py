@@ -3,8 +3,9 @@ fp32 (exact), a bf16 copy of the image tower, or the tower exported to ONNX Runt
 dynamic int8 quantization (cached in `CachePaths.onnx`, keyed by model fingerprint,
 library versions and `ONNX_FORMAT`).
 
-On a CPU the tower runs as `runtime.vit.FastVisual` where it can (open_clip's arithmetic,
-class-token-only last block), one image per model call, each call on one thread, with
+On a CPU the tower runs as open_clip's own module (fp32 and bf16; `runtime.vit.FastVisual`,
+a rewrite of it, gained only 1.02-1.08x there: benchmarks/text_and_vit_paths.py, and is
+kept for the int8 export's graph), one image per model call, each call on one thread, with
 `streams` calls running side by side on threads of their own (each set to one torch
 thread once, when it starts: the caller's thread count is never touched). So an image's embedding
 never depends on its batch mates, the batch size, the thread count or the process count:
@@ -83,7 +84,6 @@ class ImageEncoder:
         if self.precision == "bf16":
             visual = visual.to(torch.bfloat16)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        visual = fast_visual(visual) or visual
         self.visual = torch.compile(visual) if compile else visual
 
     @torch.inference_mode()

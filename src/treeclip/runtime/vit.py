@@ -1,7 +1,13 @@
-"""open_clip's ViT image tower, rewritten for inference with the same weights.
+"""open_clip's ViT image tower, rewritten for inference with the same weights: the graph
+the int8 path exports to ONNX (`runtime.encoder.export_onnx`).
 
-Exact in arithmetic (the same operations; only the rounding of fp32 sums may differ), and
-faster on a CPU for three reasons, each checked against open_clip by the tests:
+The torch fp32 and bf16 paths run open_clip's own module instead: there this rewrite gained
+only 1.02-1.08x at one thread, batch 1 (benchmarks/text_and_vit_paths.py, docs/benchmarks.md),
+under the 1.1x that pays for a copy kept in step with open_clip by hand. The export keeps it
+for its smaller graph (7% fewer products, no fused attention op that ONNX lacks).
+
+Exact in arithmetic (the same operations; only the rounding of fp32 sums may differ), each
+shortcut checked against open_clip by the tests:
 
 - the last block computes the class token only: the pooled output reads nothing else, and
   the other tokens are needed there only as keys and values (saves 10/12 of that block's
@@ -11,8 +17,8 @@ faster on a CPU for three reasons, each checked against open_clip by the tests:
   instead of three, and no copy of any weight);
 - attention is PyTorch's fused `scaled_dot_product_attention` kernel.
 
-`fast_visual(clip)` returns the module, or None for towers it does not cover (attention
-pooling, layer scale, average pooling, ...), which then run as open_clip runs them.
+`fast_visual(visual)` returns the module, or None for towers it does not cover (attention
+pooling, layer scale, average pooling, ...), which are then exported as open_clip's module.
 """
 
 from __future__ import annotations

@@ -1,41 +1,37 @@
 """Zero-shot prompt templates as data.
 
-`OPENAI_IMAGENET_TEMPLATES` are the 80 templates of OpenAI's CLIP ImageNet evaluation;
-`BIOCLIP_TEMPLATES` puts BioCLIP's plain `a photo of {}.` first, 81 in all. Templates
-use `{}` for the class name.
+`OPENAI_IMAGENET_TEMPLATES` are the 80 templates of OpenAI's CLIP ImageNet evaluation,
+taken from open_clip (`open_clip.zero_shot_metadata`, in its order: label-cache keys and
+results depend on the exact strings); `BIOCLIP_TEMPLATES` puts BioCLIP's plain
+`a photo of {}.` first, 81 in all. Templates use `{}` for the class name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
-    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.",
-    "the embroidered {}.", "a photo of a hard to see {}.", "a bright photo of a {}.",
-    "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
-    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
-    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
-    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.",
-    "a bright photo of the {}.", "a cropped photo of a {}.", "a plastic {}.",
-    "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.",
-    "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
-    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
-    "a close-up photo of the {}.", "a photo of a {}.", "the origami {}.",
-    "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.", "a origami {}.",
-    "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
-    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.",
-    "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.",
-    "a cartoon {}.", "art of a {}.", "a sketch of the {}.", "a embroidered {}.",
-    "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
-    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.",
-    "a photo of the small {}.", "a photo of the weird {}.", "the cartoon {}.", "art of the {}.",
-    "a drawing of the {}.", "a photo of the large {}.", "a black and white photo of a {}.",
-    "the plushie {}.", "a dark photo of a {}.", "itap of a {}.", "graffiti of the {}.",
-    "a toy {}.", "itap of my {}.", "a photo of a cool {}.", "a photo of a small {}.",
-    "a tattoo of the {}.",
-)
+
+def _open_clip_imagenet_templates() -> tuple[str, ...]:
+    """open_clip's `zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES` (lambdas `c -> str`) as
+    `{}` strings, in open_clip's order. That module is pure data; it is read from open_clip's
+    installed files without importing the `open_clip` package, whose `__init__` imports
+    torch (seconds): the taxonomy layer stays light (`--help`, taxonomy commands)."""
+    import importlib.util
+    import sys
+
+    module = sys.modules.get("open_clip.zero_shot_metadata")
+    if module is None:
+        package = importlib.util.find_spec("open_clip")  # locates the package, does not import it
+        if package is None or not package.submodule_search_locations:
+            raise ImportError("open_clip is not installed")
+        path = Path(next(iter(package.submodule_search_locations))) / "zero_shot_metadata.py"
+        spec = importlib.util.spec_from_file_location("_treeclip_open_clip_zero_shot_metadata", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return tuple(template("{}") for template in module.OPENAI_IMAGENET_TEMPLATES)
+
+
+OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = _open_clip_imagenet_templates()
 
 BIOCLIP_TEMPLATES: tuple[str, ...] = ("a photo of {}.",) + OPENAI_IMAGENET_TEMPLATES
 
