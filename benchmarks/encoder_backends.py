@@ -3,7 +3,7 @@ and the hardware ceiling they run against, in one run.
 
 - GEMM throughput of this CPU at one thread: fp32 (torch/MKL), int8 u8s8 (ONNX Runtime
   `MatMulInteger`), bf16 (torch); and the tower's multiply-adds per image
-  (`runtime.vit.tower_flops`), so ceiling img/s = threads x GEMM rate / FLOPs per image.
+  (`tower_flops` below), so ceiling img/s = threads x GEMM rate / FLOPs per image.
 - img/s of: plain open_clip fp32 eager at batch 10 (torch's threads), and treeclip's
   `ImageEncoder` at fp32, bf16 and int8 (fixed-size calls, one thread each, `streams` side by
   side), ONNX Runtime fp32 of the same graph, OpenVINO fp32 and bf16 (when `openvino` is
@@ -29,6 +29,24 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+
+def tower_flops(visual, class_token_last: bool = True) -> float:
+    """Multiply-adds x 2 of one image through a plain ViT tower (matrix products only):
+    the ceiling analysis of docs/benchmarks.md divides measured GEMM throughput by this."""
+    d = visual.conv1.out_channels
+    patch = visual.conv1.kernel_size[0]
+    grid = visual.positional_embedding.shape[0] - 1
+    tokens = grid + 1
+    layers = len(visual.transformer.resblocks)
+    mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
+    per_token = 4 * d * d + 2 * d * mlp
+    block = tokens * per_token + 2 * tokens * tokens * d
+    macs = grid * d * 3 * patch * patch + layers * block
+    if class_token_last:
+        macs -= (tokens - 1) * (per_token - 2 * d * d) + 2 * (tokens - 1) * tokens * d
+    out = visual.proj.shape[1] if visual.proj is not None else 0
+    return 2.0 * (macs + d * out)
 
 
 def gemm_rates(m: int = 1970, k: int = 768, n: int = 3072) -> dict:
@@ -139,7 +157,6 @@ def main() -> None:
 
     from treeclip.model import create_model
     from treeclip.runtime.precision import cpu_features
-    from treeclip.runtime.vit import tower_flops
 
     clip = create_model(args.model, seed=0)
     size = clip.image_size

@@ -1,5 +1,6 @@
-"""`treeclip predict` and `treeclip embed`. Only click and the standard library are
-imported here; the work happens in `treeclip.predict`."""
+"""`treeclip predict` and `treeclip embed`. Only click, the standard library and light
+constant modules are imported here (so `--help` answers at once); the work happens in
+`treeclip.predict`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Callable
 
 import click
 
+from treeclip.model.registry import RESIZE_MODES
+from treeclip.predict.options import FORMATS
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES
 
@@ -37,7 +40,7 @@ def _add_options(fn: Callable, precision: str) -> Callable:
                           "fast = int8 (ONNX Runtime) on CPUs, except bf16 where bf16 units have no int8 (VNNI) "
                           "beside them. fp32 is exact (open_clip's own pixels and numbers); bf16/int8 are faster "
                           "and near-exact (docs/predict.md#precision)."),
-        click.option("--resize", default="crop", show_default=True, type=click.Choice(["crop", "squash"]),
+        click.option("--resize", default="crop", show_default=True, type=click.Choice(list(RESIZE_MODES)),
                      help="crop: the model's own preprocess (shorter side, centre crop); squash: a plain resize "
                           "to the model's square size, as pybioclip does (to compare with its numbers)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
@@ -108,7 +111,7 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
               help="Label templates: openai (80), bioclip (81), single, or a file with one per line.")
 @click.option("--text-type", default="taxon_com", show_default=True, type=click.Choice(TEXT_TYPES),
               help="Name of each taxon in the templates (taxon_com = 7 ranks + common name, as BioCLIP).")
-@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "jsonl", "table"]))
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(FORMATS))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here [default: stdout]. An existing "
                                                                        "CSV/JSONL output is resumed.")
 @click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")

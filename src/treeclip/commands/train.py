@@ -9,6 +9,7 @@ import click
 
 from treeclip.runtime.precision import TRAIN_PRECISIONS
 from treeclip.taxonomy.taxon import TEXT_TYPES
+from treeclip.train.config import LOSSES, OBJECTIVES
 
 TEXT_CHOICES = ("mixed", "mixed-sample", *TEXT_TYPES)  # the mixing modes (train.order.TEXT_MODES) or one type
 
@@ -29,10 +30,10 @@ TEXT_CHOICES = ("mixed", "mixed-sample", *TEXT_TYPES)  # the mixing modes (train
 @click.option("--weight-decay", type=float, help="AdamW weight decay (not on gains, biases, logit scale).")
 @click.option("--text-type", type=click.Choice(TEXT_CHOICES), help="mixed: one type per batch (BioCLIP); "
               "mixed-sample: one per sample; or a fixed type.")
-@click.option("--objective", type=click.Choice(["clip", "ce", "hier-ce"]),
+@click.option("--objective", type=click.Choice(OBJECTIVES),
               help="clip (default): contrastive on text; ce: cross-entropy over species; hier-ce: one head per "
                    "rank, losses summed (the paper's objective ablation: same image tower, no text).")
-@click.option("--loss", type=click.Choice(["clip", "taxon-aware"]), help="taxon-aware: same-taxon pairs are not negatives.")
+@click.option("--loss", type=click.Choice(LOSSES), help="taxon-aware: same-taxon pairs are not negatives.")
 @click.option("--precision", type=click.Choice(TRAIN_PRECISIONS),
               help="Mixed precision: auto = bf16 autocast where bf16 is native (CUDA, AVX512_BF16/AMX), else fp32; "
                    "fp16 uses a grad scaler on GPU (on a CPU it runs, and is reported as, bf16). Default fp32.")

@@ -18,11 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from treeclip.errors import TreeclipError
-from treeclip.model.registry import get_config
+from treeclip.model.registry import RESIZE_MODES, get_config
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-RESIZE_MODES = {"crop": "shortest", "squash": "squash"}
-"""Inference resize modes (`--resize`) and the open_clip `resize_mode` each means."""
 
 
 def build_clip(config: dict, *, precision: str = "fp32") -> torch.nn.Module:

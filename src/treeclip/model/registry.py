@@ -53,6 +53,10 @@ def get_config(name: str) -> dict:
             "preprocess_cfg": default_preprocess_cfg(size)}
 
 
+RESIZE_MODES = {"crop": "shortest", "squash": "squash"}
+"""Inference resize modes (`--resize`) and the open_clip `resize_mode` each means."""
+
+
 def default_preprocess_cfg(size: int) -> dict:
     """open_clip's default (OpenAI CLIP) preprocessing at `size` pixels."""
     from open_clip.transform import PreprocessCfg

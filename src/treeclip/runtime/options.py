@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from treeclip.errors import TreeclipError
-from treeclip.model.factory import RESIZE_MODES
+from treeclip.model.registry import RESIZE_MODES
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
 
 TemplateSpec = str | tuple[str, ...]

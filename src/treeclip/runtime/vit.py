@@ -137,21 +137,3 @@ def fast_visual(visual: torch.nn.Module, *, fold: bool = False) -> FastVisual | 
     """The inference rewrite of `visual` (sharing its weights; `fold=True` for an export:
     scaled copies of the MLP weights), or None where `supports` says no."""
     return FastVisual(visual, fold=fold) if supports(visual) else None
-
-
-def tower_flops(visual: torch.nn.Module, class_token_last: bool = True) -> float:
-    """Multiply-adds x 2 of one image through a plain ViT tower (matrix products only):
-    the ceiling analysis of docs/benchmarks.md divides measured GEMM throughput by this."""
-    d = visual.conv1.out_channels
-    patch = visual.conv1.kernel_size[0]
-    grid = visual.positional_embedding.shape[0] - 1
-    tokens = grid + 1
-    layers = len(visual.transformer.resblocks)
-    mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
-    per_token = 4 * d * d + 2 * d * mlp
-    block = tokens * per_token + 2 * tokens * tokens * d
-    macs = grid * d * 3 * patch * patch + layers * block
-    if class_token_last:
-        macs -= (tokens - 1) * (per_token - 2 * d * d) + 2 * (tokens - 1) * tokens * d
-    out = visual.proj.shape[1] if visual.proj is not None else 0
-    return 2.0 * (macs + d * out)
