@@ -28,6 +28,7 @@ from treeclip.runtime.options import InferenceOptions
 from treeclip.runtime.precision import VERB_DEFAULTS
 from treeclip.serve.batcher import MicroBatcher
 from treeclip.serve.caches import EmbeddingCache, LabelSetCache
+from treeclip.serve.forms import PredictRequest
 from treeclip.serve.limits import UploadError, UploadLimits, status_for
 from treeclip.serve.pipeline import Embedded, Failed, ImagePipeline, Upload
 from treeclip.taxonomy.taxon import RANKS, Taxon
@@ -130,9 +131,9 @@ class ServeEngine:
         return self.pipeline.cached(key, use)
 
     # -- requests ------------------------------------------------------------------------
-    async def predict(self, files: Sequence[Upload], ids: Sequence[str], options: dict) -> dict:
-        """The /predict answer: one entry per image, the `ids` first, then the `files`;
-        `options` are `classify`'s keywords. Raises `UploadError` for a refused request
+    async def predict(self, files: Sequence[Upload], ids: Sequence[str], request: PredictRequest) -> dict:
+        """The /predict answer: one entry per image, the `ids` first, then the `files`,
+        classified as `request` asks. Raises `UploadError` for a refused request
         (the caller has checked the number of images: `forms.predict_images`)."""
         known = [self.cached(i, "predict") for i in ids]
         missing = [i for i, k in zip(ids, known) if k is None]
@@ -145,16 +146,16 @@ class ServeEngine:
         items: list[Embedded | Failed] = [*known, *uploaded]
         good = [it for it in items if isinstance(it, Embedded)]
         try:
-            clf = await self.classifier(options["subset"], options["labels"]) if good else None
-            shaped = await run_in_threadpool(self.classify, good, classifier=clf, **options)
+            clf = await self.classifier(request.subset, request.labels) if good else None
+            shaped = await run_in_threadpool(self.classify, good, request, classifier=clf)
         except TreeclipError as err:
             raise UploadError(400, str(err)) from None
         rows = iter(shaped)
         images = [next(rows) if isinstance(it, Embedded) else _error_entry(it) for it in items]
         return {"model": self.model_name, "precision": self.encoders["predict"].precision,
-                "mode": "custom" if options["labels"] else "tree-of-life",
-                "rank": options["rank"], "k": options["k"], "threshold": options["threshold"],
-                "subset": options["subset"], "images": images, "failed": _failures(items)}
+                "mode": "custom" if request.labels else "tree-of-life",
+                "rank": request.rank, "k": request.k, "threshold": request.threshold,
+                "subset": request.subset, "images": images, "failed": _failures(items)}
 
     async def embed(self, files: Sequence[Upload]) -> dict:
         """The /embed answer: each file's exact embedding or its error."""
@@ -216,21 +217,21 @@ class ServeEngine:
                                           label_cache=False)
         return self.tree.restricted(self.subset_spec(subset or ""))
 
-    def classify(self, items: Sequence[Embedded], *, rank: str = "species", k: int = 5,
-                 subset: str | None = None, labels: Sequence[str] | None = None,
-                 threshold: float | None = None, classifier: Any = None) -> list[dict]:
+    def classify(self, items: Sequence[Embedded], request: PredictRequest = PredictRequest(), *,
+                 classifier: Any = None) -> list[dict]:
         """Per item: `{"id", "file", "predictions": [rows], "rollup": row | None, "error": None}`;
         rows are `treeclip predict`'s JSON Lines rows (`file_name`, ranks or
         `classification`, `score`), the roll-up row adds `rank`. `classifier`: the one
-        `classifier_for(subset, labels)` gives, when the caller has it already."""
+        `classifier_for(request.subset, request.labels)` gives, when the caller has it already."""
         if not items:
             return []
         import torch
 
-        clf = classifier if classifier is not None else self.classifier_for(subset, labels)
+        clf = classifier if classifier is not None else self.classifier_for(request.subset, request.labels)
         probs = clf.probabilities(torch.from_numpy(np.stack([it.embedding for it in items])))
-        top = clf.rows_for(probs, rank=rank, k=k)
-        rolled = clf.rows_for(probs, rollup=threshold) if threshold is not None and not labels else None
+        top = clf.rows_for(probs, rank=request.rank, k=request.k)
+        rolled = (clf.rows_for(probs, rollup=request.threshold) if request.threshold is not None and not request.labels
+                  else None)
         out = []
         for n, it in enumerate(items):
             out.append({"id": it.id, "file": it.file,

@@ -5,6 +5,7 @@ Every check raises `UploadError(status, one-line reason)`; the app turns it into
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fastapi import Request
@@ -54,7 +55,19 @@ def embed_images(form: FormData) -> list[UploadFile]:
     return files
 
 
-def predict_options(form: FormData, limits: UploadLimits) -> dict:
+@dataclass(frozen=True)
+class PredictRequest:
+    """What a /predict request asks for: the top `k` at `rank` among the label taxa (kept
+    by `subset`) or the client's own `labels`, and with `threshold` the roll-up answer."""
+
+    rank: str = "species"
+    k: int = 5
+    threshold: float | None = None
+    subset: str | None = None
+    labels: tuple[str, ...] | None = None
+
+
+def predict_options(form: FormData, limits: UploadLimits) -> PredictRequest:
     """Validated classification options from the form; `UploadError(400)` names the field."""
     rank = (form.get("rank") or "species").strip().lower()
     if rank not in RANKS:
@@ -70,7 +83,7 @@ def predict_options(form: FormData, limits: UploadLimits) -> dict:
         labels = check_labels(str(form.get("labels") or "").splitlines(), limits)
     except TreeclipError as err:
         raise UploadError(413, str(err)) from None
-    return {"rank": rank, "k": k, "threshold": threshold, "subset": subset, "labels": labels or None}
+    return PredictRequest(rank, k, threshold, subset, tuple(labels) if labels else None)
 
 
 def check_labels(labels: Sequence[str], limits: UploadLimits) -> list[str]:
