@@ -51,6 +51,22 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _library_logging():
+    """Every test starts with treeclip's loggers as a library user has them (propagating to
+    the root logger, where pytest's `caplog` sees them), whatever a CLI test configured."""
+    import logging
+
+    from treeclip.log import ROOT, TqdmStderrHandler
+
+    logger = logging.getLogger(ROOT)
+    yield
+    for handler in [h for h in logger.handlers if isinstance(h, TqdmStderrHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
 @pytest.fixture(params=sorted(FEATURE_SETS))
 def cpu_features(request, monkeypatch):
     """Each CPU class in turn, as the precision policy sees it; yields its name."""

@@ -6,7 +6,7 @@ configures logging as for any package (without configuration, Python prints warn
 and errors). The command line calls `configure_cli()`: INFO and above go to stderr as
 `treeclip: <message>`, written through tqdm as its `logging_redirect_tqdm` does, so a
 message never tears a progress bar. Bars come from `progress_bar`: on stderr, the same
-look everywhere, hidden when not wanted.
+look everywhere, silent when not wanted.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def configure_cli(level: int = logging.INFO) -> None:
 
 def progress_bar(total: int | None = None, *, desc: str, unit: str = "img", enabled: bool = True,
                  iterable: Iterable | None = None, **options: Any):
-    """A tqdm bar on stderr, over `iterable` when given (`enabled=False`: a silent one
-    that still counts); `options` go to tqdm (`initial`, `leave`, ...)."""
+    """A tqdm bar on stderr, over `iterable` when given (`enabled=False`: a silent one,
+    its `update` a no-op); `options` go to tqdm (`initial`, `leave`, ...)."""
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
