@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from treeclip.evaluate.zeroshot import (
-    AS_GIVEN, class_embeddings, class_text, fill_templates, mean_per_class_recall, topk_accuracy,
+    AS_GIVEN, class_embeddings, class_text, mean_per_class_recall, topk_accuracy,
     zero_shot_metrics,
 )
 from treeclip.taxonomy.taxon import Taxon
@@ -29,10 +29,6 @@ def test_template_averaging_normalises_each_template_first():
     np.testing.assert_allclose(emb[0], [s, s, 0], atol=1e-7)
     np.testing.assert_allclose(emb[1], [0, 0, 1], atol=1e-7)
     assert emb.dtype == np.float32
-
-
-def test_fill_templates_is_class_major():
-    assert fill_templates(["a", "b"], ["1 {}", "2 {}"]) == ["1 a", "2 a", "1 b", "2 b"]
 
 
 def test_known_metrics():
@@ -130,8 +126,9 @@ def test_real_model_text_batches_match_one_by_one():
 
 
 def test_class_embeddings_equal_open_clips_zero_shot_classifier():
-    """Ours is open_clip's `build_zero_shot_classifier` (on open_clip's own text path:
-    the padded `CLIP.encode_text`), up to float32 rounding of the numpy vs torch sums."""
+    """Ours is open_clip's `build_zero_shot_classifier` fed by treeclip's length-grouped
+    text path; open_clip's own padded `CLIP.encode_text` gives the same up to float32
+    rounding of the trimmed attention."""
     import torch
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from treeclip.runtime.labels import class_embeddings, fill_templates, l2_normalise  # noqa: F401 (the API)
+from treeclip.runtime.labels import class_embeddings, l2_normalise  # noqa: F401 (the API)
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES, Taxon
 
 AS_GIVEN = "as-given"

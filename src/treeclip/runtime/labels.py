@@ -25,8 +25,9 @@ from treeclip.fsutil import atomic_path, write_npy_atomic
 from treeclip.log import progress_bar
 from treeclip.runtime.parts import PartStore, fill_by_parts
 
-LABELS_FORMAT = 2
-"""Format version of the label-embedding cache; part of every key."""
+LABELS_FORMAT = 3
+"""Format version of the label-embedding cache; part of every key (3: open_clip's
+zero-shot builder, whose torch sums round apart from the numpy ones of 2)."""
 
 TextEncoder = Callable[[list[str]], "np.ndarray"]
 
@@ -37,28 +38,42 @@ def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.where(norm == 0, 1, norm)
 
 
-def fill_templates(names: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every (class, template) caption, class-major: names[0] x all templates, then names[1] ..."""
-    return [t.replace("{}", n) for n in names for t in templates]
-
-
 def class_embeddings(encode_texts: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     """(n_classes, dim) float32: per class the mean over templates of the L2-normalised
-    text embeddings, renormalised. `encode_texts` maps captions to embeddings (e.g.
-    `ClipModel.encode_texts`); they are normalised here again, so any encoder works.
+    text embeddings, renormalised: open_clip's own `build_zero_shot_classifier`
+    (transposed), fed by `encode_texts`, which maps captions to embeddings (e.g.
+    `ClipModel.encode_texts`, treeclip's length-grouped text path: 3.6x open_clip's
+    padded one, benchmarks/text_and_vit_paths.py)."""
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
-    This is open_clip's `zero_shot_classifier.build_zero_shot_classifier` (transposed),
-    kept as our own few lines on purpose: open_clip reduces in torch, this in numpy, and
-    the two round differently (about 1 float32 ulp, in most entries), so calling open_clip's
-    would change every label embedding and zero-shot result that is compared bit for bit;
-    it is no faster either (both spend their time in `encode_texts`). The tests check it
-    against open_clip's builder (max abs difference 1e-6, tests/test_zeroshot.py)."""
     if not names or not templates:
         raise ValueError("class_embeddings needs at least one class name and one template")
-    texts = fill_templates(names, templates)
-    emb = np.asarray(_to_numpy(encode_texts(texts)), dtype=np.float32)
-    emb = l2_normalise(emb).reshape(len(names), len(templates), -1)
-    return l2_normalise(emb.mean(axis=1)).astype(np.float32)
+    weights = build_zero_shot_classifier(_TextTower(encode_texts), _Captions, list(names), list(templates),
+                                         num_classes_per_batch=None)
+    return weights.T.float().numpy()
+
+
+class _Captions(list):
+    """What the builder's `tokenizer(texts).to(device)` returns here: the captions
+    themselves, for `encode_texts` to tokenise (grouped by length)."""
+
+    def to(self, device) -> "_Captions":
+        return self
+
+
+class _TextTower:
+    """The `model.encode_text(texts, normalize=True)` open_clip's builder calls, as
+    `encode_texts` (any caption encoder: its output is normalised here)."""
+
+    def __init__(self, encode_texts: TextEncoder) -> None:
+        self.encode_texts = encode_texts
+
+    def encode_text(self, texts: _Captions, normalize: bool = False):
+        import torch
+        import torch.nn.functional as F
+
+        emb = torch.as_tensor(np.asarray(_to_numpy(self.encode_texts(list(texts))), dtype=np.float32))
+        return F.normalize(emb, dim=-1) if normalize else emb
 
 
 def _to_numpy(x) -> np.ndarray:
