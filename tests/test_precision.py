@@ -4,12 +4,14 @@ with fp32 measured on a trained model."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import FEATURE_SETS
 from treeclip.cache import CachePaths
 from treeclip.errors import TreeclipError
 from treeclip.runtime import precision as policy
@@ -164,7 +166,7 @@ def test_fast_visual_is_open_clips_arithmetic(trained):
     with torch.inference_mode():
         assert torch.allclose(folded(trained.pixels), ref, atol=1e-5, rtol=1e-5)
     # the torch paths run open_clip's module (FastVisual did not pay there: 1.02-1.08x)
-    assert ImageEncoder(trained.clip, precision="fp32").visual is visual
+    assert ImageEncoder(trained.clip, precision="fp32", backend="torch").visual is visual
 
 
 def test_towers_fast_visual_does_not_cover_run_as_open_clip(trained):
@@ -178,7 +180,7 @@ def test_towers_fast_visual_does_not_cover_run_as_open_clip(trained):
     clip = copy.copy(trained.clip)
     clip.model = copy.deepcopy(trained.clip.model)
     clip.model.visual.pool_type = "avg"
-    enc = ImageEncoder(clip, precision="fp32")
+    enc = ImageEncoder(clip, precision="fp32", backend="torch")
     assert enc.visual is clip.model.visual
     assert torch.allclose(enc(trained.pixels[:6]), clip.encode_images(trained.pixels[:6]), atol=1e-6)
 
@@ -198,3 +200,57 @@ def test_answers_do_not_depend_on_batch_mates_threads_or_streams(trained, precis
     three = ImageEncoder(trained.clip, precision=precision, caches=CachePaths(tmp_path), streams=3)
     assert torch.equal(one(pixels), whole) and torch.equal(three(pixels), whole)
     assert enc(pixels[:0]).shape == (0, trained.clip.embed_dim)
+
+
+def test_exact_path_takes_the_faster_backend_within_the_exact_bar(trained, tmp_path):
+    """fp32 `auto` measures torch against ONNX Runtime once per model and machine, keeps
+    the record, and whichever runs gives torch's embeddings within 1e-5."""
+    from treeclip.runtime.backends import RECORD, record_key
+
+    caches = CachePaths(tmp_path)
+    enc = ImageEncoder(trained.clip, precision="fp32", caches=caches)
+    record = json.loads((caches.onnx / RECORD).read_text())[record_key(trained.clip, "fp32")]
+    assert enc.backend == record["backend"] and set(record["s_per_image"]) == {"torch", "onnxruntime"}
+    assert record["agreement"]["onnxruntime"]["max_abs"] <= 1e-5
+    forced = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="onnxruntime")
+    torch_only = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="torch")
+    assert forced.backend == "onnxruntime" and torch_only.backend == "torch"
+    pixels = trained.pixels[:8]
+    assert (forced(pixels) - torch_only(pixels)).abs().max() <= 1e-5
+    (caches.onnx / RECORD).write_text(json.dumps({record_key(trained.clip, "fp32"): {"backend": "torch"}}))
+    assert ImageEncoder(trained.clip, precision="fp32", caches=caches).backend == "torch"  # the record decides
+
+
+def test_choose_fp32_picks_the_fastest_exact_candidate():
+    from treeclip.runtime.backends import choose_fp32
+
+    pixels = torch.randn(3, 8)
+    weight = torch.randn(8, 4)
+
+    def slow(x):
+        for _ in range(200):
+            y = x @ weight
+        return y
+
+    fast = lambda x: x @ weight  # noqa: E731
+    noisy = lambda x: x @ weight + 1e-3 * torch.randn(x.shape[0], 4)  # noqa: E731
+    assert choose_fp32(slow, {"fast": lambda: fast}, pixels)["backend"] == "fast"
+    rejected = choose_fp32(slow, {"noisy": lambda: noisy}, pixels)
+    assert rejected["backend"] == "torch" and rejected["agreement"]["noisy"]["max_abs"] > 1e-5
+    broken = choose_fp32(slow, {"broken": lambda: (_ for _ in ()).throw(RuntimeError("no export"))}, pixels)
+    assert broken["backend"] == "torch" and broken["agreement"]["broken"].startswith("unavailable")
+
+
+@pytest.mark.parametrize("features, fallback", [("avx2,avx512,vnni", "fp32"),  # int8 units, no bf16 ones
+                                                ("amx", "bf16")])
+def test_an_int8_graph_off_fp32_falls_back(trained, tmp_path, monkeypatch, features, fallback):
+    """`fast` keeps int8 only when its embeddings hold on calibration images; otherwise
+    the next precision the CPU runs natively (bf16 with bf16 units, else fp32)."""
+    from treeclip.runtime import backends
+
+    monkeypatch.setenv("TREECLIP_CPU_FEATURES", FEATURE_SETS.get(features, features))
+    assert ImageEncoder(trained.clip, precision="fast", caches=CachePaths(tmp_path / "ok")).precision == "int8"
+    monkeypatch.setattr(backends, "int8_holds", lambda *a: {"holds": False, "max_abs": 0.3, "min_cosine": 0.6})
+    enc = ImageEncoder(trained.clip, precision="fast", caches=CachePaths(tmp_path / "off"))
+    assert enc.precision == fallback
+    assert ImageEncoder(trained.clip, precision="int8", caches=CachePaths(tmp_path / "off")).precision == "int8"

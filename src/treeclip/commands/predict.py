@@ -11,6 +11,7 @@ import click
 
 from treeclip.model.registry import RESIZE_MODES
 from treeclip.predict.options import FORMATS
+from treeclip.runtime.options import BACKENDS
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
 from treeclip.taxonomy.taxon import RANKS, TEXT_TYPES
 
@@ -43,6 +44,10 @@ def _add_options(fn: Callable, precision: str) -> Callable:
         click.option("--resize", default="crop", show_default=True, type=click.Choice(list(RESIZE_MODES)),
                      help="crop: the model's own preprocess (shorter side, centre crop); squash: a plain resize "
                           "to the model's square size, as pybioclip does (to compare with its numbers)."),
+        click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS),
+                     help="Who runs the exact fp32 image tower on a CPU: auto = the faster of torch and ONNX Runtime "
+                          "whose embeddings stay within 1e-5 of torch's, measured once per model and machine "
+                          "(docs/predict.md#precision)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--hub-dir", type=click.Path(file_okay=False),
                      help="A Hugging Face hub folder (models--ORG--NAME/, datasets--ORG--NAME/) to look in for "
@@ -58,13 +63,13 @@ def _add_options(fn: Callable, precision: str) -> Callable:
 
 
 def inference_options(verb: str, *, device: str, precision: str, batch_size: int, workers: int | None,
-                      resize: str, templates: str | None = None, compile_: bool = False):
+                      resize: str, backend: str = "auto", templates: str | None = None, compile_: bool = False):
     """The verb's `InferenceOptions` from its command-line values (checked here)."""
     from treeclip.runtime.options import InferenceOptions
 
     values = {"templates": templates} if templates is not None else {}
     return InferenceOptions.for_verb(verb, device=device, precision=precision, batch_size=batch_size,
-                                     workers=workers, resize=resize, compile=compile_, **values)
+                                     workers=workers, resize=resize, backend=backend, compile=compile_, **values)
 
 
 def cache_paths(cache_root: str | None, hub_dir: str | None):
@@ -119,7 +124,7 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
 def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
-            quiet: bool, hub_dir: str | None, cache_root: str | None, rank: str, k: int, min_prob: float,
+            backend: str, quiet: bool, hub_dir: str | None, cache_root: str | None, rank: str, k: int, min_prob: float,
             taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...], cls_spec: str | None,
             bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str, output: str | None,
             overwrite: bool, retry_errors: bool, compile_: bool) -> None:
@@ -146,7 +151,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     answers = AnswerOptions(rank=rank, k=k, min_prob=min_prob, rollup=rollup)
     answers.for_labels(labels)  # --cls with --rank/--rollup fails here, before any image is read
     options = inference_options("predict", device=device, precision=precision, batch_size=batch_size,
-                                workers=workers, resize=resize, templates=templates, compile_=compile_)
+                                workers=workers, resize=resize, backend=backend, templates=templates, compile_=compile_)
     code = run_predict(model, _gather(images, list_file, csv_file, column, root), labels=labels, answers=answers,
                        output=OutputOptions(output, fmt, overwrite=overwrite, retry_errors=retry_errors),
                        options=options, caches=cache_paths(cache_root, hub_dir), progress=not quiet)
@@ -166,7 +171,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
               help="Images per chunk kept beside the output as they are done (what a resume starts from).")
 def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
           root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
-          quiet: bool, hub_dir: str | None, cache_root: str | None, output: str, normalize: bool, overwrite: bool,
+          backend: str, quiet: bool, hub_dir: str | None, cache_root: str | None, output: str, normalize: bool, overwrite: bool,
           retry_errors: bool, chunk_size: int) -> None:
     """Write image embeddings of IMAGES (files, folders, globs) under MODEL to Parquet or .npy.
 
@@ -181,7 +186,7 @@ def embed(model: str, images: tuple[str, ...], list_file: str | None, csv_file: 
     from treeclip.predict.runner import run_embed
 
     options = inference_options("embed", device=device, precision=precision, batch_size=batch_size,
-                                workers=workers, resize=resize)
+                                workers=workers, resize=resize, backend=backend)
     sys.exit(run_embed(model, _gather(images, list_file, csv_file, column, root),
                        output=OutputOptions(output, overwrite=overwrite, retry_errors=retry_errors),
                        normalize=normalize, chunk=chunk_size, options=options,

@@ -90,7 +90,8 @@ def image_features(model, task: Task, *, options: InferenceOptions | None = None
     where entries live (None: the environment's)."""
     options = options or InferenceOptions.for_verb("eval", device=str(model.device), batch_size=64, workers=0)
     caches = caches_or_default(caches)
-    encoder = ImageEncoder(model, device=options.device, precision=options.precision, caches=caches)
+    # torch's own fp32 tower: evaluation numbers do not depend on a backend measured per machine
+    encoder = ImageEncoder(model, device=options.device, precision=options.precision, caches=caches, backend="torch")
     model_fp, images_fp, n = model.fingerprint(), task.images_fingerprint(), len(task)
     entry = cache_entry(caches.features, model_fp, images_fp, encoder.precision)
     hit = _load_entry(entry, model_fp, images_fp, n, encoder.precision)

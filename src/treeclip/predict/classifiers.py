@@ -62,7 +62,7 @@ class BaseClassifier:
         self.clip = _load_clip(model, caches)
         self.preprocess = self.clip.preprocess_for(options.resize)
         self.encoder = ImageEncoder(self.clip, device=options.device, precision=options.precision,
-                                    compile=options.compile, caches=caches)
+                                    compile=options.compile, caches=caches, backend=options.backend)
         self.templates = options.template_texts()
         self.progress, self.label_cache = progress, label_cache
         self.logit_scale = self.clip.logit_scale()

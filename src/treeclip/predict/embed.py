@@ -48,7 +48,8 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: I
 
     options = options or InferenceOptions.for_verb("embed")
     clip = _load_clip(model, caches)
-    encoder = ImageEncoder(clip, device=options.device, precision=options.precision, caches=caches)
+    encoder = ImageEncoder(clip, device=options.device, precision=options.precision, caches=caches,
+                           backend=options.backend)
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
     bar = progress_bar(len(items), desc="embedding", enabled=progress)
     for idx, ok, pixels, errs in iter_batches(items, clip.preprocess_for(options.resize), batch_size=options.batch_size,

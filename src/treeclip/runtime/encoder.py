@@ -58,25 +58,20 @@ class ImageEncoder:
 
     def __init__(self, clip, *, device: str | None = "cpu", precision: str = "auto",
                  compile: bool = False, caches: CachePaths | None = None,
-                 streams: int | None = None) -> None:
+                 streams: int | None = None, backend: str = "auto") -> None:
         self.clip = clip
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dtype = torch.float32
         self.streams = max(1, streams or torch.get_num_threads())
+        self.backend = "torch"
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        if self.precision == "int8":
-            try:
-                self.visual: Callable = OnnxVisual(clip, "int8", caches)
-                return
-            except Exception as e:
-                if precision == "int8":
-                    raise
-                # "fast" chose int8 but this model does not export: fall back to exact fp32
-                log.warning(f"int8 path unavailable for {clip.name} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:100]}); using fp32")
-                self.precision = "fp32"
+        caches = caches_or_default(caches)
+        if self.precision == "int8" and self._use_int8(caches, checked=precision != "int8"):
+            return
+        if self._use_onnx_fp32(caches, backend, compile):
+            return
         visual = clip.model.visual
         if self.precision == "bf16" or self.device != clip.device:
             visual = copy.deepcopy(visual)
@@ -85,6 +80,70 @@ class ImageEncoder:
             visual = visual.to(torch.bfloat16)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.visual = torch.compile(visual) if compile else visual
+
+    def _use_int8(self, caches: CachePaths, *, checked: bool) -> bool:
+        """Run the int8 graph; when the policy chose it (`checked`), only if its embeddings
+        hold (`backends.int8_holds`), else the next precision the policy allows."""
+        from treeclip.runtime import backends
+        from treeclip.runtime.precision import cpu_features
+
+        try:
+            int8 = OnnxVisual(self.clip, "int8", caches)
+        except Exception as e:
+            if not checked:
+                raise
+            # "fast" chose int8 but this model does not export: fall back to exact fp32
+            log.warning(f"int8 path unavailable for {self.clip.name} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:100]}); using fp32")
+            self.precision = "fp32"
+            return False
+        if checked:
+            check = self._measured(caches, "int8", lambda: backends.int8_holds(
+                self._fp32_tower(), int8, backends.calibration_pixels(self.clip)))
+            if not check["holds"]:
+                self.precision = "bf16" if cpu_features().native_bf16 else "fp32"
+                log.warning(f"the int8 graph of {self.clip.name} is off fp32 (min cosine {check['min_cosine']:.4f} "
+                            f"on calibration images); using {self.precision}")
+                return False
+        self.visual: Callable = int8
+        self.backend = "onnxruntime"
+        return True
+
+    def _use_onnx_fp32(self, caches: CachePaths, backend: str, compile: bool) -> bool:
+        """Run fp32 through ONNX Runtime when asked, or (`auto`) when it measured faster
+        than torch at the exact path's bar on this CPU (`runtime.backends`)."""
+        from treeclip.runtime import backends
+        from treeclip.runtime.precision import onnxruntime_available
+
+        if self.precision != "fp32" or self.device.type != "cpu" or compile or backend == "torch":
+            return False
+        if backend == "auto":
+            if not onnxruntime_available():
+                return False
+            candidates = {"onnxruntime": lambda: OnnxVisual(self.clip, "fp32", caches)}
+            backend = self._measured(caches, "fp32", lambda: backends.choose_fp32(
+                self._fp32_tower(), candidates, backends.calibration_pixels(self.clip)))["backend"]
+        if backend != "onnxruntime":
+            return False
+        self.visual = OnnxVisual(self.clip, "fp32", caches)
+        self.backend = "onnxruntime"
+        return True
+
+    def _fp32_tower(self) -> Callable:
+        """open_clip's fp32 image tower on the CPU (the model's own weights, or a copy)."""
+        visual = self.clip.model.visual
+        return visual.eval() if self.clip.device.type == "cpu" else copy.deepcopy(visual).cpu().eval()
+
+    def _measured(self, caches: CachePaths, precision: str, measure: Callable[[], dict]) -> dict:
+        """A backend measurement of this model, from the record when made before."""
+        from treeclip.runtime.backends import BackendRecords, record_key
+
+        records, key = BackendRecords(caches.onnx), record_key(self.clip, precision)
+        found = records.get(key)
+        if found is None:
+            found = measure()
+            records.put(key, found)
+        return found
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:

@@ -14,6 +14,10 @@ from treeclip.errors import TreeclipError
 from treeclip.model.registry import RESIZE_MODES
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+"""What `--backend` accepts for the exact fp32 image tower on a CPU: `auto` measures which
+is faster at the exact path's bar (`runtime.backends`)."""
+
 TemplateSpec = str | tuple[str, ...]
 """A named template set (`openai`, `bioclip`, `single`), a file with one per line, or the
 templates themselves."""
@@ -25,7 +29,8 @@ class InferenceOptions:
 
     `precision`: one of `PRECISIONS` (see `runtime.precision` for the policy); `workers`:
     decoding processes (None: cores - 2); `resize`: `crop` (the model's own preprocess) or
-    `squash` (pybioclip's plain resize); `compile`: `torch.compile` the image tower."""
+    `squash` (pybioclip's plain resize); `compile`: `torch.compile` the image tower;
+    `backend`: who runs the fp32 tower on a CPU (`BACKENDS`)."""
 
     device: str = "cpu"
     precision: str = VERB_DEFAULTS["predict"]
@@ -34,8 +39,11 @@ class InferenceOptions:
     templates: TemplateSpec = "openai"
     compile: bool = False
     resize: str = "crop"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise TreeclipError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise TreeclipError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.resize not in RESIZE_MODES:

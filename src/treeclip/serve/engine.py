@@ -86,7 +86,8 @@ class ServeEngine:
         if embed_precision == self.options.precision:
             return {"predict": self.tree.encoder, "embed": self.tree.encoder}
         # fp32 on the serving device shares the model's weights: no copy
-        embed = ImageEncoder(self.clip, device=self.options.device, precision=embed_precision, caches=self.caches)
+        embed = ImageEncoder(self.clip, device=self.options.device, precision=embed_precision, caches=self.caches,
+                             backend=self.options.backend)
         return {"predict": self.tree.encoder, "embed": embed}
 
     async def start(self) -> None:
