@@ -137,6 +137,43 @@ def bench_embed(args, clip, plain, preprocess, paths, workdir: Path) -> dict:
     return out
 
 
+def bench_trained(args) -> dict:
+    """Agreement on a trained model (random weights agree more easily: their embeddings
+    barely separate classes, so a small change seldom flips a top-1): the default `fast`
+    path and the exact path's chosen backend against torch fp32, top-1 over the model's
+    label set and the cosine of the embeddings, on the model's own kind of images."""
+    from treeclip.cache import CachePaths
+    from treeclip.predict import TreeOfLifeClassifier
+    from treeclip.runtime.options import InferenceOptions
+
+    paths = sorted(str(p) for p in Path(args.trained_images).rglob("*.jpg"))[:args.trained_n]
+    caches = CachePaths.default(Path(tempfile.mkdtemp()))
+    runs = {"torch_fp32": dict(precision="fp32", backend="torch"), "exact_auto": dict(precision="fp32"),
+            "fast": dict(precision="fast"), "bf16": dict(precision="bf16")}
+    top1, emb, backend = {}, {}, {}
+    for who, opts in runs.items():
+        clf = TreeOfLifeClassifier(args.trained, args.trained_taxa, options=InferenceOptions(**opts), caches=caches)
+        probs = []
+        for _batch, p, _ok, _err in clf.encoded_batches(paths):
+            probs.append(p)
+        top1[who] = np.concatenate(probs).argmax(1)
+        emb[who] = clf.encoder(_pixels(clf, paths)).numpy()
+        backend[who] = f"{clf.precision}/{clf.encoder.backend}"
+    out = {"trained_model": args.trained, "trained_images": len(paths), "backends": backend}
+    for who in ("exact_auto", "fast", "bf16"):
+        out[f"{who}_top1_agreement_with_torch_fp32"] = float(np.mean(top1[who] == top1["torch_fp32"]))
+        out[f"{who}_min_cosine_with_torch_fp32"] = float((emb[who] * emb["torch_fp32"]).sum(1).min())
+        out[f"{who}_max_abs_with_torch_fp32"] = float(np.abs(emb[who] - emb["torch_fp32"]).max())
+    return out
+
+
+def _pixels(clf, paths):
+    import torch
+    from PIL import Image
+
+    return torch.stack([clf.preprocess(Image.open(p).convert("RGB")) for p in paths])
+
+
 def timed_rounds(runs: dict, rounds: int) -> tuple[dict, dict]:
     """Summed seconds of each contender over rounds whose order alternates; last outputs."""
     seconds, outputs = dict.fromkeys(runs, 0.0), {}
@@ -197,9 +234,11 @@ def bench_throughput(args, workdir: Path) -> dict:
     images = args.n * args.rounds
     out = {"images": args.n, "rounds": args.rounds, "image_size": f"{args.width}x{args.height}",
            "labels": args.labels, "model": args.model, "baseline_batch_size": 10,
-           "treeclip_batch_size": clf.batch_size, "treeclip_precision": clf.precision,
+           "treeclip_batch_size": clf.options.batch_size, "treeclip_precision": clf.precision,
+           "treeclip_backend": clf.encoder.backend,
            "treeclip_setup_seconds_once": setup_s, "baseline_img_per_s": images / seconds["baseline"]}
     for who in contenders:
+        out[f"{who}_backend"] = contenders[who].encoder.backend
         out[f"{who}_img_per_s"] = images / seconds[who]
         out[f"{who}_speedup"] = seconds["baseline"] / seconds[who]
         out[f"{who}_top1_agreement_with_baseline"] = float(np.mean([a == b for a, b in zip(top1["baseline"], top1[who])]))
@@ -275,6 +314,10 @@ def main() -> None:
                     help="also time `treeclip embed` (fp32 and fast) against plain open_clip embeddings")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-aggregation", action="store_true")
+    ap.add_argument("--trained", help="a trained model dir: also measure agreement on it (e.g. a demo model)")
+    ap.add_argument("--trained-taxa", help="its label taxa (a dir with taxa.parquet) when the model dir has none")
+    ap.add_argument("--trained-images", help="a folder of its kind of images (e.g. a demo task's images/)")
+    ap.add_argument("--trained-n", type=int, default=300)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     from treeclip.runtime.precision import cpu_features
@@ -290,6 +333,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results["throughput"] = bench_throughput(args, Path(tmp))
         print(json.dumps(results["throughput"], indent=2), flush=True)
+    if args.trained:
+        results["trained"] = bench_trained(args)
+        print(json.dumps(results["trained"], indent=2), flush=True)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(results["machine"], indent=2), flush=True)
     if args.json:
