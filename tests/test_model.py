@@ -152,6 +152,18 @@ def test_bioclip_2_architecture_is_registered_and_listed():
     assert rows["bioclip-2-vit-l-14"]["embed_dim"] == 768
 
 
+def test_bioclip_2_5_architecture_is_open_clips_vit_h_14():
+    import open_clip
+
+    from treeclip.model.factory import count_parameters
+
+    cfg = get_config("bioclip-2.5-vit-h-14")
+    reference = open_clip.get_model_config("ViT-H-14")
+    assert cfg["model_cfg"]["vision_cfg"] == reference["vision_cfg"]
+    assert cfg["model_cfg"]["text_cfg"] == reference["text_cfg"] and cfg["model_cfg"]["embed_dim"] == 1024
+    assert 980_000_000 < count_parameters(cfg) < 990_000_000
+
+
 def test_hub_spec_names_are_checked_and_resolved_from_refs_main(tmp_path, monkeypatch):
     from treeclip.model import hub
 

@@ -265,6 +265,33 @@ def test_models_published_lists_what_is_here(offline, tmp_path):
     assert rows["hf-hub:imageomics/TreeOfLife-200M"]["where"].endswith("embeddings")
 
 
+def test_a_label_set_named_for_the_model_is_read_before_the_species_set(offline, tmp_path, monkeypatch):
+    """pybioclip's per-model naming: `txt_emb_<model>.*` beside `txt_emb_species.*` in a
+    dataset repo or a folder; each model reads its own set when there is one."""
+    import shutil
+
+    from treeclip.predict import TreeOfLifeClassifier
+
+    root, _, sets = offline
+    hub = tmp_path / "hub"
+    shutil.copytree(root, hub, symlinks=True)
+    snapshot = hub / "datasets--imageomics--TreeOfLife-200M" / "snapshots" / ("d" * 40) / "embeddings"
+    own = label_entries(30, 7)
+    files = _label_files(own, 96, np.float32, 8, tmp_path)
+    (snapshot / "txt_emb_bioclip-2.npy").write_bytes(files["embeddings/txt_emb_species.npy"])
+    (snapshot / "txt_emb_bioclip-2.json").write_bytes(files["embeddings/txt_emb_species.json"])
+    monkeypatch.setenv("TREECLIP_HF_HUB", str(hub))
+    assert len(TreeOfLifeClassifier(BIOCLIP2, **OPTS).label_set) == len(own)  # its own set
+    # a folder given with --taxa: the same choice; another model reads the species set
+    assert len(TreeOfLifeClassifier(BIOCLIP2, taxa=str(snapshot), **OPTS).label_set) == len(own)
+    other = TreeOfLifeClassifier(BIOCLIP2, taxa=str(snapshot / "txt_emb_species.json"), **OPTS)
+    assert len(other.label_set) == len(sets["200M"])
+    result = CliRunner().invoke(cli, ["models", "--published", "--json"])
+    rows = {json.loads(ln)["spec"]: json.loads(ln) for ln in result.stdout.splitlines()}
+    listed = [r for r in rows.values() if r["kind"] == "label set" and r["for"] == BIOCLIP2]
+    assert listed and listed[0]["sets"] == ["bioclip-2", "species"] and listed[0]["reads"] == "bioclip-2"
+
+
 # -- tree-of-life predictions over the published label sets ---------------------------------------
 @pytest.mark.parametrize("path", ["dense", "blocked"])
 @pytest.mark.parametrize("model,dataset", [(BIOCLIP, "TreeOfLife-10M"), (BIOCLIP2, "TreeOfLife-200M")])

@@ -38,10 +38,10 @@ def models(as_json: bool, published: bool, hub_dir: str | None) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    header = f"{'name':<18} {'params':>8} {'image':>5} {'embed':>5} {'ctx':>4}  description"
-    click.echo(header)
+    width = max(len(r["name"]) for r in rows)
+    click.echo(f"{'name':<{width}} {'params':>8} {'image':>5} {'embed':>5} {'ctx':>4}  description")
     for r in rows:
-        click.echo(f"{r['name']:<18} {r['parameters'] / 1e6:>7.1f}M {r['image_size']:>5} {r['embed_dim']:>5} "
+        click.echo(f"{r['name']:<{width}} {r['parameters'] / 1e6:>7.1f}M {r['image_size']:>5} {r['embed_dim']:>5} "
                    f"{r['context_length']:>4}  {r['description']}")
 
 
@@ -51,22 +51,29 @@ def _published(as_json: bool, hub_dir: str | None) -> None:
     from treeclip.errors import TreeclipError
     from treeclip.model.hub import HUB_PREFIX, PUBLISHED_LABEL_SETS
     from treeclip.model.weights import resolve_source
-    from treeclip.runtime.labelsets import hub_label_set
+    from treeclip.runtime.labelsets import hub_label_set, label_set_names, model_label_names
 
     hub = CachePaths.default(hub=hub_dir).hub
     rows = []
     for model, dataset in PUBLISHED_LABEL_SETS.items():
+        prefer = model_label_names(HUB_PREFIX + model)
         for spec, kind, find in ((HUB_PREFIX + model, "model", lambda s: resolve_source(s, hub_dir=hub)),
-                                 (HUB_PREFIX + dataset, "label set", lambda s: hub_label_set(s, hub_dir=hub)[0].parent)):
+                                 (HUB_PREFIX + dataset, "label set",
+                                  lambda s: hub_label_set(s, hub_dir=hub, prefer=prefer)[0])):
+            row = {"spec": spec, "kind": kind, "for": HUB_PREFIX + model}
             try:
-                rows.append({"spec": spec, "kind": kind, "for": HUB_PREFIX + model, "found": True,
-                             "where": str(find(spec))})
+                where = find(spec)
             except TreeclipError as err:
-                rows.append({"spec": spec, "kind": kind, "for": HUB_PREFIX + model, "found": False,
-                             "where": str(err)})
+                rows.append({**row, "found": False, "where": str(err)})
+                continue
+            if kind == "label set":  # the folder, every set the copied repo holds there, the one this model reads
+                row.update(sets=label_set_names(where.parent), reads=where.name[len("txt_emb_"):-len(".npy")])
+                where = where.parent
+            rows.append({**row, "found": True, "where": str(where)})
     for r in rows:
         if as_json:
             click.echo(json.dumps(r))
         else:
             state = "found" if r["found"] else "MISSING"
-            click.echo(f"{r['spec']:<36} {r['kind']:<9} {state:<7}  {r['where']}")
+            sets = f"  (sets: {', '.join(r['sets'])}; {r['for']} reads {r['reads']})" if "sets" in r else ""
+            click.echo(f"{r['spec']:<36} {r['kind']:<9} {state:<7}  {r['where']}{sets}")

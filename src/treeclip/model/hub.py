@@ -33,7 +33,8 @@ PUBLISHED_LABEL_SETS = {
     "imageomics/bioclip-2": "imageomics/TreeOfLife-200M",
 }
 """The tree-of-life label set (a dataset repo) published for each BioCLIP model, as
-pybioclip pairs them; its files are `embeddings/txt_emb_species.{npy,json}`."""
+pybioclip pairs them; its files are `embeddings/txt_emb_species.{npy,json}`, or a set
+named for the model beside them (`txt_emb_<model>.*`, `runtime.labelsets`)."""
 
 LABEL_SET_FOLDER = "embeddings"
 """Where a published dataset repo keeps its label set."""

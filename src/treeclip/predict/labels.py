@@ -63,12 +63,13 @@ def load_label_source(spec: str | None, model_spec: str | None = None, *, limit:
     `caches`: where parsed names are kept and which hub folder is searched first."""
     from functools import partial
 
-    from treeclip.runtime.labelsets import read_label_set
+    from treeclip.runtime.labelsets import model_label_names, read_label_set
     from treeclip.taxonomy.templates import load_templates
 
     templates = tuple(templates) if templates is not None else load_templates(DEFAULT_TEMPLATES)
     caches = caches_or_default(caches)
     read = partial(read_label_set, caches=caches, progress=progress)
+    prefer = model_label_names(model_spec)  # a label set named for the model, where a folder has one
     if spec and spec.startswith("ncbi:"):
         return LabelSet.of_taxa(_ncbi_taxa(spec, limit), spec)
     if spec is None:
@@ -76,12 +77,12 @@ def load_label_source(spec: str | None, model_spec: str | None = None, *, limit:
     from treeclip.model.hub import is_hub_spec
 
     if is_hub_spec(spec):
-        return _hub_labels(spec, "the label set", read, caches)
+        return _hub_labels(spec, "the label set", read, caches, prefer)
     from treeclip.runtime.labelsets import find_pair
 
     path = Path(spec)
     if path.is_dir():
-        found = _dir_labels(path, templates, text_type, read)
+        found = _dir_labels(path, templates, text_type, read, prefer)
         if found is None:
             raise TreeclipError(f"{spec}: folder has no taxa.parquet (nor a txt_emb_species label set)")
         return found
@@ -99,14 +100,16 @@ def _ncbi_taxa(spec: str, limit: int | None) -> list[Taxon]:
     return taxa
 
 
-def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: _Reader) -> LabelSet | None:
-    """A folder's label set: its pair when it fits (or when there is no taxa.parquet to
-    encode instead), else its taxa.parquet; None when it has neither."""
-    from treeclip.runtime.labelsets import META_FILE, TAXA_FILE, find_pair, pair_fits
+def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: _Reader,
+                prefer: Sequence[str] = ()) -> LabelSet | None:
+    """A folder's label set: one named for the model (`prefer`), else its species pair
+    when it fits (or when there is no taxa.parquet to encode instead), else its
+    taxa.parquet; None when it has neither."""
+    from treeclip.runtime.labelsets import EMBEDDINGS_FILE, META_FILE, TAXA_FILE, find_pair, pair_fits
 
-    pair = find_pair(folder)
+    pair = find_pair(folder, prefer)
     table = folder / TAXA_FILE
-    if pair and not table.is_file():
+    if pair and (pair[0].name != EMBEDDINGS_FILE or not table.is_file()):
         return read(*pair)
     if pair and pair_fits(folder, templates, text_type):
         return read(*pair)
@@ -118,10 +121,10 @@ def _dir_labels(folder: Path, templates: Sequence[str], text_type: str, read: _R
     return LabelSet.of_taxa(read_taxa_table(table), str(table))
 
 
-def _hub_labels(spec: str, what: str, read: _Reader, caches: CachePaths) -> LabelSet:
+def _hub_labels(spec: str, what: str, read: _Reader, caches: CachePaths, prefer: Sequence[str] = ()) -> LabelSet:
     from treeclip.runtime.labelsets import hub_label_set
 
-    return read(*hub_label_set(spec, what, hub_dir=caches.hub))
+    return read(*hub_label_set(spec, what, hub_dir=caches.hub, prefer=prefer))
 
 
 def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: str, read: _Reader,
@@ -132,6 +135,7 @@ def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: s
                             "txt_emb_species label set or ncbi:CLADE), or load the model from a dir that has them")
     from treeclip.model.hub import published_label_set
     from treeclip.model.weights import resolve_source
+    from treeclip.runtime.labelsets import model_label_names
 
     base = resolve_source(model_spec, hub_dir=caches.hub)
     folder = base if base.is_dir() else base.parent if base.is_file() else None
@@ -140,7 +144,8 @@ def _model_labels(model_spec: str | None, templates: Sequence[str], text_type: s
         return found
     published = published_label_set(model_spec)
     if published:
-        return _hub_labels(published, f"the label set published for {model_spec}", read, caches)
+        return _hub_labels(published, f"the label set published for {model_spec}", read, caches,
+                           model_label_names(model_spec))
     raise TreeclipError(f"{model_spec}: the model has no taxa.parquet (nor a txt_emb_species label set); give "
                         "a taxa table with --taxa FILE (CSV/Parquet), a label set with --taxa DIR, or --taxa ncbi:CLADE")
 

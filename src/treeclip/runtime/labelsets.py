@@ -5,6 +5,11 @@ The layout (pybioclip's; TreeOfLife-10M and TreeOfLife-200M ship it in `embeddin
     txt_emb_species.npy    float array (embed_dim, n_taxa): logits = image_features @ array
     txt_emb_species.json   one entry per column: [[kingdom, ..., genus, species_epithet], common]
 
+A folder may also hold label sets named per model, `txt_emb_<model>.{npy,json}` (e.g.
+`txt_emb_bioclip-2.5-vit-h-14.*` beside `txt_emb_species.*`, as pybioclip's next release
+reads them): for a model, its own set is taken when the folder has one, else the
+`species` set (`find_pair(folder, prefer=model_label_names(spec))`).
+
 treeclip writes the same pair into a model dir (`write_model_labels`), next to
 `taxa.parquet`, plus `txt_emb_species.treeclip.json` saying which model, templates and
 text type made the embeddings, so a stale pair is never used for another model.
@@ -40,8 +45,10 @@ from treeclip.taxonomy.taxon import RANKS, Taxon
 
 log = get_logger(__name__)
 
-EMBEDDINGS_FILE = "txt_emb_species.npy"
-NAMES_FILE = "txt_emb_species.json"
+LABEL_SET_PREFIX = "txt_emb_"
+DEFAULT_SET = "species"
+EMBEDDINGS_FILE = f"{LABEL_SET_PREFIX}{DEFAULT_SET}.npy"
+NAMES_FILE = f"{LABEL_SET_PREFIX}{DEFAULT_SET}.json"
 META_FILE = "txt_emb_species.treeclip.json"
 TAXA_FILE = "taxa.parquet"
 DEFAULT_TEMPLATES = "openai"
@@ -76,29 +83,64 @@ class LabelSet:
 
 
 # -- finding and reading the layout ---------------------------------------------------------
-def find_pair(path: str | os.PathLike) -> tuple[Path, Path] | None:
-    """(npy, json) a path names: either file of the pair, or a folder holding them (or an
-    `embeddings/` folder that does, as a published dataset repo); None if it names none."""
+def label_set_names(folder: str | os.PathLike) -> list[str]:
+    """The names of the label sets in `folder` (`species` for `txt_emb_species.*`), sorted:
+    those with both files there."""
+    folder = Path(folder)
+    names = {p.name[len(LABEL_SET_PREFIX):-len(".npy")] for p in folder.glob(f"{LABEL_SET_PREFIX}*.npy")}
+    return sorted(n for n in names if (folder / f"{LABEL_SET_PREFIX}{n}.json").is_file())
+
+
+def model_label_names(model_spec: str | None) -> tuple[str, ...]:
+    """The label-set names that belong to a model spec, most specific first: the repo name
+    of `hf-hub:ORG/NAME`, a model dir's or file's name, a registered name."""
+    if not model_spec:
+        return ()
+    text = str(model_spec).rstrip("/")
+    name = text.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    return (name.lower(),) if name and name.lower() != DEFAULT_SET else ()
+
+
+def find_pair(path: str | os.PathLike, prefer: Sequence[str] = ()) -> tuple[Path, Path] | None:
+    """(npy, json) a path names: either file of the pair, or a folder holding a pair (or an
+    `embeddings/` folder that does, as a published dataset repo): the first set of
+    `prefer` (model-named sets) it holds, else `txt_emb_species`; None if it names none."""
     p = Path(path)
     if p.is_dir():
         for base in (p, p / "embeddings"):
-            if (base / EMBEDDINGS_FILE).exists() or (base / NAMES_FILE).exists():
-                return base / EMBEDDINGS_FILE, base / NAMES_FILE
+            for name in (*prefer, DEFAULT_SET):
+                npy, names = base / f"{LABEL_SET_PREFIX}{name}.npy", base / f"{LABEL_SET_PREFIX}{name}.json"
+                if name != DEFAULT_SET and not (npy.is_file() and names.is_file()):
+                    continue
+                if npy.exists() or names.exists():
+                    return npy, names
         return None
     if p.suffix.lower() in (".npy", ".json"):
         return p.with_suffix(".npy"), p.with_suffix(".json")
     return None
 
 
-def hub_label_set(spec: str, what: str | None = None, *, hub_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+def hub_label_set(spec: str, what: str | None = None, *, hub_dir: str | os.PathLike | None = None,
+                  prefer: Sequence[str] = ()) -> tuple[Path, Path]:
     """(npy, json) of the label set in dataset repo `hf-hub:ORG/NAME`'s snapshot in the
-    local Hugging Face cache (`embeddings/` or the top; `hub_dir` searched first); one
-    line naming every place looked when absent. `what` names the set in that line."""
+    local Hugging Face cache (`embeddings/` or the top; `hub_dir` searched first): the
+    first model-named set of `prefer` it holds, else `txt_emb_species`; one line naming
+    every place looked when absent. `what` names the set in that line."""
+    from treeclip.errors import TreeclipError
     from treeclip.model.hub import LABEL_SET_FOLDER, find_snapshot
 
-    need = [(f"{LABEL_SET_FOLDER}/{f}", f) for f in (EMBEDDINGS_FILE, NAMES_FILE)]
+    def files(name: str) -> list[tuple[str, str]]:
+        pair = (f"{LABEL_SET_PREFIX}{name}.npy", f"{LABEL_SET_PREFIX}{name}.json")
+        return [(f"{LABEL_SET_FOLDER}/{f}", f) for f in pair]
+
+    for name in prefer:  # a set named for the model, when the repo has one
+        try:
+            return find_pair(find_snapshot(spec, "dataset", files(name), what=name, hub=hub_dir),  # type: ignore[return-value]
+                             prefer=(name,))
+        except TreeclipError:
+            continue
     what = f"{what or 'the label set'} ({LABEL_SET_FOLDER}/{EMBEDDINGS_FILE} and {NAMES_FILE})"
-    return find_pair(find_snapshot(spec, "dataset", need, what=what, hub=hub_dir))  # type: ignore[return-value]
+    return find_pair(find_snapshot(spec, "dataset", files(DEFAULT_SET), what=what, hub=hub_dir))  # type: ignore[return-value]
 
 
 def read_label_set(npy: str | os.PathLike, names: str | os.PathLike, *,
