@@ -31,7 +31,8 @@ def _add_options(fn: Callable, precision: str) -> Callable:
         click.option("--csv", "csv_file", type=click.Path(dir_okay=False),
                      help="CSV whose --column holds image paths (relative to --root or the CSV's folder)."),
         click.option("--column", default="file_name", show_default=True, help="Path column of --csv."),
-        click.option("--root", type=click.Path(file_okay=False), help="Folder relative --csv paths start from."),
+        click.option("--root", type=click.Path(file_okay=False),
+                     help="Folder relative --csv (or --detections) paths start from."),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
         click.option("--workers", default=None, type=click.IntRange(0),
                      help="Decoding processes (0 = decode in the main process) [default: cores - 2, so none on 2 cores]."),
@@ -79,6 +80,22 @@ def cache_paths(cache_root: str | None, hub_dir: str | None):
     return CachePaths.default(cache_root, hub_dir)
 
 
+def _detections(path: str | None, root: str | None, min_conf: float, categories: str, margin: float,
+                md_out: str | None, output: str | None, fmt: str):
+    """The `DetectionOptions` of --detections and its companions (None without it)."""
+    from treeclip.errors import TreeclipError
+    from treeclip.predict.detections import DetectionOptions
+
+    if path is None:
+        if md_out:
+            raise TreeclipError("--md-out writes the classifications of --detections; give --detections")
+        return None
+    if md_out and (not output or fmt == "table"):
+        raise TreeclipError("--md-out reads the finished rows back: give -o FILE in csv or jsonl")
+    return DetectionOptions(path, root=root, min_conf=min_conf, categories=tuple(categories.split(",")),
+                            margin=margin, md_out=md_out)
+
+
 def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
             root: str | None) -> list:
     from treeclip.errors import TreeclipError
@@ -122,12 +139,26 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
 @click.option("--retry-errors", is_flag=True, help="When resuming, try the images whose rows are errors again.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
+@click.option("--detections", "detections_file", type=click.Path(dir_okay=False),
+              help="A MegaDetector batch output (JSON): classify each detection on its crop, one row per "
+                   "detection (detection_id, bbox, detection_conf columns); images with none get an empty row. "
+                   "Its `file` paths start from --root (default: the JSON's folder).")
+@click.option("--min-conf", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="With --detections: the detections at least this confident.")
+@click.option("--categories", default="animal", show_default=True,
+              help="With --detections: the detection categories to classify (comma list, e.g. animal,person).")
+@click.option("--crop-margin", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="With --detections: context kept around each box, as a fraction of its size per side.")
+@click.option("--md-out", type=click.Path(dir_okay=False),
+              help="With --detections: also write the MegaDetector JSON with each detection's classifications "
+                   "(the format Timelapse reads).")
 def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file: str | None, column: str,
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
             backend: str, quiet: bool, hub_dir: str | None, cache_root: str | None, rank: str, k: int, min_prob: float,
             taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...], cls_spec: str | None,
             bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str, output: str | None,
-            overwrite: bool, retry_errors: bool, compile_: bool) -> None:
+            overwrite: bool, retry_errors: bool, compile_: bool, detections_file: str | None, min_conf: float,
+            categories: str, crop_margin: float, md_out: str | None) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
     \b
@@ -136,6 +167,7 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     treeclip predict MODEL a.jpg --cls "crow,\\"magpie, black-billed\\"" --format table
     treeclip predict MODEL photos/ --rollup 0.8 --format jsonl -o out.jsonl
     treeclip predict hf-hub:imageomics/bioclip-2 photos/ --rank family
+    treeclip predict MODEL --detections md.json -o crops.csv --md-out md_classified.json
 
     MODEL is a model dir, `local-dir:DIR`, `hf-hub:ORG/NAME` (from the local Hugging Face
     cache, never downloaded; docs/predict.md#offline), a checkpoint or a registered name. Rows carry
@@ -152,9 +184,12 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     answers.for_labels(labels)  # --cls with --rank/--rollup fails here, before any image is read
     options = inference_options("predict", device=device, precision=precision, batch_size=batch_size,
                                 workers=workers, resize=resize, backend=backend, templates=templates, compile_=compile_)
-    code = run_predict(model, _gather(images, list_file, csv_file, column, root), labels=labels, answers=answers,
+    detections = _detections(detections_file, root, min_conf, categories, crop_margin, md_out, output, fmt)
+    items = _gather(images, list_file, csv_file, column, root) if detections is None else []
+    code = run_predict(model, items, labels=labels, answers=answers,
                        output=OutputOptions(output, fmt, overwrite=overwrite, retry_errors=retry_errors),
-                       options=options, caches=cache_paths(cache_root, hub_dir), progress=not quiet)
+                       options=options, caches=cache_paths(cache_root, hub_dir), detections=detections,
+                       progress=not quiet)
     sys.exit(code)
 
 

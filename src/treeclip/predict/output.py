@@ -21,9 +21,9 @@ from typing import Iterable, Sequence, TextIO
 
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import write_text_atomic
+from treeclip.predict.options import FORMATS
 from treeclip.taxonomy.taxon import RANKS, rank_index
 
-FORMATS = ("csv", "jsonl", "table")
 SPECIES_EXTRA = ("species_epithet", "species", "common_name")
 
 
@@ -81,8 +81,9 @@ def table_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 @dataclass
 class StoredRows:
-    """The rows an output already holds, in file order: each row's file name, its text
-    (as this writer writes it, newline included) and whether it is an error row."""
+    """The rows an output already holds, in file order: each row's key (its file name, or
+    `<file>#<detection_id>` for a detection's row), its text (as this writer writes it,
+    newline included) and whether it is an error row."""
 
     names: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -119,7 +120,7 @@ def read_stored(path: Path, fmt: str, columns: Sequence[str]) -> StoredRows:
                                 "give another --output or remove it")
         error_at = list(columns).index("error")
         for cells in (row for row in reader if row):
-            stored.names.append(cells[0])
+            stored.names.append(row_key(dict(zip(columns, cells))))
             stored.texts.append(_csv_line(cells))
             stored.errors.append(len(cells) > error_at and bool(cells[error_at]))
         return stored
@@ -127,12 +128,27 @@ def read_stored(path: Path, fmt: str, columns: Sequence[str]) -> StoredRows:
         if line.strip():
             try:
                 row = json.loads(line)
-                stored.names.append(row["file_name"])
+                stored.names.append(row_key(row))
             except (ValueError, KeyError, TypeError):
                 raise TreeclipError(f"{path}: line {n} is not a prediction row; cannot resume it") from None
             stored.texts.append(line + "\n")
             stored.errors.append(bool(row.get("error")))
     return stored
+
+
+def row_key(row: dict) -> str:
+    """The key an output row resumes by: its file, or `<file>#<detection_id>` for a
+    detection's row (`predict.detections`)."""
+    detection = row.get("detection_id")
+    return f"{row['file_name']}#{detection}" if detection not in (None, "") else row["file_name"]
+
+
+def read_rows(path: Path, fmt: str) -> list[dict]:
+    """Every row of a finished CSV or JSON Lines output, as dicts."""
+    text = Path(path).read_text(encoding="utf-8")
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _csv_line(cells: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 from treeclip.cache import CachePaths, caches_or_default
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED
 from treeclip.log import get_logger, progress_bar
+from treeclip.predict.detections import DetectionOptions, detection_rows, empty_rows, read_detections
 from treeclip.predict.options import AnswerOptions, LabelChoice, OutputOptions
 from treeclip.runtime.images import Item
 from treeclip.runtime.options import InferenceOptions
@@ -51,9 +52,11 @@ def _run_identity(verb: str, model: str, options: InferenceOptions) -> dict:
 def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = LabelChoice(),
                 answers: AnswerOptions = AnswerOptions(), output: OutputOptions = OutputOptions(),
                 options: InferenceOptions | None = None, caches: CachePaths | None = None,
-                progress: bool = True) -> int:
-    """Classify `items` and write their rows; see `treeclip predict --help`. Under torchrun
-    the inputs are split over the ranks and the parts merged (`predict.runs`)."""
+                detections: DetectionOptions | None = None, progress: bool = True) -> int:
+    """Classify `items` and write their rows; see `treeclip predict --help`. With
+    `detections` (a MegaDetector batch output) the inputs are its kept detections, each
+    classified on its crop (`predict.detections`). Under torchrun the inputs are split over
+    the ranks and the parts merged (`predict.runs`)."""
     from treeclip.predict import output as out
     from treeclip.predict.inputs import unique_names
     from treeclip.predict.runs import file_identity
@@ -69,23 +72,32 @@ def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = Labe
                 "labels": file_identity(labels.cls_spec), "bins": file_identity(labels.bins),
                 "text_type": labels.text_type, "templates": file_identity(_template_spec(options)),
                 "format": output.fmt, **row_options}
+    found = read_detections(detections) if detections is not None else None
+    if found is not None:
+        items, columns = found.items, detections.with_columns(columns)
+        identity["detections"] = detections.identity()
     ranks = _Ranks.join(options.device, output.path)
     items = unique_names(items)
+    order = found.order if found is not None else [it.name for it in items]
     writer, done, done_errors = ranks.open_output(output, columns, identity)
+    if found is not None and ranks.is_main:  # images with nothing to classify: a row each
+        writer.write(empty_rows([f for f in found.empty if f not in done]))
     todo = [it for it in items if it.name not in done]
     skipped = len(items) - len(todo)
     earlier = sum(it.name in done_errors for it in items)  # failed in an earlier run, kept as error rows
     mine = ranks.block(todo)
     if not todo:  # all done by an earlier run (every rank sees the same): no need to load the model
-        ranks.finish(writer, output, columns, [it.name for it in items])
+        ranks.finish(writer, output, columns, order)
+        _write_classified(detections, output, ranks)
         log.info(f"predict: nothing to do, all {skipped} images are in {output.path}{_earlier(earlier)}")
         return EXIT_SOME_FAILED if earlier else EXIT_OK
     clf = make_classifier(model, labels, options, caches, progress=progress and ranks.is_main)
     start = time.perf_counter()
-    failed = _classify(clf, mine, writer, row_options, progress and ranks.is_main)
+    failed = _classify(clf, mine, writer, row_options, progress and ranks.is_main, found)
     seconds = time.perf_counter() - start
     failed, done_now = ranks.total(failed), ranks.total(len(mine))
-    ranks.finish(writer, output, columns, [it.name for it in items])
+    ranks.finish(writer, output, columns, order)
+    _write_classified(detections, output, ranks)
     if ranks.is_main:
         rate = f", {done_now / seconds:.1f} img/s" if seconds > 0 else ""
         where = f" -> {output.path}" if output.path else ""
@@ -104,12 +116,24 @@ def _earlier(n: int) -> str:
     return f"; {n} of them failed before: --retry-errors tries them again" if n else ""
 
 
-def _classify(clf, items: Sequence[Item], writer, options: dict, progress: bool) -> int:
-    """Stream `items` through `clf` into `writer`; each failure one line; returns failures."""
+def _write_classified(detections: DetectionOptions | None, output: OutputOptions, ranks: "_Ranks") -> None:
+    """The MegaDetector JSON with the finished output's classifications, when asked."""
+    if detections is None or not detections.md_out or not ranks.is_main:
+        return
+    from treeclip.predict.detections import write_classified
+    from treeclip.predict.output import read_rows
+
+    n = write_classified(detections.path, read_rows(Path(output.path), output.fmt), detections.md_out)
+    log.info(f"predict: {n} detections classified in {detections.md_out}")
+
+
+def _classify(clf, items: Sequence[Item], writer, options: dict, progress: bool, found=None) -> int:
+    """Stream `items` through `clf` into `writer` (detection crops' rows get their
+    detection's columns); each failure one line; returns failures."""
     failed = 0
     with progress_bar(len(items), desc="predicting", enabled=progress and bool(items)) as bar:
         for rows in clf.predict_batches(list(items), **options):
-            writer.write(rows)
+            writer.write(detection_rows(rows, found) if found is not None else rows)
             for row in rows:
                 if row.get("error"):
                     failed += 1

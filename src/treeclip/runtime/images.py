@@ -19,10 +19,29 @@ from treeclip.errors import InputError
 @dataclass
 class Item:
     """One input image: `name` (what output rows call it) and `source` (a path, encoded
-    bytes, or a PIL image)."""
+    bytes, a PIL image, or a `Crop` of an image file)."""
 
     name: str
     source: Any
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A box of an image file: `box` = (x, y, width, height) as fractions of the image (a
+    detector's normalised box), grown by `margin` of its size on each side and clipped."""
+
+    path: str
+    box: tuple[float, float, float, float]
+    margin: float = 0.0
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The crop as (left, top, right, bottom) pixels of a width x height image."""
+        x, y, w, h = self.box
+        x0, x1 = (x - self.margin * w) * width, (x + w + self.margin * w) * width
+        y0, y1 = (y - self.margin * h) * height, (y + h + self.margin * h) * height
+        left, top = max(0, int(x0)), max(0, int(y0))
+        right, bottom = min(width, max(left + 1, round(x1))), min(height, max(top + 1, round(y1)))
+        return left, top, right, bottom
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -45,7 +64,11 @@ def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None,
     from treeclip.data.images import decode_image, normalize_image
 
     try:
-        if isinstance(item.source, Image.Image):
+        if isinstance(item.source, Crop):
+            # the whole image at full resolution: a small animal's crop keeps every pixel
+            img = decode_image(item.source.path, name=item.name, draft=False)
+            img = img.crop(item.source.pixels(*img.size))
+        elif isinstance(item.source, Image.Image):
             img = normalize_image(item.source, name=item.name, draft_size=draft_size)
         else:
             img = decode_image(item.source, name=item.name, draft_size=draft_size, draft=not exact)
