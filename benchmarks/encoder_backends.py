@@ -67,29 +67,50 @@ def gemm_rates(m: int = 1970, k: int = 768, n: int = 3072) -> dict:
         out = {"fp32_torch": rate(lambda: a @ b)}
         ab, bb = a[:256].bfloat16(), b.bfloat16()  # small: emulated bf16 is very slow
         out["bf16_torch"] = rate(lambda: ab @ bb) * 256 / m
+        out["fp32_onnxruntime"] = _ort_fp32_rate(m, k, n, rate)  # the exact path's other backend
         out["int8_onnxruntime"] = _ort_int8_rate(m, k, n, rate)
     finally:
         torch.set_num_threads(before)
     return out
 
 
+def _ort_session(node, inputs, outputs, weights):
+    """A one-thread ONNX Runtime session of a one-node graph."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs, weights),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_fp32_rate(m: int, k: int, n: int, rate) -> float | None:
+    try:
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
+    session = _ort_session(helper.make_node("MatMul", ["A", "W"], ["Y"]),
+                           [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+                           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
+                           [numpy_helper.from_array(w, "W")])
+    a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    return rate(lambda: session.run(None, {"A": a}))
+
+
 def _ort_int8_rate(m: int, k: int, n: int, rate) -> float | None:
     try:
-        import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         return None
     w = np.random.default_rng(0).integers(-127, 127, (k, n)).astype(np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "W", "az"], ["Y"])], "g",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(128, np.uint8), "az")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _ort_session(helper.make_node("MatMulInteger", ["A", "W", "az"], ["Y"]),
+                           [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+                           [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
+                           [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(128, np.uint8), "az")])
     a = np.random.default_rng(1).integers(0, 255, (m, k)).astype(np.uint8)
     return rate(lambda: session.run(None, {"A": a}))
 
