@@ -158,6 +158,18 @@ def test_unreadable_photo_is_skipped_and_counted(setup, tmp_path):
     assert card(tmp_path / "head")["counts"]["red"] == 6 and card(tmp_path / "head")["fit"]["skipped"] == 1
 
 
+def test_hidden_files_loose_photos_and_heads_inside_labelled_are_not_classes(setup, tmp_path):
+    from treeclip.evaluate.fit import labelled_task
+
+    labelled = shutil.copytree(setup["labelled"], tmp_path / "labelled")
+    shutil.copytree(setup["head"], labelled / "my-head")  # -o inside LABELLED: its confusion.png is no class
+    photo(labelled / ".thumbs" / "x.png", (1, 2, 3), 1)
+    photo(labelled / "red" / ".hidden.png", (1, 2, 3), 2)
+    photo(labelled / "loose.png", (1, 2, 3), 3)
+    task = labelled_task(labelled)
+    assert [c.name for c in task.classes] == ["blue", "green", "red"] and len(task) == 18
+
+
 def test_a_class_with_one_photo_is_a_clear_error(setup, tmp_path):
     labelled = shutil.copytree(setup["labelled"], tmp_path / "labelled")
     for p in sorted((labelled / "green").iterdir())[1:]:
@@ -179,3 +191,24 @@ def test_two_class_logistic_head_matches_sklearn():
     head = logistic_head(x, y, ["a", "b"], 1.0, FitOptions().max_iter)
     want = fit_logistic(l2_normalise(x.astype(np.float64)), y, 1.0).predict_proba(l2_normalise(x.astype(np.float64)))
     assert np.allclose(head.probabilities(x), want, atol=1e-5)
+
+
+def test_a_logistic_head_classifies_through_the_classifier(setup):
+    """Whichever kind cross-validation picks, the other must classify too: a logistic head
+    made from the same embeddings, handed to `HeadClassifier` as an object."""
+    from treeclip.evaluate.fit import FitOptions, logistic_head
+    from treeclip.model import load_model
+    from treeclip.model.heads import fitted_head
+    from treeclip.predict import HeadClassifier, embed_images
+    from treeclip.runtime.options import InferenceOptions
+
+    clip = load_model(str(setup["model"]))
+    options = InferenceOptions(workers=0, precision="fp32", backend="torch")
+    train = sorted(setup["labelled"].rglob("*.png"))
+    emb = embed_images(clip, train, options=options)
+    y = np.array([["blue", "green", "red"].index(p.parent.name) for p in train])
+    made = logistic_head(emb.vectors, y, ["blue", "green", "red"], 10.0, FitOptions().max_iter)
+    head = fitted_head("logistic", made.weight, made.bias, None, made.classes,
+                       {"model": {"fingerprint": clip.fingerprint()}})
+    rows = HeadClassifier(clip, head, options=options).predict(setup["held_out"], k=1)
+    assert sum(r["classification"] in r["file_name"].rsplit("/", 2)[-2] for r in rows) >= 11

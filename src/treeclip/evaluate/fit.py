@@ -30,12 +30,13 @@ from typing import Sequence
 import numpy as np
 
 from treeclip.cache import CachePaths, caches_or_default
+from treeclip.data.images import IMAGE_EXTENSIONS
 from treeclip.errors import EXIT_OK, EXIT_SOME_FAILED, TreeclipError
 from treeclip.evaluate.fewshot import cl2n_centroids
 from treeclip.evaluate.linear_probe import DEFAULT_CS, fit_logistic
 from treeclip.evaluate.tasks import Task, task_from_rows
 from treeclip.log import get_logger
-from treeclip.model.heads import FittedHead, fitted_head, save_fitted_head
+from treeclip.model.heads import FittedHead, fitted_head, is_fitted_head, save_fitted_head
 from treeclip.runtime.labels import l2_normalise
 from treeclip.runtime.options import InferenceOptions
 
@@ -71,11 +72,22 @@ def labelled_task(source: str | Path) -> Task:
 
     path = Path(source)
     if path.is_dir():
-        rows = folder_rows(path, ".", path)
+        rows = [r for r in folder_rows(path, ".", path) if _photo_of_a_class(path, r["path"])]
+        loose = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        if loose:  # said once, not per file: a photo outside any class folder has no label
+            log.warning(f"{path}: {len(loose)} images are not in a class folder (e.g. {loose[0].name}); ignored")
         return task_from_rows(path.name or str(path), path, rows, path)
     if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         return task_from_rows(path.stem, path.parent, _table_rows(path), path)
     raise TreeclipError(f"{source}: expected a folder with one subfolder per class, or a CSV with path,label columns")
+
+
+def _photo_of_a_class(root: Path, rel: str) -> bool:
+    """Whether a photo under `root` is a labelled one: not hidden (nor in a hidden folder,
+    such as a head being written) and not in a head folder (a head written inside
+    LABELLED must not become a class of the next fit)."""
+    parts = Path(rel).parts
+    return not any(p.startswith(".") for p in parts) and not is_fitted_head(root / parts[0])
 
 
 def _table_rows(table: Path) -> list[dict[str, str]]:
