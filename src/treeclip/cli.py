@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "models": ("models", "models", "List the registered model configs with parameter counts."),
     "train": ("train", "train", "Train a CLIP model on taxonomic text (one CPU to many GPUs)."),
     "eval": ("evaluate", "evaluate", "Evaluate models: zero-shot, few-shot, linear probe, intrinsic."),
+    "fit": ("fit", "fit", "Fit a classifier head on a few labelled photos (for predict --head)."),
     "predict": ("predict", "predict", "Classify images at any rank of the tree of life."),
     "embed": ("predict", "embed", "Write image embeddings to Parquet or .npy."),
     "demo": ("demo", "demo", "Run the whole pipeline on the synthetic tree of life."),

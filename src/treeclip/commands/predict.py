@@ -126,6 +126,8 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
 @click.option("--cls", "cls_spec", help="Custom labels instead of taxa: a comma list (CSV quoting for names "
                                          "with commas) or a file with one label per line.")
 @click.option("--bins", type=click.Path(dir_okay=False), help="CSV label,bin: custom labels summed into bins.")
+@click.option("--head", type=click.Path(file_okay=False),
+              help="A head folder `treeclip fit` wrote for this model: classify among its classes.")
 @click.option("--rollup", type=click.FloatRange(0, 1, min_open=True),
               help="Roll-up mode: answer at the deepest rank whose summed probability reaches this "
                    "threshold, else 'unknown'.")
@@ -156,9 +158,9 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
             root: str | None, batch_size: int, workers: int | None, device: str, precision: str, resize: str,
             backend: str, quiet: bool, hub_dir: str | None, cache_root: str | None, rank: str, k: int, min_prob: float,
             taxa: str | None, ncbi_limit: int | None, subset: tuple[str, ...], cls_spec: str | None,
-            bins: str | None, rollup: float | None, templates: str, text_type: str, fmt: str, output: str | None,
-            overwrite: bool, retry_errors: bool, compile_: bool, detections_file: str | None, min_conf: float,
-            categories: str, crop_margin: float, md_out: str | None) -> None:
+            bins: str | None, head: str | None, rollup: float | None, templates: str, text_type: str, fmt: str,
+            output: str | None, overwrite: bool, retry_errors: bool, compile_: bool, detections_file: str | None,
+            min_conf: float, categories: str, crop_margin: float, md_out: str | None) -> None:
     """Classify IMAGES (files, folders, globs) with MODEL at any rank of the tree of life.
 
     \b
@@ -167,19 +169,20 @@ def predict(model: str, images: tuple[str, ...], list_file: str | None, csv_file
     treeclip predict MODEL a.jpg --cls "crow,\\"magpie, black-billed\\"" --format table
     treeclip predict MODEL photos/ --rollup 0.8 --format jsonl -o out.jsonl
     treeclip predict hf-hub:imageomics/bioclip-2 photos/ --rank family
+    treeclip predict MODEL photos/ --head my-head/ --k 1     # a head from `treeclip fit`
     treeclip predict MODEL --detections md.json -o crops.csv --md-out md_classified.json
 
     MODEL is a model dir, `local-dir:DIR`, `hf-hub:ORG/NAME` (from the local Hugging Face
     cache, never downloaded; docs/predict.md#offline), a checkpoint or a registered name. Rows carry
     pybioclip's columns (file_name, kingdom..species, common_name, score; classification
-    for --cls/--bins) plus `error` for inputs that could not be read. Exit 1 when some
+    for --cls/--bins/--head) plus `error` for inputs that could not be read. Exit 1 when some
     inputs failed.
     """
     from treeclip.predict.options import AnswerOptions, LabelChoice, OutputOptions
     from treeclip.predict.runner import run_predict
 
     labels = LabelChoice(taxa=taxa, ncbi_limit=ncbi_limit, subset=subset, cls_spec=cls_spec, bins=bins,
-                         text_type=text_type)
+                         text_type=text_type, head=head)
     answers = AnswerOptions(rank=rank, k=k, min_prob=min_prob, rollup=rollup)
     answers.for_labels(labels)  # --cls with --rank/--rollup fails here, before any image is read
     options = inference_options("predict", device=device, precision=precision, batch_size=batch_size,

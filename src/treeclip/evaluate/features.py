@@ -58,8 +58,8 @@ class Features:
         return int((~self.ok).sum())
 
 
-def cache_entry(root: Path, model_fp: str, images_fp: str, precision: str = "fp32") -> Path:
-    suffix = "" if precision == "fp32" else f"-{precision}"
+def cache_entry(root: Path, model_fp: str, images_fp: str, precision: str = "fp32", decode: str = "") -> Path:
+    suffix = ("" if precision == "fp32" else f"-{precision}") + (f"-{decode}" if decode else "")
     return root / f"{model_fp[:16]}-{images_fp[:16]}{suffix}"
 
 
@@ -75,6 +75,8 @@ class _Encoding:
     ok: np.ndarray
     errors: list[str]
     bar: object
+    preprocess: object = None
+    exact: bool = False
 
     def add(self, idx: list[int], pixels) -> None:
         if pixels is not None:
@@ -83,23 +85,27 @@ class _Encoding:
 
 
 def image_features(model, task: Task, *, options: InferenceOptions | None = None, caches: CachePaths | None = None,
-                   chunk: int = 8192, progress: bool = True) -> Features:
+                   chunk: int = 8192, progress: bool = True, exact: bool = False) -> Features:
     """Features of every image of `task` under `model` (a `treeclip.model.ClipModel`),
     from the cache when there; see the module docstring. `options`: precision (exact fp32
     by default), device (default the model's), batch size and decoding workers; `caches`:
-    where entries live (None: the environment's)."""
+    where entries live (None: the environment's). `exact`: decode as `predict` does at
+    fp32 (no JPEG draft, `options.resize`), so a head fitted on these features sees at
+    fit time the embeddings it gets at predict time (a cache entry of its own)."""
     options = options or InferenceOptions.for_verb("eval", device=str(model.device), batch_size=64, workers=0)
     caches = caches_or_default(caches)
     # torch's own fp32 tower: evaluation numbers do not depend on a backend measured per machine
     encoder = ImageEncoder(model, device=options.device, precision=options.precision, caches=caches, backend="torch")
     model_fp, images_fp, n = model.fingerprint(), task.images_fingerprint(), len(task)
-    entry = cache_entry(caches.features, model_fp, images_fp, encoder.precision)
+    decode = f"exact-{options.resize}" if exact else ""
+    entry = cache_entry(caches.features, model_fp, images_fp, encoder.precision, decode)
     hit = _load_entry(entry, model_fp, images_fp, n, encoder.precision)
     if hit is not None:
         return hit
     bar = progress_bar(n, desc=f"encode {task.name} with {model.name}", enabled=progress, leave=False)
     run = _Encoding(encoder, task, options.batch_size, options.workers or 0, np.zeros((n, model.embed_dim), np.float32),
-                    np.zeros(n, bool), [""] * n, bar)
+                    np.zeros(n, bool), [""] * n, bar,
+                    model.preprocess_for(options.resize) if exact else model.preprocess, exact)
     if task.shards is not None:
         _encode_shards(run)
     else:
@@ -115,9 +121,8 @@ def _encode_files(run: _Encoding, start: int, stop: int) -> tuple[np.ndarray, di
     """Encode images `start..stop` of a folder task; their rows and the part's facts."""
     items = [Item(str(run.task.image_path(i)), run.task.image_path(i)) for i in range(start, stop)]
     size = run.encoder.clip.image_size
-    for all_idx, good_idx, pixels, problems in iter_batches(items, run.encoder.clip.preprocess,
-                                                           batch_size=run.batch_size, workers=run.workers,
-                                                           draft_size=size):
+    for all_idx, good_idx, pixels, problems in iter_batches(items, run.preprocess, batch_size=run.batch_size,
+                                                           workers=run.workers, draft_size=size, exact=run.exact):
         run.add([start + i for i in good_idx], pixels)
         for i, problem in problems.items():
             run.errors[start + i] = problem

@@ -44,15 +44,22 @@ def split_support_query(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarr
     return np.concatenate(support), np.concatenate(query), skipped
 
 
-def cl2n_predict(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Predicted labels for `query` by SimpleShot CL2N nearest centroid."""
+def cl2n_centroids(support: np.ndarray, support_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SimpleShot CL2N fitted on `support`: (centre (1, dim), classes in increasing
+    order, their centroids (n_classes, dim)), in float64; see the module docstring."""
+    support_labels = np.asarray(support_labels)
     support = l2_normalise(np.asarray(support, np.float64))
-    query = l2_normalise(np.asarray(query, np.float64))
     centre = support.mean(axis=0, keepdims=True)
     support = l2_normalise(support - centre)
-    query = l2_normalise(query - centre)
     classes = np.unique(support_labels)
     centroids = np.stack([support[support_labels == c].mean(axis=0) for c in classes])
+    return centre, classes, centroids
+
+
+def cl2n_predict(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Predicted labels for `query` by SimpleShot CL2N nearest centroid."""
+    centre, classes, centroids = cl2n_centroids(support, support_labels)
+    query = l2_normalise(l2_normalise(np.asarray(query, np.float64)) - centre)
     # |q - c|^2 = |q|^2 - 2 q.c + |c|^2; |q|^2 is the same for every class of one query.
     dist = (centroids ** 2).sum(axis=1)[None, :] - 2 * query @ centroids.T
     return classes[np.argmin(dist, axis=1)]

@@ -58,7 +58,8 @@ def split_from_column(splits: Sequence[str], labels: np.ndarray, *, seed: int = 
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 1000):
+    """A fitted `sklearn.linear_model.LogisticRegression(C=c)` on features `x` (as given)."""
     from sklearn.linear_model import LogisticRegression
 
     from threadpoolctl import threadpool_limits
@@ -89,12 +90,12 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, *, split: dict[str, n
     if len(va):
         best = -1.0
         for c in cs:
-            acc = float((_fit(x[tr], y[tr], c, max_iter).predict(x[va]) == y[va]).mean())
+            acc = float((fit_logistic(x[tr], y[tr], c, max_iter).predict(x[va]) == y[va]).mean())
             val_acc[str(c)] = acc
             if acc > best:  # strict: the smallest C wins ties (the more regularised probe)
                 best, best_c = acc, c
     fit_idx = np.concatenate([tr, va])
-    clf = _fit(x[fit_idx], y[fit_idx], best_c, max_iter)
+    clf = fit_logistic(x[fit_idx], y[fit_idx], best_c, max_iter)
     acc = float((clf.predict(x[te]) == y[te]).mean())
     return {"accuracy": acc, "C": float(best_c), "val_accuracy": val_acc,
             "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te))}

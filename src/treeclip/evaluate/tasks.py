@@ -44,7 +44,7 @@ from treeclip.data.paths import safe_join
 from treeclip.data.tables import taxon_from_row
 from treeclip.errors import InputError, TreeclipError
 from treeclip.evaluate.task_sources import catalog_rows, dataset_rows, folder_rows, named_taxa, resolve_names
-from treeclip.evaluate.zeroshot import CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
+from treeclip.evaluate.zeroshot import AS_GIVEN, CLASS_TEXT_TYPES, DEFAULT_TEXT_TYPE
 from treeclip.fsutil import read_text
 from treeclip.taxonomy.taxon import RANKS, Taxon
 
@@ -245,6 +245,13 @@ def load_task(ref: str | Path) -> Task:
     if not task.paths:
         raise TreeclipError(f"{spec}: the task has no usable images" + (f" (first problem: {task.problems[0]})" if task.problems else ""))
     return task
+
+
+def task_from_rows(name: str, root: Path, rows: list[dict[str, str]], where: Path) -> Task:
+    """A task of named classes (no taxonomy, nothing resolved) from rows with `path`
+    (under `root`, which it may not escape) and `name`: images a user labelled by hand
+    (`treeclip fit`). `where` names the source in problem lines."""
+    return _build(name, "", where, "species", AS_GIVEN, root, rows, None, False, None)
 
 
 # -- building -----------------------------------------------------------------------

@@ -5,6 +5,7 @@
     clf.predict(["a.jpg", "photos/"], rank="family", k=3)         # list of row dicts
     CustomLabelsClassifier("runs/demo/model", ["crow", "magpie"]).predict("a.jpg")
     BinningClassifier(model, {"crow": "corvid", "magpie": "corvid", "robin": "other"})
+    HeadClassifier(model, "my-head/").predict("photos/", k=3)     # a head from `treeclip fit`
     embed_images(model, "photos/").vectors
 
 Names are imported on first use, so importing this package is cheap.
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from treeclip.model import load_model
-    from treeclip.predict.classifiers import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier
+    from treeclip.predict.classifiers import (BinningClassifier, CustomLabelsClassifier, HeadClassifier,
+                                              TreeOfLifeClassifier)
     from treeclip.predict.embed import Embeddings, embed_images, write_embeddings
 
 _LAZY = {
@@ -25,6 +27,7 @@ _LAZY = {
     "TreeOfLifeClassifier": "treeclip.predict.classifiers",
     "CustomLabelsClassifier": "treeclip.predict.classifiers",
     "BinningClassifier": "treeclip.predict.classifiers",
+    "HeadClassifier": "treeclip.predict.classifiers",
     "embed_images": "treeclip.predict.embed",
     "write_embeddings": "treeclip.predict.embed",
     "Embeddings": "treeclip.predict.embed",

@@ -14,6 +14,7 @@ an unreadable input gives one row with `error` set and the run goes on.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -271,9 +272,7 @@ class CustomLabelsClassifier(BaseClassifier):
 
     def rows_for(self, probs: np.ndarray, k: int = 5, min_prob: float = 0.0, **_: Any) -> list[list[dict]]:
         scores, names = self._scores(probs)
-        idx, vals = agg.top_k(scores, k)
-        return [[{"classification": names[i], "score": s} for i, s in _keep(scores[n], idx[n], vals[n], min_prob)]
-                for n in range(len(scores))]
+        return label_rows(scores, names, k, min_prob)
 
     def predict(self, images: Any, k: int = 5, min_prob: float = 0.0, **_: Any) -> list[dict]:
         """Rows per image: `file_name`, `classification`, `score`; best first."""
@@ -295,3 +294,56 @@ class BinningClassifier(CustomLabelsClassifier):
 
     def _scores(self, probs: np.ndarray) -> tuple[np.ndarray, list[str]]:
         return agg.group_sum(probs, self._codes, len(self.bins)), self.bins
+
+
+def label_rows(scores: np.ndarray, names: Sequence[str], k: int, min_prob: float) -> list[list[dict]]:
+    """Per image, the top-k `classification`/`score` rows of (n, n_names) `scores`."""
+    idx, vals = agg.top_k(scores, k)
+    return [[{"classification": names[i], "score": s} for i, s in _keep(scores[n], idx[n], vals[n], min_prob)]
+            for n in range(len(scores))]
+
+
+class HeadClassifier(BaseClassifier):
+    """Classify among the classes of a head fitted on labelled photos (`treeclip fit`,
+    `--head`): rows `file_name`, `classification`, `score`, as with custom labels.
+
+        clf = HeadClassifier("runs/demo/model", "my-head/")
+        rows = clf.predict("photos/", k=3)
+
+    Probabilities are the softmax of the head's logits (a centroid head's cosines times
+    the model's logit scale; see `treeclip.model.heads.FittedHead`). A head fitted on
+    another model's embeddings is refused: the model's fingerprint must be the one the
+    head's card records."""
+
+    def __init__(self, model: Any, head: str | Any, *, options: InferenceOptions | None = None,
+                 caches: CachePaths | None = None, progress: bool = False, **_: Any) -> None:
+        """`head`: a head folder or a `FittedHead`; the rest as `BaseClassifier`."""
+        from treeclip.model.heads import read_fitted_head
+
+        super().__init__(model, options=options, caches=caches, progress=progress)
+        self.head = read_fitted_head(head) if isinstance(head, (str, os.PathLike)) else head
+        self.labels = self.head.classes
+        _check_head_model(self.head, self.clip, head)
+
+    def probabilities(self, features: torch.Tensor) -> np.ndarray:
+        """(n, dim) L2-normalised image embeddings -> (n, n_classes) softmax probabilities."""
+        return self.head.probabilities(features.float().cpu().numpy(), self.logit_scale)
+
+    def rows_for(self, probs: np.ndarray, k: int = 5, min_prob: float = 0.0, **_: Any) -> list[list[dict]]:
+        return label_rows(probs, self.labels, k, min_prob)
+
+    def predict(self, images: Any, k: int = 5, min_prob: float = 0.0, **_: Any) -> list[dict]:
+        """Rows per image: `file_name`, `classification`, `score`; best first."""
+        return super().predict(images, k=k, min_prob=min_prob)
+
+
+def _check_head_model(head: Any, clip: Any, where: Any) -> None:
+    """One line when `head` was fitted on another model than `clip`."""
+    made_for = (head.card.get("model") or {}).get("fingerprint")
+    if made_for != clip.fingerprint():
+        spec = (head.card.get("model") or {}).get("spec", "another model")
+        raise TreeclipError(f"{where}: this head was fitted on {spec} (fingerprint {str(made_for)[:12]}), not on "
+                            f"{clip.name} (fingerprint {clip.fingerprint()[:12]}); fit one for this model")
+    if head.weight.shape[1] != clip.embed_dim:
+        raise TreeclipError(f"{where}: the head takes {head.weight.shape[1]}-d embeddings, "
+                            f"{clip.name} makes {clip.embed_dim}-d ones")

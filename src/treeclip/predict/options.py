@@ -15,7 +15,8 @@ FORMATS = ("csv", "jsonl", "table")
 @dataclass(frozen=True)
 class LabelChoice:
     """What to classify among: taxa (a table, a label set, `ncbi:CLADE`, default the
-    model's own) narrowed by `subset` specs, or custom labels (`cls_spec`) or bins."""
+    model's own) narrowed by `subset` specs, or custom labels (`cls_spec`) or bins, or
+    the classes of a head fitted on labelled photos (`head`, a folder `treeclip fit` wrote)."""
 
     taxa: str | None = None
     ncbi_limit: int | None = None
@@ -23,6 +24,7 @@ class LabelChoice:
     cls_spec: str | None = None
     bins: str | None = None
     text_type: str = "taxon_com"
+    head: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subset", tuple(self.subset))
@@ -30,14 +32,18 @@ class LabelChoice:
             raise TreeclipError(f"text type {self.text_type!r}: expected one of {', '.join(TEXT_TYPES)}")
         if self.cls_spec and self.bins:
             raise TreeclipError("give --cls or --bins, not both")
+        if self.head and (self.cls_spec or self.bins or self.taxa or self.subset or self.ncbi_limit is not None):
+            raise TreeclipError("--head classifies among the head's own classes; it does not mix with "
+                                "--taxa, --subset, --ncbi-limit, --cls or --bins")
         if self.custom and (self.taxa or self.subset or self.ncbi_limit is not None):
             raise TreeclipError("--cls/--bins classify among custom labels; they do not mix with "
                                 "--taxa, --subset or --ncbi-limit")
 
     @property
     def custom(self) -> bool:
-        """Custom labels (or bins) rather than taxa."""
-        return bool(self.cls_spec or self.bins)
+        """Custom labels (or bins, or a head's classes) rather than taxa: rows name a
+        `classification`, not ranks."""
+        return bool(self.cls_spec or self.bins or self.head)
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,9 @@ class AnswerOptions:
         """The options a classifier's `rows_for` takes (custom labels have no rank)."""
         if labels.custom:
             if self.rollup is not None or self.rank != "species":
-                raise TreeclipError("--cls/--bins classify among custom labels; they do not mix with "
-                                    "--rank or --rollup")
+                which = "--head classifies among the head's classes" if labels.head else \
+                    "--cls/--bins classify among custom labels"
+                raise TreeclipError(f"{which}; they do not mix with --rank or --rollup")
             return {"k": self.k, "min_prob": self.min_prob}
         return {"rank": self.rank, "k": self.k, "min_prob": self.min_prob, "rollup": self.rollup}
 

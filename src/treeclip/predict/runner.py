@@ -25,10 +25,13 @@ if TYPE_CHECKING:  # pragma: no cover
 def make_classifier(model: str, labels: LabelChoice, options: InferenceOptions, caches: CachePaths, *,
                     progress: bool = False) -> "BaseClassifier":
     """The classifier `labels` ask for."""
-    from treeclip.predict.classifiers import BinningClassifier, CustomLabelsClassifier, TreeOfLifeClassifier
+    from treeclip.predict.classifiers import (BinningClassifier, CustomLabelsClassifier, HeadClassifier,
+                                              TreeOfLifeClassifier)
     from treeclip.predict.labels import parse_bins, parse_labels
 
     shared = {"options": options, "caches": caches, "progress": progress}
+    if labels.head:
+        return HeadClassifier(model, labels.head, **shared)
     if labels.bins:
         return BinningClassifier(model, parse_bins(labels.bins), **shared)
     if labels.cls_spec:
@@ -71,6 +74,7 @@ def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = Labe
                 "ncbi_limit": labels.ncbi_limit, "subset": [file_identity(s) for s in labels.subset],
                 "labels": file_identity(labels.cls_spec), "bins": file_identity(labels.bins),
                 "text_type": labels.text_type, "templates": file_identity(_template_spec(options)),
+                "head": _head_identity(labels.head, model),
                 "format": output.fmt, **row_options}
     found = read_detections(detections) if detections is not None else None
     if found is not None:
@@ -105,6 +109,28 @@ def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = Labe
                  f"(already in the output{_earlier(earlier)}){where} "
                  f"[{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]")
     return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
+
+
+def _head_identity(head: str | None, model: str) -> str | None:
+    """A head folder as identity: its weights' and card's hash (None without a head, as
+    outputs made before `--head` existed record it). A folder that is not a head, or a
+    head for another model dir (whose `treeclip.json` names its fingerprint), is one
+    line here, before any output is touched; `HeadClassifier` checks every model."""
+    from treeclip.model.heads import head_fingerprint, read_fitted_head
+    from treeclip.predict.runs import model_identity
+
+    if not head:
+        return None
+    fitted = read_fitted_head(head)
+    made_for = (fitted.card.get("model") or {}).get("fingerprint")
+    known = model_identity(model)
+    if known.startswith("fingerprint:") and known != f"fingerprint:{made_for}":
+        from treeclip.errors import TreeclipError
+
+        raise TreeclipError(f"{head}: this head was fitted on {fitted.card['model'].get('spec', 'another model')} "
+                            f"(fingerprint {str(made_for)[:12]}), not on {model} ({known[12:24]}); "
+                            "fit one for this model")
+    return f"sha256:{head_fingerprint(head)[:32]}"
 
 
 def _template_spec(options: InferenceOptions) -> str | None:
