@@ -132,3 +132,29 @@ def test_md_out_needs_detections_and_a_file(camera, tmp_path):
     root, model, _ = camera
     result = CliRunner().invoke(cli, ["predict", str(model), str(root / "site1"), "--md-out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--detections" in result.output
+
+
+def test_detections_classified_by_a_fitted_head(camera, tmp_path):
+    """`--detections` with `--head`: each crop gets the head's classes (red and blue
+    animals here, a head fitted on red and blue photos)."""
+    import numpy as np
+
+    root, model, _ = camera
+    for name, colour in {"red": (220, 20, 20), "blue": (20, 20, 220)}.items():
+        for i in range(4):
+            rng = np.random.default_rng(i)
+            pixels = np.clip(np.asarray(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+            (tmp_path / "labelled" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / "labelled" / name / f"{i}.png")
+    fit = CliRunner().invoke(cli, ["fit", str(model), str(tmp_path / "labelled"), "-o", str(tmp_path / "head"),
+                                   "--cache", str(root / "cache"), "-q"])
+    assert fit.exit_code == 0, fit.output
+    out = tmp_path / "rows.csv"
+    result = CliRunner().invoke(cli, ["predict", str(model), "--detections", str(root / "md.json"), "--head",
+                                      str(tmp_path / "head"), "--k", "1", "--precision", "fp32", "--workers", "0",
+                                      "--crop-margin", "0", "--cache", str(root / "cache"), "-q", "-o", str(out)])
+    assert result.exit_code == 1, result.output  # the file outside the root
+    rows = {(r["file_name"], r["detection_id"]): r for r in csv.DictReader(open(out, encoding="utf-8"))}
+    assert rows[("site1/a.jpg", "0")]["classification"] == "red"
+    assert rows[("site1/a.jpg", "2")]["classification"] == "blue"
+    assert rows[("site1/b.jpg", "")]["classification"] == ""
