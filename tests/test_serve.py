@@ -428,3 +428,44 @@ def test_taken_port_is_one_clear_error_before_loading(tmp_path):
                                  "--port", str(port)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_fitted_head_is_offered_as_predicts_head_mode(model_dir, tmp_path):
+    """`serve --head`: /health names the head's classes, /predict with `head=1` classifies
+    among them (no roll-up), and a server without a head refuses that mode in one line."""
+    import io
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from treeclip.cli import cli
+    from treeclip.serve import create_app
+
+    for name, colour in {"red": (220, 30, 30), "blue": (30, 30, 220)}.items():
+        (tmp_path / "labelled" / name).mkdir(parents=True)
+        for i in range(4):
+            noisy = np.clip(np.asarray(colour) + np.random.default_rng(i).normal(0, 20, (40, 40, 3)), 0, 255)
+            Image.fromarray(noisy.astype(np.uint8)).save(tmp_path / "labelled" / name / f"{i}.png")
+    fit = CliRunner().invoke(cli, ["fit", str(model_dir / "model"), str(tmp_path / "labelled"), "-o",
+                                   str(tmp_path / "head"), "--cache", str(model_dir / "cache"), "-q"])
+    assert fit.exit_code == 0, fit.output
+    app = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                     caches=CachePaths(model_dir / "cache"), max_wait_ms=0, head=str(tmp_path / "head"))
+    with app_server(app) as base:
+        status, health = request(base + "/health")
+        assert status == 200 and health["head"]["classes"] == ["blue", "red"]
+        red = Image.new("RGB", (40, 40), (220, 30, 30))
+        buf = io.BytesIO()
+        red.save(buf, "PNG")
+        status, body = post(base, fields={"head": "1", "k": "2", "threshold": "0.5"}, files=[("r.png", buf.getvalue())])
+        assert status == 200 and body["mode"] == "head", body
+        (image,) = body["images"]
+        assert [p["classification"] for p in image["predictions"]] == ["red", "blue"] and image["rollup"] is None
+        status, body = post(base, fields={"head": "1", "labels": "owl"}, files=[("r.png", buf.getvalue())])
+        assert status == 400 and "head" in body["detail"]
+    plain = create_app(str(model_dir / "model"), taxa=str(model_dir / "taxa.csv"), options=SINGLE,
+                       caches=CachePaths(model_dir / "cache"), max_wait_ms=0)
+    with app_server(plain) as base:
+        status, body = post(base, fields={"head": "1"}, files=[("r.png", png((200, 30, 30)))])
+        assert status == 400 and "--head" in body["detail"]

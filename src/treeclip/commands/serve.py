@@ -52,6 +52,9 @@ from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
               help="Seconds a request may take; later it gets 503 and its work not yet started is dropped.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--head", type=click.Path(file_okay=False, exists=True),
+              help="A head fitted on labelled photos (`treeclip fit`), offered on the page and as /predict's "
+                   "head mode beside the tree of life.")
 @click.option("--hub-dir", type=click.Path(file_okay=False),
               help="A Hugging Face hub folder to look in for hf-hub:ORG/NAME models and label sets first "
                    "[default: $TREECLIP_HF_HUB] (see treeclip predict --help). Nothing is ever downloaded.")
@@ -59,7 +62,7 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
           embed_precision: str, max_batch: int, max_wait_ms: float, max_files: int, max_file_mb: float,
           max_pixels: int, max_request_mb: float, cache_root: str | None, allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], max_concurrent: int, request_timeout: float, log_level: str,
-          hub_dir: str | None) -> None:
+          head: str | None, hub_dir: str | None) -> None:
     """Serve a web page and HTTP API that classify photos with MODEL.
 
     MODEL is a model dir (as `treeclip train` writes), `local-dir:DIR`, a checkpoint or a
@@ -92,7 +95,7 @@ def serve(model: str, taxa: str | None, templates: str, host: str, port: int, de
     app = create_app(model, taxa=taxa, options=options, embed_precision=embed_precision,
                      caches=cache_paths(cache_root, hub_dir), limits=limits, max_batch=max_batch,
                      max_wait_ms=max_wait_ms, access=access, max_concurrent=max_concurrent,
-                     request_timeout=request_timeout)
+                     request_timeout=request_timeout, head=head)
     bound = sock.getsockname()[1]
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     used = app.state.engine.precisions

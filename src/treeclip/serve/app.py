@@ -63,11 +63,11 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, optio
                embed_precision: str = VERB_DEFAULTS["serve-embed"], caches: CachePaths | None = None,
                limits: UploadLimits | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
                cache_size: int = 4096, access: Access | None = None, max_concurrent: int = 32,
-               request_timeout: float | None = 60.0) -> FastAPI:
+               request_timeout: float | None = 60.0, head: str | Path | None = None) -> FastAPI:
     """The FastAPI app for `model` (a model dir or spec `load_model` accepts, a `ClipModel`,
     or a ready `ServeEngine`, which brings its own caps and batching settings). The model
     and label embeddings load here, once; serve the app with uvicorn (`treeclip serve` does).
-    `options`, `embed_precision`, `caches`: as `ServeEngine`.
+    `options`, `embed_precision`, `caches`, `head`: as `ServeEngine`.
 
     `access`: the `Host` names and web page origins answered (default: loopback only,
     `Access.for_server()`). At most `max_concurrent` /predict, /embed and /taxa requests
@@ -77,7 +77,8 @@ def create_app(model: str | Path | Any | ServeEngine, *, taxa: Any = None, optio
         engine = model
     else:
         engine = ServeEngine(model, taxa=taxa, options=options, embed_precision=embed_precision, caches=caches,
-                             limits=limits, cache_size=cache_size, max_batch=max_batch, max_wait_ms=max_wait_ms)
+                             limits=limits, cache_size=cache_size, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             head=head)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -122,6 +123,7 @@ def _add_routes(app: FastAPI, engine: ServeEngine, slots: RequestSlots) -> None:
                 "embed_dim": engine.clip.embed_dim, "image_size": engine.clip.image_size,
                 "precision": engine.precisions, "cpu_features": cpu_features().describe(),
                 "taxa": len(engine.tree.columns), "cached_images": len(engine.embeddings),
+                "head": ({"classes": engine.head.labels, "kind": engine.head.head.kind} if engine.head else None),
                 "label_sets": len(engine.classifiers), "limits": limits.describe(),
                 "requests": slots.as_dict(), "batching": engine.batcher.stats.as_dict()}
 

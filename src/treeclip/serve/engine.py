@@ -49,10 +49,11 @@ class ServeEngine:
                  options: InferenceOptions | None = None, embed_precision: str = VERB_DEFAULTS["serve-embed"],
                  caches: CachePaths | None = None, limits: UploadLimits | None = None, cache_size: int = 4096,
                  max_batch: int = 32, max_wait_ms: float = 5.0, label_sets: int = 16,
-                 decode_threads: int | None = None) -> None:
+                 decode_threads: int | None = None, head: str | Path | None = None) -> None:
         """`options`: device, /predict's precision and the templates (default
         `InferenceOptions.for_verb("serve")`); `embed_precision`: /embed's; `caches`: label
-        embeddings, exported graphs and the hub folder (default: the environment's)."""
+        embeddings, exported graphs and the hub folder (default: the environment's);
+        `head`: a head folder from `treeclip fit`, offered as /predict's `head` mode."""
         from treeclip.predict.classifiers import TreeOfLifeClassifier
         from treeclip.runtime.precision import resolve_device
 
@@ -72,12 +73,21 @@ class ServeEngine:
         self.pipeline = ImagePipeline(self.clip, self._encoders(embed_precision), self.limits, cache_size=cache_size,
                                       max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                                       decode_threads=decode_threads)
-        # classifiers for subsets and custom labels never encode images (the tree's encoder
-        # does), so they need no image-tower copy of their own: fp32 shares the model
-        self._label_options = options.replace(precision="fp32")
+        # classifiers for subsets, custom labels and heads never encode images (the tree's
+        # encoder does), so they need no image tower of their own: torch fp32 shares the model
+        self._label_options = options.replace(precision="fp32", backend="torch")
+        self.head = self._head(head)
         self.classifiers = LabelSetCache(label_sets)
         self._label_worker: ThreadPoolExecutor | None = None
         self._search_names: np.ndarray | None = None
+
+    def _head(self, head: str | Path | None):
+        """The `HeadClassifier` of a fitted head folder (checked against the model), or None."""
+        if head is None:
+            return None
+        from treeclip.predict.classifiers import HeadClassifier
+
+        return HeadClassifier(self.clip, str(head), options=self._label_options, caches=self.caches)
 
     def _encoders(self, embed_precision: str) -> dict[str, Any]:
         """{"predict": the tree's encoder, "embed": one at `embed_precision`}."""
@@ -147,14 +157,19 @@ class ServeEngine:
         items: list[Embedded | Failed] = [*known, *uploaded]
         good = [it for it in items if isinstance(it, Embedded)]
         try:
-            clf = await self.classifier(request.subset, request.labels) if good else None
+            if request.head and self.head is None:
+                raise TreeclipError("this server has no fitted head: start it with --head HEAD/")
+            if request.head and (request.subset or request.labels):
+                raise TreeclipError("head mode classifies among the head's classes: no subset or labels with it")
+            clf = self.head if request.head else (await self.classifier(request.subset, request.labels)
+                                                  if good else None)
             shaped = await run_in_threadpool(self.classify, good, request, classifier=clf)
         except TreeclipError as err:
             raise UploadError(400, str(err)) from None
         rows = iter(shaped)
         images = [next(rows) if isinstance(it, Embedded) else _error_entry(it) for it in items]
         return {"model": self.model_name, "precision": self.encoders["predict"].precision,
-                "mode": "custom" if request.labels else "tree-of-life",
+                "mode": "head" if request.head else "custom" if request.labels else "tree-of-life",
                 "rank": request.rank, "k": request.k, "threshold": request.threshold,
                 "subset": request.subset, "images": images, "failed": _failures(items)}
 
@@ -228,11 +243,12 @@ class ServeEngine:
             return []
         import torch
 
-        clf = classifier if classifier is not None else self.classifier_for(request.subset, request.labels)
+        clf = classifier if classifier is not None else (
+            self.head if request.head else self.classifier_for(request.subset, request.labels))
         probs = clf.probabilities(torch.from_numpy(np.stack([it.embedding for it in items])))
         top = clf.rows_for(probs, rank=request.rank, k=request.k)
-        rolled = (clf.rows_for(probs, rollup=request.threshold) if request.threshold is not None and not request.labels
-                  else None)
+        labelled = request.labels or request.head  # classes, not taxa: no roll-up
+        rolled = clf.rows_for(probs, rollup=request.threshold) if request.threshold is not None and not labelled else None
         out = []
         for n, it in enumerate(items):
             out.append({"id": it.id, "file": it.file,

@@ -65,6 +65,7 @@ class PredictRequest:
     threshold: float | None = None
     subset: str | None = None
     labels: tuple[str, ...] | None = None
+    head: bool = False  # classify with the server's fitted head (`serve --head`)
 
 
 def predict_options(form: FormData, limits: UploadLimits) -> PredictRequest:
@@ -83,7 +84,8 @@ def predict_options(form: FormData, limits: UploadLimits) -> PredictRequest:
         labels = check_labels(str(form.get("labels") or "").splitlines(), limits)
     except TreeclipError as err:
         raise UploadError(413, str(err)) from None
-    return PredictRequest(rank, k, threshold, subset, tuple(labels) if labels else None)
+    head = str(form.get("head") or "").strip().lower() in ("1", "true", "on", "yes")
+    return PredictRequest(rank, k, threshold, subset, tuple(labels) if labels else None, head)
 
 
 def check_labels(labels: Sequence[str], limits: UploadLimits) -> list[str]:
