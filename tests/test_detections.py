@@ -42,7 +42,8 @@ def camera(tmp_path_factory):
                   {"category": "2", "conf": 0.95, "bbox": [0.0, 0.0, 0.1, 0.1]},   # a person: not classified
                   {"category": "1", "conf": 0.7, "bbox": blue[0]},
                   {"category": "1", "conf": 0.05, "bbox": [0.4, 0.4, 0.1, 0.1]}]},  # below --min-conf
-              {"file": "site1/b.jpg", "detections": []},
+              {"file": "site1/b.jpg", "detections": [
+                  {"category": "1", "conf": 0.8, "bbox": [1.2, 0.3, 0.2, 0.2]}]},  # outside the frame
               {"file": "../outside.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": [0, 0, 1, 1]}]}]}
     (root / "md.json").write_text(json.dumps(md))
     return root, save_model_dir(root / "model"), write_taxa_csv(root / "taxa.csv")
@@ -69,13 +70,14 @@ def test_a_crop_is_decoded_as_the_model_sees_that_region(camera):
 def test_read_detections_keeps_confident_wanted_ones(camera):
     root, _, _ = camera
     found = read_detections(DetectionOptions(str(root / "md.json"), margin=0.0))
-    assert [it.name for it in found.items] == ["site1/a.jpg#0", "site1/a.jpg#2", "../outside.jpg#0"]
-    assert found.empty == ["site1/b.jpg"]
-    assert found.order == ["site1/a.jpg#0", "site1/a.jpg#2", "site1/b.jpg", "../outside.jpg#0"]
+    assert [it.name for it in found.items] == ["site1/a.jpg#0", "site1/a.jpg#2", "site1/b.jpg#0", "../outside.jpg#0"]
+    assert found.empty == []
+    assert found.order == ["site1/a.jpg#0", "site1/a.jpg#2", "site1/b.jpg#0", "../outside.jpg#0"]
     assert found.columns["site1/a.jpg#2"]["detection_conf"] == 0.7
     people = read_detections(DetectionOptions(str(root / "md.json"), categories=("person",)))
     assert [it.name for it in people.items] == ["site1/a.jpg#1"]
-    assert len(read_detections(DetectionOptions(str(root / "md.json"), min_conf=0.01)).items) == 4
+    assert len(read_detections(DetectionOptions(str(root / "md.json"), min_conf=0.01)).items) == 5
+    assert read_detections(DetectionOptions(str(root / "md.json"), min_conf=0.85)).empty == ["site1/b.jpg"]
     with pytest.raises(TreeclipError, match="not a MegaDetector"):
         (root / "bad.json").write_text('{"detections": []}')
         read_detections(DetectionOptions(str(root / "bad.json")))
@@ -99,8 +101,11 @@ def test_predict_writes_a_row_per_detection_and_resumes_per_detection(camera, tm
     classified = [r for r in rows if r["detection_id"] and not r["error"]]
     assert [(r["file_name"], r["detection_id"]) for r in classified][::2] == [("site1/a.jpg", "0"), ("site1/a.jpg", "2")]
     assert len(classified) == 4 and all(r["species"] for r in classified)  # --k 2 per detection
-    assert [r for r in rows if r["file_name"] == "site1/b.jpg"] == [
-        {**{k: "" for k in rows[0]}, "file_name": "site1/b.jpg"}]  # no detection: an empty row
+    off_frame = [r for r in rows if r["file_name"] == "site1/b.jpg"]
+    assert len(off_frame) == 1 and "outside the image" in off_frame[0]["error"]  # a box off the frame
+    no_box, _ = _predict(camera, tmp_path / "strict.csv", "--min-conf", "0.85")
+    assert [r for r in no_box if r["file_name"] == "site1/b.jpg"] == [
+        {**{k: "" for k in no_box[0]}, "file_name": "site1/b.jpg"}]  # no kept detection: an empty row
     outside = [r for r in rows if r["file_name"] == "../outside.jpg"]
     assert len(outside) == 1 and "outside" in outside[0]["error"]
     # resume: drop one detection's rows, run again: only that detection is classified again
@@ -124,8 +129,34 @@ def test_md_out_carries_each_detections_classifications(camera, tmp_path):
     assert len(first) == 2 and first[0][1] >= first[1][1]
     best = next(r for r in rows if r["file_name"] == "site1/a.jpg" and r["detection_id"] == 0)
     assert names[first[0][0]] == best["species"]
-    assert md["images"][1]["detections"] == [] and md["info"]["detector"] == "md_v5a"
+    assert "classifications" not in md["images"][1]["detections"][0] and md["info"]["detector"] == "md_v5a"
     assert write_classified(str(root / "md.json"), [], tmp_path / "none.json") == 0
+    _valid_megadetector(md)
+
+
+def _valid_megadetector(md: dict) -> None:
+    """The documented fields of MegaDetector's batch output with classifications: the
+    detections as they were, `classifications` as [[category id, confidence], ...] with
+    ids in `classification_categories`, confidences in [0, 1], best first."""
+    assert isinstance(md["images"], list) and isinstance(md["detection_categories"], dict)
+    cats = md["classification_categories"]
+    assert all(isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in cats.items())
+    for image in md["images"]:
+        assert isinstance(image["file"], str)
+        for det in image["detections"]:
+            assert {"category", "conf", "bbox"} <= set(det) and len(det["bbox"]) == 4
+            for cls_id, conf in det.get("classifications", []):
+                assert cls_id in cats and 0 <= conf <= 1
+            confs = [c for _, c in det.get("classifications", [])]
+            assert confs == sorted(confs, reverse=True)
+
+
+def test_a_bad_megadetector_file_is_one_line_and_exit_2(camera, tmp_path):
+    root, model, _ = camera
+    (tmp_path / "bad.json").write_text("{not json")
+    result = CliRunner().invoke(cli, ["predict", str(model), "--detections", str(tmp_path / "bad.json")])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "bad.json" in lines[0] and "MegaDetector" in lines[0]
 
 
 def test_md_out_needs_detections_and_a_file(camera, tmp_path):
@@ -157,4 +188,4 @@ def test_detections_classified_by_a_fitted_head(camera, tmp_path):
     rows = {(r["file_name"], r["detection_id"]): r for r in csv.DictReader(open(out, encoding="utf-8"))}
     assert rows[("site1/a.jpg", "0")]["classification"] == "red"
     assert rows[("site1/a.jpg", "2")]["classification"] == "blue"
-    assert rows[("site1/b.jpg", "")]["classification"] == ""
+    assert rows[("site1/b.jpg", "0")]["error"] and not rows[("site1/b.jpg", "0")]["classification"]

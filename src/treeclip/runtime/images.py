@@ -67,7 +67,10 @@ def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None,
         if isinstance(item.source, Crop):
             # the whole image at full resolution: a small animal's crop keeps every pixel
             img = decode_image(item.source.path, name=item.name, draft=False)
-            img = img.crop(item.source.pixels(*img.size))
+            left, top, right, bottom = item.source.pixels(*img.size)
+            if right <= left or bottom <= top:
+                raise InputError(f"{item.name}: detection box {list(item.source.box)} lies outside the image")
+            img = img.crop((left, top, right, bottom))
         elif isinstance(item.source, Image.Image):
             img = normalize_image(item.source, name=item.name, draft_size=draft_size)
         else:
