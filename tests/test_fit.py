@@ -212,3 +212,36 @@ def test_a_logistic_head_classifies_through_the_classifier(setup):
                        {"model": {"fingerprint": clip.fingerprint()}})
     rows = HeadClassifier(clip, head, options=options).predict(setup["held_out"], k=1)
     assert sum(r["classification"] in r["file_name"].rsplit("/", 2)[-2] for r in rows) >= 11
+
+
+def test_a_head_on_a_trained_model_learns_synthetic_species(trained, tmp_path):
+    """A head fitted on 16 training photos of each of 8 synthetic species (read from the
+    dataset's shards), from the features of the briefly trained tiny model (`trained`:
+    100 steps), names the held-out evaluation photos of those species at least 3x as
+    often as chance (1/8), and is refused for another model."""
+    from treeclip.data.reader import TreeDataset
+    from treeclip.errors import TreeclipError
+    from treeclip.model import create_model
+    from treeclip.predict import HeadClassifier
+    from treeclip.runtime.options import InferenceOptions
+
+    images = trained.data / "tasks" / "synth-seen" / "images"
+    species = sorted(p.name for p in images.iterdir() if p.is_dir())[:8]
+    shots: dict[str, int] = {}
+    for sample in TreeDataset(str(trained.data), "train"):
+        name = f"{sample['meta']['genus']}_{sample['meta']['species']}"
+        if name in species and shots.get(name, 0) < 16:
+            (tmp_path / "labelled" / name).mkdir(parents=True, exist_ok=True)
+            sample["image"].save(tmp_path / "labelled" / name / f"{sample['key']}.png")
+            shots[name] = shots.get(name, 0) + 1
+    assert shots == dict.fromkeys(species, 16)
+    held_out = [(str(p), name) for name in species for p in sorted((images / name).glob("*.jpg"))]
+    model = trained.data.parent / "run" / "model"
+    invoke("fit", model, tmp_path / "labelled", "-o", tmp_path / "head", "--cache", tmp_path / "cache", "-q")
+    clf = HeadClassifier(str(model), str(tmp_path / "head"),
+                         options=InferenceOptions(precision="fp32", backend="torch", workers=0))
+    rows = clf.predict([p for p, _ in held_out], k=1)
+    accuracy = np.mean([r["classification"] == name for r, (_, name) in zip(rows, held_out)])
+    assert accuracy >= 3 / 8, accuracy
+    with pytest.raises(TreeclipError, match="fit one for this model"):
+        HeadClassifier(create_model(MODEL, seed=7), str(tmp_path / "head"))
