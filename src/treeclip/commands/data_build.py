@@ -16,6 +16,27 @@ import click
                    "paths relative to ROOT (default: the catalog's folder) (repeatable).")
 @click.option("--inat", "inats", multiple=True, metavar="FILE[::ROOT]",
               help="iNat-2021-style JSON (images, annotations, categories) (repeatable).")
+@click.option("--urls", "url_tables", multiple=True, metavar="FILE",
+              help="CSV/TSV/Parquet of image URLs (column url, or --url-column) + rank columns + optional "
+                   "license, rights_holder (repeatable).")
+@click.option("--url-column", default=None, metavar="NAME", help="The URL column of the --urls tables.")
+@click.option("--gbif-dwca", "gbif", multiple=True, metavar="DIR_OR_ZIP",
+              help="GBIF Darwin Core Archive download: occurrence.txt + multimedia.txt (repeatable).")
+@click.option("--inat-open-data", "inat_open", multiple=True, metavar="DIR[::BASE_URL]",
+              help="iNaturalist open-data export: observations.csv, photos.csv, taxa.csv; photos fetched from "
+                   "the open-data bucket or BASE_URL (repeatable).")
+@click.option("--download-timeout", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="Seconds to connect and for each read of a download.")
+@click.option("--download-retries", type=click.IntRange(1), default=3, show_default=True,
+              help="Tries per URL for 5xx/429 answers, timeouts, connection errors and truncated bodies.")
+@click.option("--download-workers", type=click.IntRange(1), default=16, show_default=True,
+              help="Download threads.")
+@click.option("--per-host", type=click.IntRange(1), default=4, show_default=True,
+              help="Most downloads in flight to one host.")
+@click.option("--host-interval", type=click.FloatRange(0), default=0.05, show_default=True,
+              help="Least seconds between two request starts to one host.")
+@click.option("--max-download-bytes", type=click.IntRange(1), default=50 * 1024 * 1024, show_default=True,
+              help="Largest image body fetched (bytes); longer ones stop and are reported too_large.")
 @click.option("--exclude", multiple=True, metavar="SET",
               help="Evaluation set whose exact and near duplicates are removed: a task dir (task.toml), "
                    "image folder, catalog or iNat JSON (repeatable).")
@@ -44,21 +65,25 @@ import click
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in OUT, skipping finished work.")
 @click.option("--keep-work", is_flag=True, help="Keep the staged chunks in OUT/.build after success.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def build(out, folders, catalogs, inats, exclude, exclude_threshold, size, resize_mode, quality, val_fraction, seed,
+def build(out, folders, catalogs, inats, url_tables, url_column, gbif, inat_open, download_timeout,
+          download_retries, download_workers, per_host, host_interval, max_download_bytes, exclude, exclude_threshold, size, resize_mode, quality, val_fraction, seed,
           resolve, unresolved, workers, chunk_size, shard_size, shard_max_bytes, max_pixels, resume, keep_work,
           quiet) -> None:
-    """Build a TreeOfLife-style dataset in OUT from image folders, catalogs and iNat JSON.
+    """Build a TreeOfLife-style dataset in OUT from image folders, catalogs, iNat JSON,
+    URL tables, GBIF Darwin Core Archives and iNaturalist open data.
 
     \b
     Examples:
       treeclip data build out/birds --folder photos/birds
       treeclip data build out/mix --folder photos --catalog extra.csv::/data/images \\
           --inat train.json --exclude tasks/rare-species --val-fraction 0.05 --workers 8
+      treeclip data build out/gbif --gbif-dwca 0012345-240101123456789.zip --workers 8
 
-    Bad inputs are skipped with one line each (all listed in OUT/build_report.csv);
-    exit code 1 when some were skipped, 0 when none.
+    Bad inputs are skipped with one line each (all listed in OUT/build_report.csv; every
+    URL's download status in OUT/downloads.csv); exit code 1 when some were skipped, 0 when none.
     """
     from treeclip.data.build import BuildOptions, build_dataset
+    from treeclip.data.download import DownloadOptions
     from treeclip.data.images import MAX_PIXELS
     from treeclip.errors import EXIT_SOME_FAILED
 
@@ -66,14 +91,23 @@ def build(out, folders, catalogs, inats, exclude, exclude_threshold, size, resiz
                         resolve=resolve, unresolved=unresolved, exclude=list(exclude),
                         exclude_threshold=exclude_threshold, max_pixels=max_pixels or MAX_PIXELS,
                         chunk_size=chunk_size, shard_max_samples=shard_size, shard_max_bytes=shard_max_bytes,
-                        workers=workers, keep_work=keep_work)
+                        workers=workers, keep_work=keep_work,
+                        download=DownloadOptions(timeout=download_timeout, retries=download_retries,
+                                                 workers=download_workers, per_host=per_host,
+                                                 min_interval=host_interval, max_bytes=max_download_bytes))
     sources = [("folder", f) for f in folders] + [("catalog", c) for c in catalogs] + [("inat", i) for i in inats]
+    sources += [("urls", f"{u}::{url_column}" if url_column else u) for u in url_tables]
+    sources += [("gbif", g) for g in gbif] + [("inat-open", d) for d in inat_open]
     result = build_dataset(sources, out, opts, resume=resume, progress=not quiet)
     c, m = result.counts, result.manifest
     click.echo(f"{out}: {m['n_samples']} samples ({c['train']} train, {c['val']} val), {m['n_taxa']} taxa, "
                f"{sum(len(s['shards']) for s in m['splits'].values())} shards")
+    if result.downloads:
+        click.echo("downloads: " + ", ".join(f"{n} {status}" for status, n in result.downloads.items())
+                   + f" (see {out}/downloads.csv)")
     skipped = ", ".join(f"{c[k]} {label}" for k, label in
-                        (("input", "bad rows"), ("taxonomy", "unresolved"), ("image", "bad images"),
+                        (("input", "bad rows"), ("taxonomy", "unresolved"), ("download", "failed downloads"),
+                         ("image", "bad images"),
                          ("duplicate", "duplicates"), ("exclude", "evaluation duplicates")) if c.get(k))
     if skipped:
         click.echo(f"removed: {skipped} (see {out}/build_report.csv)")

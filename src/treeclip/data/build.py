@@ -3,10 +3,12 @@
 `build_dataset` runs five stage functions over one `BuildState` (each input image goes
 through all of them, in a fixed order):
 
-1. `gather`: read the sources (image folders, CSV/Parquet catalogs, iNat JSON) into
-   items and resolve every distinct label through the NCBI resolver (`resolve_items`);
+1. `gather`: read the sources (image folders, CSV/Parquet catalogs, iNat JSON; URL
+   tables, GBIF Darwin Core Archives, iNaturalist open data: `url_sources`) into items and resolve every distinct label through the NCBI resolver (`resolve_items`);
    unresolved items are dropped or kept as given (`unresolved="keep"`);
 2. `plan_chunks`: items in a deterministic order, cut into chunks of `chunk_size`;
+   then `fetch_urls`: the images of URL sources not staged yet are downloaded into
+   `OUT/.build/downloads/` (`treeclip.data.download`; each URL gets a status);
 3. `process_images`: chunks in parallel worker processes (`treeclip.data.staging`): safe
    decode (JPEG draft fast path), hashes, bicubic resize, JPEG encode; each chunk's JPEGs
    and records are staged under `OUT/.build/` and renamed into place when whole;
@@ -37,10 +39,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from treeclip.data.dataset import Sample, invalidate, write_dataset
+from treeclip.data.download import Download, DownloadCache, DownloadOptions, download_all
 from treeclip.data.images import MAX_PIXELS
 from treeclip.data.source_taxa import resolve_items
-from treeclip.data.sources import SourceItem, read_source
-from treeclip.data.staging import ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
+from treeclip.data.sources import SourceItem
+from treeclip.data.staging import ChunkItem, ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
+from treeclip.data.url_sources import read_any_source
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import remove_stale_temporaries, write_text_atomic
 from treeclip.identity import RunIdentity
@@ -54,6 +58,9 @@ if TYPE_CHECKING:
 
 WORK_DIR = ".build"
 REPORT = "build_report.csv"
+DOWNLOADS = "downloads.csv"
+"""One row per image of a URL source: url, status, detail, bytes (builds with URL sources)."""
+DOWNLOAD_DIR = "downloads"
 MAX_LINES_PER_STAGE = 50
 """Skipped inputs printed per stage; the rest are only counted and listed in the report."""
 
@@ -77,6 +84,7 @@ class BuildOptions:
     shard_max_bytes: float = 3e9
     workers: int = 0  # 0: every CPU
     keep_work: bool = False
+    download: DownloadOptions = field(default_factory=DownloadOptions)
 
     def image_options(self) -> dict:
         """The options a staged chunk depends on (a resume must not mix different ones)."""
@@ -87,7 +95,7 @@ class BuildOptions:
 class Problem:
     """One input skipped or removed, and why (a row of build_report.csv)."""
 
-    stage: str  # input | taxonomy | image | duplicate | exclude
+    stage: str  # input | taxonomy | download | image | duplicate | exclude
     source: str
     source_id: str
     path: str
@@ -99,12 +107,13 @@ class BuildResult:
     manifest: dict
     problems: list[Problem]
     counts: dict[str, int]
+    downloads: dict[str, int] = field(default_factory=dict)  # URLs per download status
 
     @property
     def failed(self) -> int:
-        """Inputs that could not be used (bad rows, unresolved names, bad images); removed
-        duplicates are not failures."""
-        return sum(self.counts.get(k, 0) for k in ("input", "taxonomy", "image"))
+        """Inputs that could not be used (bad rows, unresolved names, failed downloads, bad
+        images); removed duplicates are not failures."""
+        return sum(self.counts.get(k, 0) for k in ("input", "taxonomy", "download", "image"))
 
 
 # -- 1-2: items and their taxa ------------------------------------------------------------
@@ -135,6 +144,7 @@ class BuildState:
     by_key: dict[str, SourceItem] = field(default_factory=dict)
     plan: list[tuple[str, str]] = field(default_factory=list)
     chunks: list[list[tuple[str, str]]] = field(default_factory=list)
+    downloads: dict[str, Download] = field(default_factory=dict)  # by URL, those fetched in this run
     # 4-5: the evaluation images to keep out; the keys that survive deduplication
     exclusion: "ExclusionIndex | None" = None
     threshold: int = 0
@@ -169,7 +179,8 @@ def _check(opts: BuildOptions, sources: list[tuple[str, str]]) -> None:
     if not 0 <= opts.val_fraction < 1:
         raise TreeclipError(f"val fraction must be in [0, 1), not {opts.val_fraction}")
     if not sources:
-        raise TreeclipError("no sources: give at least one --folder, --catalog or --inat")
+        raise TreeclipError("no sources: give at least one --folder, --catalog, --inat, --urls, --gbif-dwca "
+                            "or --inat-open-data")
 
 
 def gather(state: BuildState, reference=None) -> None:
@@ -177,7 +188,7 @@ def gather(state: BuildState, reference=None) -> None:
     the items whose taxon is usable."""
     seen: dict[str, SourceItem] = {}
     for kind, spec in state.sources:
-        for it in read_source(kind, spec):
+        for it in read_any_source(kind, spec):
             if it.error:
                 state.report("input", it, it.error)
                 continue
@@ -212,12 +223,53 @@ def plan_chunks(state: BuildState, resume: bool) -> None:
                             "run again without --resume")
     invalidate(state.out)  # from here on OUT changes: no reader may take it for finished
     remove_stale_temporaries(state.out, REPORT)
+    remove_stale_temporaries(state.out, DOWNLOADS)
+    (state.out / DOWNLOADS).unlink(missing_ok=True)  # an earlier build's; this one writes its own
     if resuming:
         return
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    _fresh_work_dir(work)
     plan.write(n_items=len(state.plan), n_chunks=len(state.chunks))
+
+
+def _fresh_work_dir(work: Path) -> None:
+    """An empty work dir, but for the bodies an interrupted build downloaded: a URL's
+    bytes do not depend on the plan, so a new build need not fetch them again (its
+    failures are tried again)."""
+    if work.exists():
+        for p in work.iterdir():
+            if p.name != DOWNLOAD_DIR:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    if (work / DOWNLOAD_DIR).is_dir():
+        DownloadCache(work / DOWNLOAD_DIR).forget_failures()
+
+
+def _todo(state: BuildState) -> list[int]:
+    """The chunks not staged yet."""
+    return [i for i in range(len(state.chunks)) if not (state.work / f"{chunk_name(i)}.json").exists()]
+
+
+def fetch_urls(state: BuildState, *, progress: bool) -> None:
+    """Stage 2b: download the images of URL sources in chunks not staged yet (those a
+    killed build finished come from the cache, unfetched)."""
+    urls = [state.by_key[k].path for i in _todo(state) for k, _ in state.chunks[i] if state.by_key[k].remote]
+    if urls:
+        cache = DownloadCache(state.work / DOWNLOAD_DIR)
+        state.downloads = download_all(urls, cache, state.opts.download, progress=progress)
+
+
+def _chunk_items(state: BuildState, index: int) -> list[ChunkItem]:
+    """The items of chunk `index` as the image stage takes them: a downloaded image's
+    cached file, its URL and download."""
+    items = []
+    for key, path in state.chunks[index]:
+        d = state.downloads.get(path) if state.by_key[key].remote else None
+        if d is None:
+            items.append(ChunkItem(key, path))
+        else:
+            local = str(DownloadCache.path_in(state.work / DOWNLOAD_DIR, path))
+            items.append(ChunkItem(key, local, path, {"status": d.status, "detail": d.detail, "bytes": d.bytes}))
+    return items
 
 
 def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable[[int], None] | None) -> None:
@@ -226,7 +278,7 @@ def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable
     from treeclip.data import dedup
 
     opts, chunks = state.opts, state.chunks
-    todo = [i for i in range(len(chunks)) if not (state.work / f"{chunk_name(i)}.json").exists()]
+    todo = _todo(state)
     workers = opts.workers or os.cpu_count() or 1
     pool = make_pool(workers) if workers > 1 and (len(todo) > 1 or opts.exclude) else None
     try:
@@ -237,7 +289,7 @@ def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable
         done = set(range(len(chunks))) - set(todo)
         bar = progress_bar(len(state.plan), initial=sum(len(chunks[i]) for i in done), desc="processing images",
                            enabled=progress)
-        jobs = [(i, chunks[i], str(state.work), opts.image_options()) for i in todo]
+        jobs = [(i, _chunk_items(state, i), str(state.work), opts.image_options()) for i in todo]
         results = pool.imap_unordered(process_chunk, jobs) if pool is not None else map(process_chunk, jobs)
         for index, ok, bad in results:
             bar.update(ok + bad)
@@ -259,7 +311,7 @@ def deduplicate(state: BuildState, reader: ChunkReader) -> None:
     for key, _ in state.plan:
         rec = reader.record(key)
         if "error" in rec:
-            state.report("image", state.by_key[key], rec["error"])
+            state.report(rec.get("stage", "image"), state.by_key[key], rec["error"])
         else:
             good.append(key)
     matches = state.exclusion.match_many([reader.record(k)["sha256"] for k in good],
@@ -303,24 +355,58 @@ def write_output(state: BuildState, reader: ChunkReader, *, progress: bool) -> B
             for key in keys:
                 it, rec = state.by_key[key], reader.record(key)
                 yield Sample(key, reader.image(key), state.taxa_of[it.label()], name, it.source, it.source_id,
-                             {"sha256": rec["sha256"], "phash": rec["phash"]})
+                             {**dict(it.extra), "sha256": rec["sha256"], "phash": rec["phash"]})
 
     counts = {"inputs": state.n_inputs, "samples": len(state.unique), "train": len(train), "val": len(val)}
     for p in state.problems:
         counts[p.stage] = counts.get(p.stage, 0) + 1
+    downloads = download_counts(state, reader)
     build_info = {
         "sources": [{"kind": k, "spec": s} for k, s in state.sources],
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "keep_work")},
+        # how URLs were fetched only matters to builds that fetched some
+        "options": {k: v for k, v in asdict(opts).items()
+                    if k not in ("workers", "keep_work") and (k != "download" or downloads)},
         "exclude_threshold": state.threshold,
         "n_exclusion_images": len(state.exclusion),
         "counts": counts,
         "taxonomy": {k: v for k, v in state.resolve_summary.items() if k != "seconds"},
         "report": REPORT,
+        **({"downloads": downloads, "downloads_report": DOWNLOADS} if downloads else {}),
     }
     manifest = write_dataset(samples(), state.out, taxa=taxa, build_info=build_info,
                              shard_max_samples=opts.shard_max_samples, shard_max_bytes=opts.shard_max_bytes,
                              progress=progress)
-    return BuildResult(manifest, state.problems, counts)
+    return BuildResult(manifest, state.problems, counts, downloads)
+
+
+def _download_rows(state: BuildState, reader: ChunkReader) -> list[tuple[SourceItem, dict]]:
+    """(item, download) of every image of a URL source, in plan order, from the staged
+    records (so a resumed build reports what the killed one fetched too)."""
+    return [(state.by_key[k], reader.record(k)["download"]) for k, _ in state.plan
+            if state.by_key[k].remote and "download" in reader.record(k)]
+
+
+def download_counts(state: BuildState, reader: ChunkReader) -> dict[str, int]:
+    """URLs per download status, sorted by status."""
+    counts: dict[str, int] = {}
+    for _, d in _download_rows(state, reader):
+        counts[d["status"]] = counts.get(d["status"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _write_downloads(state: BuildState, reader: ChunkReader) -> None:
+    import csv
+    import io
+
+    rows = _download_rows(state, reader)
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["url", "status", "detail", "bytes", "source", "source_id"])
+    for it, d in rows:
+        w.writerow([it.path, d["status"], d["detail"], d["bytes"], it.source, it.source_id])
+    write_text_atomic(state.out / DOWNLOADS, buf.getvalue())
 
 
 def build_dataset(
@@ -334,7 +420,8 @@ def build_dataset(
     on_chunk_done: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build a dataset dir from `sources`, a list of (kind, spec) with kind `folder`,
-    `catalog` or `inat` (spec `PATH` or `PATH::ROOT`). Bad inputs are reported (one line
+    `catalog` or `inat` (spec `PATH` or `PATH::ROOT`), `urls` (`FILE[::URL_COLUMN]`),
+    `gbif` (a Darwin Core Archive folder or zip) or `inat-open` (`DIR[::BASE_URL]`). Bad inputs are reported (one line
     each, and in `OUT/build_report.csv`) and counted; the build goes on.
     `on_chunk_done(index)` is called in this process after each staged chunk."""
     opts = options or BuildOptions()
@@ -343,10 +430,12 @@ def build_dataset(
     state = BuildState(sources, Path(out_dir), opts)
     gather(state, reference)
     plan_chunks(state, resume)
+    fetch_urls(state, progress=progress)
     process_images(state, progress=progress, on_chunk_done=on_chunk_done)
     reader = ChunkReader(state.work, len(state.chunks))
     try:
         deduplicate(state, reader)
+        _write_downloads(state, reader)  # before the manifest: a finished dir has all its files
         result = write_output(state, reader, progress=progress)
     finally:
         reader.close()

@@ -38,6 +38,9 @@ SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
 TABLES = ("catalog.parquet", "taxa.parquet")
 CATALOG_COLUMNS = ("key", "split", "shard", *RANKS, "common", "cls", "source", "source_id", "sha256", "phash")
+OPTIONAL_COLUMNS = ("url", "license", "rights_holder")
+"""Catalog columns taken from a sample's `extra` (images from the web: where it came from
+and under which licence); written only when some sample has one."""
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _check_sample(s: Sample, seen: set[str], cls_of: dict[Taxon, int]) -> None:
 def _add_catalog_row(rows: dict[str, list], s: Sample, cls: int, shard: str, hashes: dict[str, str]) -> None:
     for col, val in (("key", s.key), ("split", s.split), ("shard", shard), *zip(RANKS, s.taxon.lineage),
                      ("common", s.taxon.common), ("cls", cls), ("source", s.source), ("source_id", s.source_id),
-                     *hashes.items()):
+                     *hashes.items(), *((c, str(s.extra.get(c) or "")) for c in OPTIONAL_COLUMNS)):
         rows[col].append(val)
 
 
@@ -128,7 +131,7 @@ def write_dataset(
     if len(cls_of) != len(taxa):
         raise ValueError("taxa must be distinct")
     writers: dict[str, ShardWriter] = {}
-    rows: dict[str, list] = {c: [] for c in CATALOG_COLUMNS}
+    rows: dict[str, list] = {c: [] for c in CATALOG_COLUMNS + OPTIONAL_COLUMNS}
     counts = [0] * len(taxa)
     seen: set[str] = set()
     bar = progress_bar(desc="writing shards", enabled=progress)
@@ -194,7 +197,8 @@ def write_catalog(out: Path, rows: dict[str, list]) -> None:
     import pyarrow.parquet as pq
 
     types = {"cls": pa.int32()}
-    table = pa.table({c: pa.array(rows[c], type=types.get(c, pa.string())) for c in CATALOG_COLUMNS})
+    columns = CATALOG_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(rows.get(c, ())))
+    table = pa.table({c: pa.array(rows[c], type=types.get(c, pa.string())) for c in columns})
     with atomic_path(out / "catalog.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
 

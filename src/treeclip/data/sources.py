@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from treeclip.data.images import IMAGE_EXTENSIONS
 from treeclip.data.paths import safe_join  # also re-exported from here
@@ -42,7 +42,10 @@ class SourceItem:
 
     `ranks` holds raw rank -> name for the ranks the source has; `name` a scientific or
     taxonomic name whose ranks the source does not split (folder names); `error` says why
-    the item cannot be used (the path escaped its root, no label), else ''.
+    the item cannot be used (the path escaped its root, no label), else ''. A `remote`
+    item's `path` is the URL it is fetched from (`treeclip.data.download`); `extra` holds
+    what the source says about the image that the dataset keeps beside it (`url`,
+    `license`, `rights_holder`: `dataset.OPTIONAL_COLUMNS`).
     """
 
     source: str
@@ -52,6 +55,8 @@ class SourceItem:
     common: str = ""
     name: str = ""
     error: str = ""
+    remote: bool = False
+    extra: tuple[tuple[str, str], ...] = ()
 
     def label(self) -> tuple:
         """What identifies the taxon of this item (items sharing it resolve together)."""
@@ -107,14 +112,42 @@ def read_image_folder(root: str | os.PathLike) -> Iterator[SourceItem]:
 # -- catalogs --------------------------------------------------------------------------
 
 
-def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
+def pick_column(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
+    """The first of `names` among `columns` (lower-cased name -> column), or None."""
     return next((columns[n] for n in names if n in columns), None)
 
 
-def _text(v: object) -> str:
+def cell_text(v: object) -> str:
+    """A table cell as one line of text ('' for None and NaN)."""
     if v is None or (isinstance(v, float) and v != v):
         return ""
     return " ".join(str(v).split())
+
+
+@dataclass(frozen=True)
+class LabelColumns:
+    """Which columns of a table name an item's taxon (lower-cased names)."""
+
+    ranks: dict[str, str]  # rank -> column
+    common: str | None
+    name: str | None
+    id: str | None
+
+    @classmethod
+    def of(cls, path: Path, columns: Iterable[str]) -> "LabelColumns":
+        """The label columns among `columns`; one-line TreeclipError when there are none."""
+        columns = {c: c for c in columns}
+        ranks = {RANK_ALIASES.get(k, k): c for k, c in columns.items() if RANK_ALIASES.get(k, k) in RANKS}
+        common, name, id_ = (pick_column(columns, n) for n in (COMMON_COLUMNS, NAME_COLUMNS, ID_COLUMNS))
+        if not ranks and name is None:
+            raise TreeclipError(f"{path}: no rank columns ({', '.join(RANKS)}) and no scientific_name column")
+        return cls(dict(sorted(ranks.items(), key=lambda x: RANKS.index(x[0]))), common, name, id_)
+
+    def label(self, row: dict) -> tuple[tuple[tuple[str, str], ...], str, str]:
+        """(ranks, common, name) of one row."""
+        ranks = tuple((r, cell_text(row.get(c))) for r, c in self.ranks.items() if cell_text(row.get(c)))
+        common = cell_text(row.get(self.common)) if self.common else ""
+        return ranks, common, cell_text(row.get(self.name)) if self.name else ""
 
 
 def read_catalog(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[SourceItem]:
@@ -128,21 +161,15 @@ def read_catalog(path: str | os.PathLike, root: str | os.PathLike | None = None)
     if not rows:
         return
     columns = {c: c for c in rows[0]}  # read_rows lower-cases the column names
-    path_col = _pick(columns, PATH_COLUMNS)
+    path_col = pick_column(columns, PATH_COLUMNS)
     if path_col is None:
         raise TreeclipError(f"{path}: no image path column (one of {', '.join(PATH_COLUMNS)})")
-    rank_cols = {RANK_ALIASES.get(k, k): c for k, c in columns.items() if RANK_ALIASES.get(k, k) in RANKS}
-    common_col, name_col, id_col = (_pick(columns, n) for n in (COMMON_COLUMNS, NAME_COLUMNS, ID_COLUMNS))
-    if not rank_cols and name_col is None:
-        raise TreeclipError(f"{path}: no rank columns ({', '.join(RANKS)}) and no scientific_name column")
+    cols = LabelColumns.of(path, columns)
     source = f"catalog:{path.name}"
     for i, row in enumerate(rows, start=1):
-        rel = _text(row.get(path_col))
-        sid = _text(row.get(id_col)) if id_col else rel
-        ranks = tuple((r, _text(row.get(c))) for r, c in sorted(rank_cols.items(), key=lambda x: RANKS.index(x[0]))
-                      if _text(row.get(c)))
-        common = _text(row.get(common_col)) if common_col else ""
-        name = _text(row.get(name_col)) if name_col else ""
+        rel = cell_text(row.get(path_col))
+        sid = cell_text(row.get(cols.id)) if cols.id else rel
+        ranks, common, name = cols.label(row)
         what = f"{path}:{i}: {rel or '(no path)'}"
         try:
             full, error = str(safe_join(root, rel, what=what)), ""
@@ -169,13 +196,13 @@ def read_inat_json(path: str | os.PathLike, root: str | os.PathLike | None = Non
         raise TreeclipError(f"{path}: not an iNat-style file (needs 'images' and 'categories')")
     cats = {}
     for c in data["categories"]:
-        ranks = {RANK_ALIASES.get(k, k): _text(v) for k, v in c.items() if RANK_ALIASES.get(k, k) in RANKS}
+        ranks = {RANK_ALIASES.get(k, k): cell_text(v) for k, v in c.items() if RANK_ALIASES.get(k, k) in RANKS}
         ranks = tuple((r, ranks[r]) for r in RANKS if ranks.get(r))
-        cats[c.get("id")] = (ranks, _text(c.get("common_name")), "" if ranks else _text(c.get("name")))
+        cats[c.get("id")] = (ranks, cell_text(c.get("common_name")), "" if ranks else cell_text(c.get("name")))
     label_of = {a.get("image_id"): a.get("category_id") for a in data.get("annotations", [])}
     source = f"inat:{path.name}"
     for img in data["images"]:
-        iid, rel = img.get("id"), _text(img.get("file_name"))
+        iid, rel = img.get("id"), cell_text(img.get("file_name"))
         what = f"{path}: image {iid} {rel}"
         cat = cats.get(label_of.get(iid))
         if cat is None:

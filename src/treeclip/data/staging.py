@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from treeclip.errors import InputError
 from treeclip.fsutil import atomic_path, write_json_atomic
@@ -26,34 +27,64 @@ def chunk_name(i: int) -> str:
     return f"chunk-{i:06d}"
 
 
-def process_image(path: str, opts: dict) -> tuple[bytes, str, str]:
+class ChunkItem(NamedTuple):
+    """One image of a chunk: its key, the file to decode, and for a downloaded image the
+    URL (what messages name) and its download (`status`, `detail`, `bytes`)."""
+
+    key: str
+    path: str
+    url: str = ""
+    download: dict | None = None
+
+
+def process_image(path: str, opts: dict, name: str | None = None) -> tuple[bytes, str, str]:
     """One image -> (JPEG bytes, pixel sha256 of the stored image, phash); InputError if bad."""
     from treeclip.data.images import decode_image, encode_jpeg, pixel_sha256, resize_image
     from treeclip.data.phash import DECODE_MIN, phash
 
-    img = decode_image(path, max_pixels=opts["max_pixels"], draft_size=max(opts["size"], DECODE_MIN))
+    img = decode_image(path, name=name, max_pixels=opts["max_pixels"], draft_size=max(opts["size"], DECODE_MIN))
     hash_p = phash(img)
     small = resize_image(img, opts["size"], mode=opts["resize_mode"])
     return encode_jpeg(small, quality=opts["quality"]), pixel_sha256(small), hash_p
 
 
-def process_chunk(args: tuple[int, list[tuple[str, str]], str, dict]) -> tuple[int, int, int]:
-    """Process one chunk of (key, path) and stage it; returns (index, good, bad)."""
+def _stage_one(item: ChunkItem, opts: dict) -> tuple[dict, bytes]:
+    """The staged record of one image (offset 0) and its JPEG (b'' when it failed). A
+    downloaded image's record carries its download, with the decoder's refusal as its
+    status (`download.image_status`)."""
+    from treeclip.data.download import image_status
+
+    if item.download is not None and item.download["status"] != "ok":
+        return {"key": item.key, "error": f"{item.url}: {item.download['detail']}", "stage": "download",
+                "download": item.download}, b""
+    try:
+        jpeg, sha, ph = process_image(item.path, opts, item.url or None)
+        rec = {"key": item.key, "offset": 0, "length": len(jpeg), "sha256": sha, "phash": ph}
+    except InputError as e:
+        rec, jpeg = {"key": item.key, "error": str(e)}, b""
+    except Exception as e:  # a decoder bug must not kill the build: report it
+        where = item.url or item.path
+        rec, jpeg = {"key": item.key, "error": f"{where}: unexpected {type(e).__name__}: "
+                                               f"{' '.join(str(e).split())[:100]}"}, b""
+    if item.download is not None:
+        status = "ok" if jpeg else image_status(rec["error"])
+        rec["download"] = {**item.download, "status": status, "detail": "" if jpeg else rec["error"]}
+    return rec, jpeg
+
+
+def process_chunk(args: tuple[int, list, str, dict]) -> tuple[int, int, int]:
+    """Process one chunk of `ChunkItem`s (or (key, path) pairs) and stage it; returns
+    (index, good, bad)."""
     index, items, work, opts = args
     work_dir = Path(work)
     records, blobs, offset = [], [], 0
-    for key, path in items:
-        try:
-            jpeg, sha, ph = process_image(path, opts)
-        except InputError as e:
-            records.append({"key": key, "error": str(e)})
-            continue
-        except Exception as e:  # a decoder bug must not kill the build: report it
-            records.append({"key": key, "error": f"{path}: unexpected {type(e).__name__}: {' '.join(str(e).split())[:100]}"})
-            continue
-        records.append({"key": key, "offset": offset, "length": len(jpeg), "sha256": sha, "phash": ph})
-        blobs.append(jpeg)
-        offset += len(jpeg)
+    for item in items:
+        rec, jpeg = _stage_one(ChunkItem(*item), opts)
+        if jpeg:
+            rec["offset"] = offset
+            blobs.append(jpeg)
+            offset += len(jpeg)
+        records.append(rec)
     name = chunk_name(index)
     with atomic_path(work_dir / f"{name}.jpgs") as tmp:
         with open(tmp, "wb") as f:
