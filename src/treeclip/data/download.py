@@ -134,10 +134,11 @@ class DownloadCache:
     """Fetched bodies in a folder, one file per URL named by sha256(url); a failure is a
     `<sha>.json` record beside them. A file there is whole (renamed into place)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, clean: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.root)  # half-written bodies of a killed build
+        if clean:  # not in a task beside others: their bodies in flight look stale too
+            remove_stale_temporaries(self.root)  # half-written bodies of a killed build
 
     @staticmethod
     def path_in(root: Path, url: str) -> Path:

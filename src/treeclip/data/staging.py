@@ -95,6 +95,39 @@ def process_chunk(args: tuple[int, list, str, dict]) -> tuple[int, int, int]:
     return index, ok, len(items) - ok
 
 
+def chunk_items(entries: list[tuple[str, str, bool]], downloads: dict, download_dir: str | Path) -> list[ChunkItem]:
+    """The `ChunkItem`s of one chunk's (key, path, remote) entries: a downloaded image is
+    its cached file under `download_dir`, its URL and its download (from `downloads`, a
+    `Download` by URL)."""
+    from treeclip.data.download import DownloadCache
+
+    items = []
+    for key, path, remote in entries:
+        d = downloads.get(path) if remote else None
+        if d is None:
+            items.append(ChunkItem(key, path))
+        else:
+            local = str(DownloadCache.path_in(Path(download_dir), path))
+            items.append(ChunkItem(key, local, path, {"status": d.status, "detail": d.detail, "bytes": d.bytes}))
+    return items
+
+
+def fetch_and_process_chunk(index: int, entries: list[tuple[str, str, bool]], work: str, opts: dict,
+                            download_opts, download_dir: str) -> tuple[int, int, int]:
+    """One chunk from start to staged, in one worker (a distributed build's task): fetch
+    its URLs into the shared download cache (those cached already are not fetched), then
+    `process_chunk`. The staged chunk is the same whichever worker runs it, and whether
+    its images were fetched here or by the local build's download stage."""
+    from treeclip.data.download import DownloadCache, download_all
+
+    urls = [path for _, path, remote in entries if remote]
+    # clean=False: other tasks write into the same cache at the same time (the driver
+    # removed a killed build's temporaries before any task started)
+    downloads = download_all(urls, DownloadCache(download_dir, clean=False), download_opts,
+                             progress=False) if urls else {}
+    return process_chunk((index, chunk_items(entries, downloads, download_dir), work, opts))
+
+
 def plan_fingerprint(plan: list[tuple[str, str]], opts: dict) -> str:
     """sha256 of the (key, path) plan, the image options and STAGE_VERSION: a resume must
     match it."""
