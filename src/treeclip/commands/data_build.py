@@ -54,7 +54,15 @@ import click
               help="Check and fill every row's ranks against the offline NCBI taxonomy.")
 @click.option("--unresolved", type=click.Choice(["drop", "keep"]), default="drop", show_default=True,
               help="What to do with rows whose names NCBI cannot resolve (keep: with their names as given).")
-@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: every CPU].")
+@click.option("--workers", type=click.IntRange(0), default=0,
+              help="Worker processes (with --distributor ray and no --ray-address: the local cluster's CPUs) "
+                   "[default: every CPU].")
+@click.option("--distributor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Who processes the chunks: this machine's processes, or Ray tasks (pip install 'treeclip[ray]'; "
+                   "OUT must be on a file system every node sees).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join the Ray cluster at ADDR ('auto': the one `ray start` made here) [default: start a local "
+                   "one].")
 @click.option("--chunk-size", type=click.IntRange(1), default=64, show_default=True,
               help="Images per work unit (the unit of --resume).")
 @click.option("--shard-size", type=click.IntRange(1), default=10000, show_default=True,
@@ -66,8 +74,9 @@ import click
 @click.option("--keep-work", is_flag=True, help="Keep the staged chunks in OUT/.build after success.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def build(out, folders, catalogs, inats, url_tables, url_column, gbif, inat_open, download_timeout,
-          download_retries, download_workers, per_host, host_interval, max_download_bytes, exclude, exclude_threshold, size, resize_mode, quality, val_fraction, seed,
-          resolve, unresolved, workers, chunk_size, shard_size, shard_max_bytes, max_pixels, resume, keep_work,
+          download_retries, download_workers, per_host, host_interval, max_download_bytes, exclude,
+          exclude_threshold, size, resize_mode, quality, val_fraction, seed, resolve, unresolved, workers,
+          distributor, ray_address, chunk_size, shard_size, shard_max_bytes, max_pixels, resume, keep_work,
           quiet) -> None:
     """Build a TreeOfLife-style dataset in OUT from image folders, catalogs, iNat JSON,
     URL tables, GBIF Darwin Core Archives and iNaturalist open data.
@@ -78,6 +87,7 @@ def build(out, folders, catalogs, inats, url_tables, url_column, gbif, inat_open
       treeclip data build out/mix --folder photos --catalog extra.csv::/data/images \\
           --inat train.json --exclude tasks/rare-species --val-fraction 0.05 --workers 8
       treeclip data build out/gbif --gbif-dwca 0012345-240101123456789.zip --workers 8
+      treeclip data build /shared/gbif --gbif-dwca export.zip --distributor ray --ray-address auto
 
     Bad inputs are skipped with one line each (all listed in OUT/build_report.csv; every
     URL's download status in OUT/downloads.csv); exit code 1 when some were skipped, 0 when none.
@@ -91,7 +101,7 @@ def build(out, folders, catalogs, inats, url_tables, url_column, gbif, inat_open
                         resolve=resolve, unresolved=unresolved, exclude=list(exclude),
                         exclude_threshold=exclude_threshold, max_pixels=max_pixels or MAX_PIXELS,
                         chunk_size=chunk_size, shard_max_samples=shard_size, shard_max_bytes=shard_max_bytes,
-                        workers=workers, keep_work=keep_work,
+                        workers=workers, keep_work=keep_work, distributor=distributor, ray_address=ray_address,
                         download=DownloadOptions(timeout=download_timeout, retries=download_retries,
                                                  workers=download_workers, per_host=per_host,
                                                  min_interval=host_interval, max_bytes=max_download_bytes))

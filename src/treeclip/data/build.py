@@ -11,7 +11,9 @@ through all of them, in a fixed order):
    `OUT/.build/downloads/` (`treeclip.data.download`; each URL gets a status);
 3. `process_images`: chunks in parallel worker processes (`treeclip.data.staging`): safe
    decode (JPEG draft fast path), hashes, bicubic resize, JPEG encode; each chunk's JPEGs
-   and records are staged under `OUT/.build/` and renamed into place when whole;
+   and records are staged under `OUT/.build/` and renamed into place when whole; with
+   `distributor="ray"` each chunk is a Ray task that also fetches its own URLs
+   (`ray_build`; the driver does stages 1-2 and 4-5 as here);
 4. `deduplicate`: exact duplicates inside the set and duplicates of the `exclude`
    evaluation sets are removed;
 5. `write_output`: the validation split is drawn by fraction and seed (`split`), samples
@@ -30,6 +32,7 @@ build that fails earlier (a missing source, a bad catalog) leaves the old datase
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -43,7 +46,8 @@ from treeclip.data.download import Download, DownloadCache, DownloadOptions, dow
 from treeclip.data.images import MAX_PIXELS
 from treeclip.data.source_taxa import resolve_items
 from treeclip.data.sources import SourceItem
-from treeclip.data.staging import ChunkItem, ChunkReader, chunk_name, make_pool, plan_fingerprint, process_chunk
+from treeclip.data.staging import (ChunkItem, ChunkReader, chunk_items, chunk_name, make_pool, plan_fingerprint,
+                                   process_chunk)
 from treeclip.data.url_sources import read_any_source
 from treeclip.errors import TreeclipError
 from treeclip.fsutil import remove_stale_temporaries, write_text_atomic
@@ -85,6 +89,12 @@ class BuildOptions:
     workers: int = 0  # 0: every CPU
     keep_work: bool = False
     download: DownloadOptions = field(default_factory=DownloadOptions)
+    # Where the chunks are staged (neither changes what is written, so neither is in the
+    # manifest, and a resume may change them): "local", this machine's worker processes;
+    # "ray", Ray tasks (`ray_build`) on the cluster at `ray_address`, else on a local one
+    # of `workers` CPUs
+    distributor: str = "local"
+    ray_address: str | None = None
 
     def image_options(self) -> dict:
         """The options a staged chunk depends on (a resume must not mix different ones)."""
@@ -178,6 +188,15 @@ def _check(opts: BuildOptions, sources: list[tuple[str, str]]) -> None:
         raise TreeclipError(f"unresolved must be 'drop' or 'keep', not {opts.unresolved!r}")
     if not 0 <= opts.val_fraction < 1:
         raise TreeclipError(f"val fraction must be in [0, 1), not {opts.val_fraction}")
+    if opts.distributor not in ("local", "ray"):
+        raise TreeclipError(f"distributor must be 'local' or 'ray', not {opts.distributor!r}")
+    if opts.ray_address and opts.distributor != "ray":
+        raise TreeclipError("a Ray address needs the ray distributor (--distributor ray)")
+    if opts.distributor == "ray":
+        from treeclip.data.ray_build import MISSING, ray_installed  # imports no ray
+
+        if not ray_installed():
+            raise TreeclipError(MISSING)
     if not sources:
         raise TreeclipError("no sources: give at least one --folder, --catalog, --inat, --urls, --gbif-dwca "
                             "or --inat-open-data")
@@ -251,36 +270,40 @@ def _todo(state: BuildState) -> list[int]:
 
 def fetch_urls(state: BuildState, *, progress: bool) -> None:
     """Stage 2b: download the images of URL sources in chunks not staged yet (those a
-    killed build finished come from the cache, unfetched)."""
+    killed build finished come from the cache, unfetched). On Ray each chunk's task
+    fetches its own URLs instead; here the cache is only readied for those tasks."""
+    if state.opts.distributor == "ray":
+        if any(state.by_key[k].remote for i in _todo(state) for k, _ in state.chunks[i]):
+            DownloadCache(state.work / DOWNLOAD_DIR)  # a killed build's half bodies go before any task starts
+        return
     urls = [state.by_key[k].path for i in _todo(state) for k, _ in state.chunks[i] if state.by_key[k].remote]
     if urls:
         cache = DownloadCache(state.work / DOWNLOAD_DIR)
         state.downloads = download_all(urls, cache, state.opts.download, progress=progress)
 
 
+def _chunk_entries(state: BuildState, index: int) -> list[tuple[str, str, bool]]:
+    """Chunk `index` as (key, path or URL, whether it is a URL) triples."""
+    return [(key, path, state.by_key[key].remote) for key, path in state.chunks[index]]
+
+
 def _chunk_items(state: BuildState, index: int) -> list[ChunkItem]:
     """The items of chunk `index` as the image stage takes them: a downloaded image's
     cached file, its URL and download."""
-    items = []
-    for key, path in state.chunks[index]:
-        d = state.downloads.get(path) if state.by_key[key].remote else None
-        if d is None:
-            items.append(ChunkItem(key, path))
-        else:
-            local = str(DownloadCache.path_in(state.work / DOWNLOAD_DIR, path))
-            items.append(ChunkItem(key, local, path, {"status": d.status, "detail": d.detail, "bytes": d.bytes}))
-    return items
+    return chunk_items(_chunk_entries(state, index), state.downloads, state.work / DOWNLOAD_DIR)
 
 
 def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable[[int], None] | None) -> None:
     """Stage 3: hash the evaluation sets (first: a bad --exclude fails before the long
-    part), then process and stage every chunk not staged yet, in worker processes."""
+    part), then process and stage every chunk not staged yet, in worker processes (or
+    in Ray tasks: `ray_build`, imported only then)."""
     from treeclip.data import dedup
 
     opts, chunks = state.opts, state.chunks
     todo = _todo(state)
     workers = opts.workers or os.cpu_count() or 1
-    pool = make_pool(workers) if workers > 1 and (len(todo) > 1 or opts.exclude) else None
+    local = opts.distributor == "local"
+    pool = make_pool(workers) if workers > 1 and ((local and len(todo) > 1) or opts.exclude) else None
     try:
         state.threshold = dedup.DEFAULT_THRESHOLD if opts.exclude_threshold is None else opts.exclude_threshold
         state.exclusion = dedup.build_exclusion_index(opts.exclude, size=opts.size, resize_mode=opts.resize_mode,
@@ -289,12 +312,28 @@ def process_images(state: BuildState, *, progress: bool, on_chunk_done: Callable
         done = set(range(len(chunks))) - set(todo)
         bar = progress_bar(len(state.plan), initial=sum(len(chunks[i]) for i in done), desc="processing images",
                            enabled=progress)
-        jobs = [(i, _chunk_items(state, i), str(state.work), opts.image_options()) for i in todo]
-        results = pool.imap_unordered(process_chunk, jobs) if pool is not None else map(process_chunk, jobs)
-        for index, ok, bad in results:
-            bar.update(ok + bad)
-            if on_chunk_done is not None:
-                on_chunk_done(index)
+        if local:
+            jobs = [(i, _chunk_items(state, i), str(state.work), opts.image_options()) for i in todo]
+            staged = contextlib.nullcontext(
+                pool.imap_unordered(process_chunk, jobs) if pool is not None else map(process_chunk, jobs))
+        elif not todo:  # a resume with every chunk staged: no cluster to start
+            staged = contextlib.nullcontext(())
+        else:
+            from treeclip.data.ray_build import stage_chunks_on_ray
+
+            if pool is not None:  # it hashed the evaluation sets; the cluster does the rest
+                pool.terminate()
+                pool.join()
+                pool = None
+            staged = contextlib.closing(stage_chunks_on_ray(
+                ((i, _chunk_entries(state, i)) for i in todo), work=str(state.work), image_opts=opts.image_options(),
+                download_opts=opts.download, download_dir=str(state.work / DOWNLOAD_DIR), address=opts.ray_address,
+                num_cpus=workers))
+        with staged as results:  # closed: Ray tasks still running when this stops are cancelled
+            for index, ok, bad in results:
+                bar.update(ok + bad)
+                if on_chunk_done is not None:
+                    on_chunk_done(index)
         bar.close()
     finally:
         if pool is not None:
@@ -365,7 +404,7 @@ def write_output(state: BuildState, reader: ChunkReader, *, progress: bool) -> B
         "sources": [{"kind": k, "spec": s} for k, s in state.sources],
         # how URLs were fetched only matters to builds that fetched some
         "options": {k: v for k, v in asdict(opts).items()
-                    if k not in ("workers", "keep_work") and (k != "download" or downloads)},
+                    if k not in ("workers", "keep_work", "distributor", "ray_address") and (k != "download" or downloads)},
         "exclude_threshold": state.threshold,
         "n_exclusion_images": len(state.exclusion),
         "counts": counts,
