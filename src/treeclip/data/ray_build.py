@@ -1,10 +1,10 @@
 """The chunk stage of a build on a Ray cluster (`treeclip data build --distributor ray`).
 
-Why Ray: img2dataset, the downloader behind LAION-5B, DataComp and TreeOfLife-10M's
-image fetching, distributes its shards with Ray (or pyspark), and Ray (Ray Data) runs the
-data stage of most ML pipelines today. It is one `pip install`, starts a local cluster in
-one call or joins a running one (`ray start --head` on a SLURM or Kubernetes allocation, no
-JVM), and a task is a plain Python function: the cluster runs the build's own chunk
+Why Ray: img2dataset, the downloader behind LAION-5B and DataComp, distributes its
+shards with Ray (or pyspark), and Ray (Ray Data) runs the data stage of many ML
+pipelines. It is one `pip install`, starts a local cluster in one call or joins a running
+one (`ray start --head` on a SLURM or Kubernetes allocation, no JVM), and a task is a
+plain Python function: the cluster runs the build's own chunk
 function (`staging.fetch_and_process_chunk`), so a chunk staged by a Ray worker is the
 same file a local build stages.
 
@@ -37,7 +37,7 @@ log = get_logger(__name__)
 
 MISSING = "--distributor ray needs Ray, which is not installed: pip install 'treeclip[ray]' (or 'ray>=2.9')"
 TASK_RETRIES = 3
-"""Tries of a chunk whose worker died (a lost node, OOM); safe: a chunk is a pure function
+"""Retries of a chunk whose worker died (a lost node, OOM); safe: a chunk is a pure function
 of its inputs, written by atomic renames."""
 
 
