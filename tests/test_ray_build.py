@@ -150,10 +150,30 @@ def test_ray_build_resumes_and_the_cli_runs_on_ray(ray_cluster, server, tmp_path
     assert sorted(done) == sorted(set(range(10)) - staged)  # only the chunks not staged ran
     assert _tree(tmp_path / "full") == _tree(tmp_path / "resumed")  # and the dataset is the same, byte for byte
 
+    # killed on this machine, resumed on Ray: the staged chunks do not depend on who made them
+    local = BuildOptions(**{**OPTS, "keep_work": False})
+
+    def kill_at_chunk_one(index):
+        if index == 1:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        build_dataset(sources, tmp_path / "mixed", local, progress=False, on_chunk_done=kill_at_chunk_one)
+    done = []
+    build_dataset(sources, tmp_path / "mixed", opts, progress=False, resume=True, on_chunk_done=done.append)
+    assert sorted(done) == list(range(2, 10))
+    assert _tree(tmp_path / "full") == _tree(tmp_path / "mixed")
+
+    # the CLI, with an evaluation set hashed by a local pool before the chunks go to Ray
+    evalset = tmp_path / "eval"
+    first = sorted(p for p in (tmp_path / "src").rglob("*.jpg"))[0]
+    (evalset / "some class").mkdir(parents=True)
+    (evalset / "some class" / first.name).write_bytes(first.read_bytes())
     table = sources[1][1]
     res = CliRunner().invoke(cli, ["data", "build", str(tmp_path / "cli"), "--folder", sources[0][1], "--urls", table,
-                                   "--no-resolve", "--size", "32", "--workers", "1", "--chunk-size", "3",
+                                   "--exclude", str(evalset),
+                                   "--no-resolve", "--size", "32", "--workers", "2", "--chunk-size", "3",
                                    "--shard-size", "4", "--val-fraction", "0.2", "--download-timeout", "0.5", "--download-retries", "1",
                                    "--distributor", "ray", "-q"])
     assert res.exit_code == 1, res.output  # finished; 3 URLs failed
-    assert "26 samples" in res.output and "downloads: 1 http_404, 1 not_image, 14 ok, 1 truncated" in res.output
+    assert "25 samples" in res.output and "1 evaluation duplicates" in res.output and "downloads: 1 http_404, 1 not_image, 14 ok, 1 truncated" in res.output
