@@ -3,9 +3,9 @@ byte (shards, catalog, manifest, reports, and the staged chunks themselves), fro
 folders and from URLs served on 127.0.0.1, and the same resume; a local build never
 imports ray.
 
-The Ray tests are `slow` (`-m slow`): one local Ray cluster of 2 CPUs for the module
-(started by `ray_build.ray_session`, the build's own way of starting one; ~5 s here),
-which every build in the module joins.
+The Ray tests run in the default suite (Ray is in the `test` extra): one local Ray cluster
+of 2 CPUs for the module (started by `ray_build.ray_session`, the build's own way of
+starting one; ~5 s here), which every build in the module joins; ~15 s in all.
 """
 
 from __future__ import annotations
@@ -73,12 +73,11 @@ def test_ray_distributor_without_ray_is_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "needs the ray distributor" in res.output
 
 
-# -- on a local Ray cluster of 2 CPUs (-m slow) ---------------------------------------------------
+# -- on a local Ray cluster of 2 CPUs --------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    pytest.importorskip("ray")
     from treeclip.data.ray_build import ray_session
 
     t0 = time.perf_counter()
@@ -104,7 +103,6 @@ def _sources(tmp_path, server):
     return [("folder", str(folder)), ("urls", str(table))]
 
 
-@pytest.mark.slow
 def test_ray_build_equals_local_build(ray_cluster, server, tmp_path):
     sources = _sources(tmp_path, server)
     local = build_dataset(sources, tmp_path / "local", BuildOptions(**OPTS), progress=False)
@@ -125,7 +123,6 @@ def test_ray_build_equals_local_build(ray_cluster, server, tmp_path):
     assert "distributor" not in json.loads(a["manifest.json"])["build"]["options"]
 
 
-@pytest.mark.slow
 def test_ray_build_resumes_and_the_cli_runs_on_ray(ray_cluster, server, tmp_path):
     from treeclip.cli import cli
 
