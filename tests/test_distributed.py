@@ -130,8 +130,10 @@ def test_two_gloo_processes_train_like_one(tmp_path, options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images")],
-                         ids=["plain", "resampled-compact-cached"])
+@pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images"),
+                                     ("--lock-image", "--lock-image-unlocked-groups", "2", "--lock-text",
+                                      "--report-to", "tensorboard")],
+                         ids=["plain", "resampled-compact-cached", "locked-towers"])
 def test_torchrun_two_processes_match_one_process(tmp_path, options):
     data = make_dataset(tmp_path / "ds", per_class=4, val_per_class=1, shard_max_samples=8)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -139,8 +139,10 @@ def test_resume_from_a_middle_checkpoint_is_exact(dataset, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [(), ("--dataset-resampled", "--compact-vocab", "--cache-images"),
-                                     ("--objective", "hier-ce", "--cache-images")],
-                         ids=["plain", "resampled-compact-cached", "hier-ce"])
+                                     ("--objective", "hier-ce", "--cache-images"),
+                                     ("--lock-image", "--lock-image-unlocked-groups", "1", "--lock-text",
+                                      "--lock-text-unlocked-layers", "2", "--report-to", "tensorboard")],
+                         ids=["plain", "resampled-compact-cached", "hier-ce", "locked-tensorboard"])
 def test_resume_after_sigkill_is_exact(dataset, tmp_path, options):
     from click.testing import CliRunner
 

@@ -20,7 +20,25 @@ TEXT_CHOICES = ("mixed", "mixed-sample", *TEXT_TYPES)  # the mixing modes (train
 @click.option("--preset", help="Named recipe: bioclip (the paper's) or cpu-demo.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of settings (overrides the preset).")
 @click.option("--model", help="Registered model name (see `treeclip models`). Default tiny-vit-64.")
-@click.option("--pretrained", help="Initial weights: open_clip checkpoint file, model dir or local-dir:DIR.")
+@click.option("--pretrained", help="Initial weights: open_clip checkpoint file, model dir, local-dir:DIR or "
+              "hf-hub:ORG/NAME (read from the local Hugging Face cache, never downloaded); --model must be its "
+              "architecture (e.g. bioclip-vit-b-16 for hf-hub:imageomics/bioclip).")
+@click.option("--hub-dir", type=click.Path(file_okay=False),
+              help="A Hugging Face hub folder (models--ORG--NAME/) to look in for hf-hub:ORG/NAME before "
+                   "$HF_HUB_CACHE / ~/.cache/huggingface/hub [default: $TREECLIP_HF_HUB].")
+@click.option("--lock-image", is_flag=True, default=None, help="Freeze the image tower (LiT; open_clip's lock_image_tower).")
+@click.option("--lock-image-unlocked-groups", type=int,
+              help="With --lock-image: leave its last N layer groups trainable (1 = the projection only).")
+@click.option("--lock-image-freeze-bn-stats", is_flag=True, default=None,
+              help="With --lock-image: also freeze BatchNorm running statistics (timm towers; a ViT has none).")
+@click.option("--lock-text", is_flag=True, default=None, help="Freeze the text tower (open_clip's lock_text_tower).")
+@click.option("--lock-text-unlocked-layers", type=int,
+              help="With --lock-text: leave its last N layer groups trainable (1 = the projection only).")
+@click.option("--lock-text-freeze-layer-norm/--no-lock-text-freeze-layer-norm", default=None,
+              help="With --lock-text: LayerNorms of locked layers frozen too (default, and the only choice "
+                   "open_clip's built-in text tower supports).")
+@click.option("--report-to", help="Also log the metrics.jsonl records to: tensorboard (OUT/tensorboard/), "
+              "wandb (offline, OUT/wandb/), or both comma-separated. Needs the package installed.")
 @click.option("--steps", type=int, help="Optimizer steps (or use --epochs).")
 @click.option("--epochs", type=float, help="Passes over the training split (or use --steps).")
 @click.option("--batch-size", type=int, help="GLOBAL batch per step, split over processes and --accum.")

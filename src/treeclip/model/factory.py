@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -286,12 +287,13 @@ class ClipModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def load_weights(self, source) -> None:
-        """Load weights from a file, a model dir or `local-dir:DIR` (strict: every weight
-        must fit); the fingerprint is recomputed on next use."""
+    def load_weights(self, source, *, hub_dir=None) -> None:
+        """Load weights from a file, a model dir, `local-dir:DIR` or `hf-hub:ORG/NAME`
+        (the local cache, `hub_dir` searched first) (strict: every weight must fit); the
+        fingerprint is recomputed on next use."""
         from treeclip.model.weights import load_state_into
 
-        load_state_into(self.model, source, name=self.name)
+        load_state_into(self.model, source, name=self.name, hub_dir=hub_dir)
         self._fingerprint = None
 
     def train_transform(self, aug: dict | None = None) -> Callable:
@@ -345,11 +347,14 @@ class ClipModel:
 
 
 def create_model(name: str, *, pretrained: str | None = None, seed: int = 0,
-                 precision: str = "fp32", device: str | torch.device = "cpu") -> ClipModel:
+                 precision: str = "fp32", device: str | torch.device = "cpu",
+                 hub_dir: str | Path | None = None) -> ClipModel:
     """A registered (or open_clip built-in) architecture, randomly initialised from `seed`,
     or initialised from `pretrained`: a local open_clip checkpoint file (`.safetensors`,
-    or `.bin`/`.pt`/`.pth` read with `torch.load(weights_only=True)`), a model dir or
-    `local-dir:DIR` whose weights fit the architecture."""
+    or `.bin`/`.pt`/`.pth` read with `torch.load(weights_only=True)`), a model dir,
+    `local-dir:DIR` or `hf-hub:ORG/NAME` (the local Hugging Face cache, `hub_dir` searched
+    first; never downloaded) whose weights fit the architecture. A pretrained source with
+    an `open_clip_config.json` must describe the same architecture as `name`."""
     config = get_config(name)
     config.pop("description", None)
     with torch.random.fork_rng(devices=[]):
@@ -357,6 +362,12 @@ def create_model(name: str, *, pretrained: str | None = None, seed: int = 0,
         model = build_clip(config, precision=precision)
     clip = ClipModel(model=model, name=name, config=config)
     if pretrained:
-        clip.load_weights(pretrained)
+        from treeclip.model.weights import architecture_differences
+
+        clip.load_weights(pretrained, hub_dir=hub_dir)  # first: a shape mismatch is the clearer error
+        differ = architecture_differences(config["model_cfg"], pretrained, hub_dir=hub_dir)
+        if differ:
+            raise TreeclipError(f"{pretrained}: its open_clip_config.json is not model {name!r} (differs in "
+                                f"{', '.join(differ[:6])}); pick the --model that matches it")
     clip.model.to(device)
     return clip

@@ -64,9 +64,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def weights_path(source: str | Path) -> Path:
-    """The weights file of `source`: a file, or the first of open_clip's names in a dir."""
-    path = resolve_source(source)
+def weights_path(source: str | Path, *, hub_dir: str | Path | None = None) -> Path:
+    """The weights file of `source`: a file, or the first of open_clip's names in a dir
+    (`hf-hub:ORG/NAME` is its snapshot folder, `hub_dir` searched first)."""
+    path = resolve_source(source, hub_dir=hub_dir)
     if path.is_dir():
         for name in DIR_WEIGHTS:
             if (path / name).is_file():
@@ -77,13 +78,14 @@ def weights_path(source: str | Path) -> Path:
     return path
 
 
-def load_state_into(model: torch.nn.Module, source: str | Path, *, name: str) -> None:
+def load_state_into(model: torch.nn.Module, source: str | Path, *, name: str,
+                    hub_dir: str | Path | None = None) -> None:
     """Load the weights of `source` (a file, a model dir, `local-dir:DIR` or
-    `hf-hub:ORG/NAME` from the local cache) into `model`,
+    `hf-hub:ORG/NAME` from the local cache, `hub_dir` searched first) into `model`,
     strictly: every weight must fit the architecture `name`."""
     from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    path = weights_path(source)
+    path = weights_path(source, hub_dir=hub_dir)
     state = read_state_dict(path)
     try:
         state = convert_state_dict(model, state)
@@ -95,3 +97,31 @@ def load_state_into(model: torch.nn.Module, source: str | Path, *, name: str) ->
     except Exception as err:
         raise TreeclipError(f"{path}: weights do not fit model {name!r} "
                             f"({str(err).splitlines()[0][:300]})") from None
+
+
+def architecture_differences(model_cfg: dict, source: str | Path, *, hub_dir: str | Path | None = None) -> list[str]:
+    """The `model_cfg` settings (dotted names) in which the `open_clip_config.json` beside
+    `source`'s weights differs from `model_cfg`; none when `source` has no config (a bare
+    weights file). Shapes are checked when the weights load; this catches what loads but
+    computes otherwise (e.g. QuickGELU vs GELU)."""
+    import json
+
+    path = weights_path(source, hub_dir=hub_dir)
+    try:
+        theirs = json.loads((path.parent / CONFIG_FILE).read_text(encoding="utf-8"))["model_cfg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    a, b = _flatten(model_cfg), _flatten(theirs)
+    unset = (None, False)  # open_clip reads an absent flag as off
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not (a.get(k) in unset and b.get(k) in unset))
+
+
+def _flatten(cfg: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as {"vision_cfg.width": 768, ...}."""
+    flat: dict[str, object] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

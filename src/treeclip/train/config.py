@@ -19,6 +19,7 @@ from treeclip.taxonomy.taxon import MIXED_TEXT_TYPES
 PRESET_DIR = Path(__file__).with_name("presets")
 LOSSES = ("clip", "taxon-aware")
 OBJECTIVES = ("clip", "ce", "hier-ce")
+TRACKERS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -30,7 +31,16 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     model: str = "tiny-vit-64"
-    pretrained: str | None = None      # init weights: file, model dir or local-dir:DIR
+    pretrained: str | None = None      # init weights: file, model dir, local-dir:DIR or hf-hub:ORG/NAME (local cache)
+    hub_dir: str | None = None         # hub folder searched first for hf-hub: (else $TREECLIP_HF_HUB)
+    # partial fine-tuning, open_clip_train's flags (open_clip's lock_image_tower/lock_text_tower)
+    lock_image: bool = False           # freeze the image tower...
+    lock_image_unlocked_groups: int = 0   # ...but its last N layer groups
+    lock_image_freeze_bn_stats: bool = False  # also freeze BatchNorm running stats (timm towers; a ViT has none)
+    lock_text: bool = False            # freeze the text tower...
+    lock_text_unlocked_layers: int = 0    # ...but its last N layer groups
+    lock_text_freeze_layer_norm: bool = True  # LayerNorms of locked layers frozen too (open_clip's default;
+                                              # its built-in text tower supports only this)
     seed: int = 0
     batch_size: int = 256
     accum_steps: int = 1
@@ -64,10 +74,11 @@ class TrainConfig:
     log_every: int = 10
     label_set: bool = True             # write taxa.parquet + txt_emb_species.{npy,json} into model/ and best/
     progress: bool = True
+    report_to: tuple[str, ...] = ()    # trackers fed the metrics.jsonl records: tensorboard, wandb (offline)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["betas"], d["text_types"] = list(self.betas), list(self.text_types)
+        d["betas"], d["text_types"], d["report_to"] = list(self.betas), list(self.text_types), list(self.report_to)
         return d
 
     def validate(self) -> "TrainConfig":
@@ -81,7 +92,22 @@ class TrainConfig:
             raise TreeclipError("give the run length as exactly one of steps or epochs")
         if self.batch_size < 2 or self.accum_steps < 1:
             raise TreeclipError("batch size must be >= 2 and accumulation steps >= 1")
+        self._validate_locks()
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise TreeclipError(f"--report-to: unknown tracker {unknown[0]!r}; expected {', '.join(TRACKERS)}")
         return self
+
+    def _validate_locks(self) -> None:
+        """The lock options: counts >= 0, and a tower's sub-options only with its lock."""
+        for flag, value in (("--lock-image-unlocked-groups", self.lock_image_unlocked_groups),
+                            ("--lock-text-unlocked-layers", self.lock_text_unlocked_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TreeclipError(f"{flag}: expected a count >= 0, got {value!r}")
+        if not self.lock_image and (self.lock_image_unlocked_groups or self.lock_image_freeze_bn_stats):
+            raise TreeclipError("--lock-image-unlocked-groups / --lock-image-freeze-bn-stats need --lock-image")
+        if not self.lock_text and self.lock_text_unlocked_layers:
+            raise TreeclipError("--lock-text-unlocked-layers needs --lock-text")
 
 
 def list_presets() -> list[str]:
@@ -124,7 +150,9 @@ def make_config(*, preset: str | None = None, config_file: str | None = None, **
     if unknown:
         where = config_file or f"preset {preset}"
         raise TreeclipError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    for key in ("betas", "text_types"):
+    if isinstance(values.get("report_to"), str):  # "tensorboard,wandb" (open_clip_train's spelling)
+        values["report_to"] = [t for t in values["report_to"].split(",") if t]
+    for key in ("betas", "text_types", "report_to"):
         if key in values:
             values[key] = tuple(values[key])
     return TrainConfig(**values).validate()

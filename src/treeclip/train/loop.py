@@ -25,6 +25,7 @@ from treeclip.train.runs import check_run_dir, checkpoints_to_try, clear_run
 from treeclip.train.state import find_checkpoint
 from treeclip.train.step import Towers, train_step
 from treeclip.train.trainer import Trainer
+from treeclip.train.tracking import check_trackers
 
 log = get_logger(__name__)
 
@@ -37,6 +38,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
     A run dir holds one run (`train.runs`): `overwrite` clears another run's files first,
     `allow_changes` resumes with settings other than the run's own."""
     cfg.validate()
+    check_trackers(cfg.report_to)  # a missing tracker package is one line before anything loads
     info = init_distributed(cfg.device)
     try:
         out = Path(cfg.out)

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -19,10 +19,13 @@ log = get_logger(__name__)
 
 
 class MetricsLog:
-    """metrics.jsonl: appended line by line; on resume, lines after the resumed step go."""
+    """metrics.jsonl: appended line by line; on resume, lines after the resumed step go.
+    `sinks` (trackers, `train.tracking`) get each record after it is on disk, `flush` at
+    checkpoints and `close` at the end."""
 
-    def __init__(self, path: Path, *, resume_step: int | None, enabled: bool) -> None:
+    def __init__(self, path: Path, *, resume_step: int | None, enabled: bool, sinks: Sequence[Any] = ()) -> None:
         self.path, self.enabled = path, enabled
+        self.sinks = list(sinks) if enabled else []
         if not enabled:
             return
         if resume_step is not None and path.exists():
@@ -35,6 +38,17 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            for sink in self.sinks:
+                sink.write(record)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:
@@ -66,6 +80,23 @@ class ThroughputWindow:
     compute_s: float = 0.0
     loss_sum: float = 0.0
     steps: int = 0
+    text_types: dict[int, list[str]] = field(default_factory=dict)  # step -> the type of each sample
+
+    def add_text_types(self, step: int, types: list[str]) -> None:
+        self.text_types[step] = types
+
+    def text_type_fields(self, mixed: Sequence[str]) -> dict[str, Any]:
+        """What the window drew from the `mixed` text types: `text_type_share` (type ->
+        fraction of its samples, 0 for a type not drawn) and, when each step drew one type,
+        `text_types_by_step` (step -> type)."""
+        if not self.text_types:
+            return {}
+        drawn = [t for types in self.text_types.values() for t in types]
+        share = {t: round(drawn.count(t) / len(drawn), 6) for t in mixed}
+        fields: dict[str, Any] = {"text_type_share": share}
+        if all(len(set(types)) == 1 for types in self.text_types.values()):
+            fields["text_types_by_step"] = {str(s): types[0] for s, types in self.text_types.items()}
+        return fields
 
     def add(self, samples: int, data_s: float, compute_s: float, loss: float) -> None:
         self.samples += samples

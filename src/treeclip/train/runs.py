@@ -25,10 +25,10 @@ from treeclip.train.state import CHECKPOINTS, list_checkpoints
 log = get_logger(__name__)
 
 FREE_TO_CHANGE = frozenset({"out", "progress", "log_every", "save_every", "keep_checkpoints", "workers", "threads",
-                            "label_set", "device"})
+                            "label_set", "device", "hub_dir", "report_to"})
 """Settings a resumed run may change: none of them changes the weights a run ends with."""
 
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINTS, "model", "best")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINTS, "model", "best", "tensorboard", "wandb")
 """What a run writes into its dir (and `--overwrite` removes; nothing else is touched)."""
 
 

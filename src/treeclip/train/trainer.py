@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from treeclip import fsutil
+from treeclip.cache import CachePaths
 from treeclip.model.factory import compact_text_vocabulary
 from treeclip.runtime.precision import resolve_train_precision
 from treeclip.train.classifier import OBJECTIVE_RANKS, ImageClassifier, RankHeads
@@ -29,12 +30,15 @@ from treeclip.train.data import (Batch, BatchSampler, Plan, ShardIndex, ShardSam
                                  split_shards)
 from treeclip.log import get_logger, progress_bar
 from treeclip.runtime.distributed import DistInfo, barrier
+from treeclip.train.locks import check_trainable, lock_towers
 from treeclip.train.loss import clamp_logit_scale
 from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
 from treeclip.train.optim import lr_at, make_optimizer, set_lr
 from treeclip.train.runs import run_identity
 from treeclip.train.state import load_checkpoint, read_meta, save_checkpoint, set_rng_state
 from treeclip.train.step import Towers, to_device, train_step
+from treeclip.train.order import TEXT_MODES
+from treeclip.train.tracking import make_sinks
 from treeclip.train.validate import Validator, has_val_split
 
 log = get_logger(__name__)
@@ -66,7 +70,8 @@ class Trainer:
         self.out = Path(cfg.out)
         self.progress = Progress()
         torch.manual_seed(cfg.seed)
-        self.clip = create_model(cfg.model, pretrained=cfg.pretrained, seed=cfg.seed)
+        self.clip = create_model(cfg.model, pretrained=cfg.pretrained, seed=cfg.seed,
+                                 hub_dir=CachePaths.default(hub=cfg.hub_dir).hub)
         self.model = self.clip.model.to(self.device)
         self.model.train()
         if cfg.grad_checkpointing:
@@ -82,6 +87,8 @@ class Trainer:
             self.classifier = self.trained = ImageClassifier(self.model, heads).to(self.device)
         elif cfg.compact_vocab:  # before the optimizer: it holds the compact rows
             compact_text_vocabulary(self.model, caption_token_ids(cfg.data, self.clip.tokenizer))
+        lock_towers(self.model, cfg)  # after the compact vocabulary (it is locked with the text tower), before the optimizer
+        check_trainable(self.trained)
         self.optimizer = make_optimizer(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
         self.precision = resolve_train_precision(cfg.precision, self.device)
@@ -129,6 +136,8 @@ class Trainer:
             t0 = time.perf_counter()
             micro = [to_device(next(batches), self.device) for _ in range(cfg.accum_steps)]
             t1 = time.perf_counter()
+            if cfg.text_type in TEXT_MODES:  # what the mixing drew, for the trackers
+                window.add_text_types(self.progress.step + 1, self.plan.text_types_for(self.progress.step))
             lr = self.step(micro)
             window.add(cfg.batch_size, t1 - t0, time.perf_counter() - t1, float(self.progress.loss))
             done = self.progress.step
@@ -151,8 +160,11 @@ class Trainer:
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             run_identity(self.out, cfg.as_dict()).write()
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=self.progress.step if resumed else None,
-                                  enabled=info.is_main)
+        resume_step = self.progress.step if resumed else None
+        sinks = make_sinks(cfg.report_to, self.out, resume_step=resume_step, text_types=cfg.text_types,
+                           config=cfg.as_dict()) if info.is_main else []
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step, enabled=info.is_main,
+                                  sinks=sinks)
         if info.is_main and resumed is not None:
             log.info(f"resuming {self.out} at step {self.progress.step} from {resumed}")
         if info.distributed:
@@ -193,7 +205,8 @@ class Trainer:
                   "epoch": round(done / self.plan.batches_per_epoch, 4), "loss": mean_across_ranks(window.mean_loss),
                   "lr": lr, "logit_scale": float(self.model.logit_scale.detach().exp()),
                   "samples_per_s": samples_per_s, "data_s": window.data_s, "compute_s": window.compute_s,
-                  "text_type": self.cfg.text_type, "skipped_samples": self.progress.skipped_samples}
+                  "text_type": self.cfg.text_type, "skipped_samples": self.progress.skipped_samples,
+                  **window.text_type_fields(self.cfg.text_types)}
         self.metrics.write(record)
         return record
 
@@ -220,6 +233,7 @@ class Trainer:
                             meta={"best": self.progress.best, "config": self.cfg.as_dict(),
                                   "loss": float(self.progress.loss)},
                             keep=self.cfg.keep_checkpoints)
+            self.metrics.flush()  # the trackers hold what the checkpoint does
         barrier()
 
     def finish(self) -> dict[str, Any]:
@@ -237,6 +251,7 @@ class Trainer:
             if self.cfg.label_set and self.classifier is None:
                 self._write_label_sets()
             fsutil.write_json_atomic(self.out / "summary.json", summary)
+        self.metrics.close()
         barrier()
         return summary
 
