@@ -16,6 +16,14 @@ TEXT_CHOICES = ("mixed", "mixed-sample", *TEXT_TYPES)  # the mixing modes (train
 
 @click.command("train")
 @click.argument("data", type=click.Path(file_okay=False), required=False)
+@click.option("--extra-data", multiple=True, type=click.Path(file_okay=False),
+              help="Another training dataset (repeatable); the sources' taxa are merged (clip objective only).")
+@click.option("--data-weights", help="One weight per source (DATA, then each --extra-data), e.g. 1,4: each "
+              "source's share of a batch is its size x its weight, drawn from the seed (upsampling factors).")
+@click.option("--replay-data", help="Experience replay (BioCLIP 2): a webdataset of jpg + txt pairs (a dir of "
+              ".tar shards, one .tar, or a brace pattern), mixed into each batch through a second projection.")
+@click.option("--replay-ratio", type=float, help="Share of each global batch drawn from --replay-data (default 0.25).")
+@click.option("--replay-loss-weight", type=float, help="Weight of the replay contrastive loss (default 1.0).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run dir: checkpoints, metrics.jsonl, model/.")
 @click.option("--preset", help="Named recipe: bioclip (the paper's) or cpu-demo.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of settings (overrides the preset).")
@@ -100,7 +108,7 @@ def train(data: str | None, out: str | None, preset: str | None, config_file: st
 
     if not out:
         raise TreeclipError("--out is required (the run dir)")
-    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides = {k: v for k, v in flags.items() if v is not None and v != ()}
     if compile_ is not None:
         overrides["compile"] = compile_
     if no_progress:

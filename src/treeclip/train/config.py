@@ -29,6 +29,11 @@ class TrainConfig:
     number of machines."""
 
     data: str = ""
+    extra_data: tuple[str, ...] = ()   # more training datasets, taxa merged (train.sources)
+    data_weights: tuple[float, ...] = ()   # one per source (data, then extra_data): share = size x weight
+    replay_data: str | None = None     # experience replay: webdataset of jpg + txt pairs (train.replay)
+    replay_ratio: float = 0.25         # share of each global batch drawn from replay_data
+    replay_loss_weight: float = 1.0    # weight of the replay contrastive loss
     out: str = ""
     model: str = "tiny-vit-64"
     pretrained: str | None = None      # init weights: file, model dir, local-dir:DIR or hf-hub:ORG/NAME (local cache)
@@ -79,6 +84,7 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"], d["text_types"], d["report_to"] = list(self.betas), list(self.text_types), list(self.report_to)
+        d["extra_data"], d["data_weights"] = list(self.extra_data), list(self.data_weights)
         return d
 
     def validate(self) -> "TrainConfig":
@@ -93,6 +99,7 @@ class TrainConfig:
         if self.batch_size < 2 or self.accum_steps < 1:
             raise TreeclipError("batch size must be >= 2 and accumulation steps >= 1")
         self._validate_locks()
+        self._validate_sources()
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
             raise TreeclipError(f"--report-to: unknown tracker {unknown[0]!r}; expected {', '.join(TRACKERS)}")
@@ -108,6 +115,30 @@ class TrainConfig:
             raise TreeclipError("--lock-image-unlocked-groups / --lock-image-freeze-bn-stats need --lock-image")
         if not self.lock_text and self.lock_text_unlocked_layers:
             raise TreeclipError("--lock-text-unlocked-layers needs --lock-text")
+
+
+    def _validate_sources(self) -> None:
+        """Weighted sources and experience replay: what they can be combined with."""
+        n = 1 + len(self.extra_data)
+        if self.data_weights and len(self.data_weights) != n:
+            raise TreeclipError(f"--data-weights: {len(self.data_weights)} weight(s) for {n} data source(s)")
+        if any(not w > 0 for w in self.data_weights):
+            raise TreeclipError("--data-weights: every weight must be > 0")
+        if self.extra_data and self.objective != "clip":
+            raise TreeclipError(f"--extra-data works with the clip objective only (the {self.objective} heads "
+                                "are sized for one dataset's taxa)")
+        if self.extra_data and self.dataset_resampled:
+            raise TreeclipError("--extra-data draws samples with replacement already; drop --dataset-resampled")
+        if not self.replay_data:
+            return
+        if not 0 < self.replay_ratio < 1:
+            raise TreeclipError(f"--replay-ratio: expected a share in (0, 1), got {self.replay_ratio}")
+        if self.replay_loss_weight < 0:
+            raise TreeclipError("--replay-loss-weight must be >= 0")
+        for bad, why in ((self.objective != "clip", f"the {self.objective} objective"),
+                         (self.accum_steps > 1, "--accum"), (self.compact_vocab, "--compact-vocab")):
+            if bad:
+                raise TreeclipError(f"--replay-data does not work with {why}")
 
 
 def list_presets() -> list[str]:
@@ -152,7 +183,12 @@ def make_config(*, preset: str | None = None, config_file: str | None = None, **
         raise TreeclipError(f"{where}: unknown setting(s) {', '.join(unknown)}")
     if isinstance(values.get("report_to"), str):  # "tensorboard,wandb" (open_clip_train's spelling)
         values["report_to"] = [t for t in values["report_to"].split(",") if t]
-    for key in ("betas", "text_types", "report_to"):
+    if isinstance(values.get("data_weights"), str):  # "1,4"
+        try:
+            values["data_weights"] = [float(w) for w in values["data_weights"].split(",") if w.strip()]
+        except ValueError:
+            raise TreeclipError(f"--data-weights: expected numbers like 1,4, got {values['data_weights']!r}") from None
+    for key in ("betas", "text_types", "report_to", "extra_data", "data_weights"):
         if key in values:
             values[key] = tuple(values[key])
     return TrainConfig(**values).validate()

@@ -48,8 +48,10 @@ class ShardSamples(torch.utils.data.Dataset):
     `treeclip.data.reader.decode_sample` (the same `decode_image` every stage uses)."""
 
     def __init__(self, index: ShardIndex, transform: Callable, *, seed: int = 0, augment: bool = False,
-                 draft_size: int | None = None, max_tries: int = 16, cache_images: bool = False) -> None:
+                 draft_size: int | None = None, max_tries: int = 16, cache_images: bool = False,
+                 relabel: Callable[[int, int], int] | None = None) -> None:
         self.index, self.transform, self.seed, self.augment = index, transform, seed, augment
+        self.relabel = relabel  # (sample, its dataset's class) -> the run's class (several sources)
         self.draft_size, self.max_tries = draft_size, max_tries
         self._files: dict[int, object] = {}
         self._pid = os.getpid()
@@ -71,6 +73,12 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def load(self, i: int, text_type: str, epoch: int = 0):
         """Sample `i` (or the next readable one) with its caption of `text_type`."""
+        pixels, caption, cls, key, failures = self._load(i, text_type, epoch)
+        if self.relabel is not None:
+            cls = self.relabel((i + failures) % len(self.index), cls)
+        return pixels, caption, cls, key, failures
+
+    def _load(self, i: int, text_type: str, epoch: int = 0):
         from treeclip.data.reader import decode_sample
 
         if self.cache is not None:

@@ -105,7 +105,11 @@ class Plan:
     is samples `g*B .. (g+1)*B` of it. Still a pure function of (seed, step): exact on
     resume and the same global batches for any number of processes. An "epoch" is then
     only a length (`batches_per_epoch` steps); the window number takes its place in
-    seeding augmentation."""
+    seeding augmentation.
+
+    With `weights` (several weighted sources) global batch `g` is `global_batch` samples
+    drawn with replacement, each with its probability, from `mix_seed(seed, g, 5)`; an
+    epoch is again only a length (`n_samples // global_batch` steps)."""
 
     n_samples: int
     global_batch: int
@@ -116,6 +120,7 @@ class Plan:
     text_type: str = "mixed"
     text_types: tuple[str, ...] = MIXED_TEXT_TYPES
     shard_of: np.ndarray | None = None
+    weights: np.ndarray | None = None   # probability of each sample: weighted sources (`train.sources`)
 
     SHARDS_PER_WINDOW = 8
 
@@ -163,7 +168,11 @@ class Plan:
     def micro_batches(self, step: int) -> list[list[tuple[int, str, int]]]:
         """This rank's micro-batches of global batch `step`: lists of
         (sample index, text type, epoch)."""
-        if self.resampled:
+        if self.weights is not None:
+            order = np.random.default_rng(mix_seed(self.seed, step, 5)).choice(
+                self.n_samples, size=self.global_batch, p=self.weights)
+            epochs = np.full(len(order), step // self.batches_per_epoch)
+        elif self.resampled:
             order, epochs = self._stream.slice(step * self.global_batch, (step + 1) * self.global_batch)
         else:
             epoch, b = divmod(step, self.batches_per_epoch)

@@ -42,8 +42,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler=None, *, meta: dict | None = None, keep: int = 2) -> Path:
-    """Write the checkpoint of `step` (steps done) atomically; keep the newest `keep`."""
+                    scaler=None, *, meta: dict | None = None, keep: int = 2,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint of `step` (steps done) atomically; keep the newest `keep`.
+    `extra`: more training state for `state.pt` (tensors and numbers, e.g. the replay projection)."""
     from safetensors.torch import save_file
 
     root = Path(out_dir) / CHECKPOINTS
@@ -55,7 +57,8 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, opti
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state()},
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+                **(extra or {})},
                tmp / "state.pt")
     fsutil.write_json_atomic(tmp / "meta.json", {"step": step, **(meta or {})})
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible

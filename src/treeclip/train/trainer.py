@@ -34,10 +34,12 @@ from treeclip.train.locks import check_trainable, lock_towers
 from treeclip.train.loss import clamp_logit_scale
 from treeclip.train.metrics import MetricsLog, ThroughputWindow, mean_across_ranks
 from treeclip.train.optim import lr_at, make_optimizer, set_lr
+from treeclip.train.replay import REPLAY_SEED, ReplaySamples, replay_batch_size, replay_projection, replay_shards
 from treeclip.train.runs import run_identity
+from treeclip.train.sources import Sources
 from treeclip.train.state import load_checkpoint, read_meta, save_checkpoint, set_rng_state
 from treeclip.train.step import Towers, to_device, train_step
-from treeclip.train.order import TEXT_MODES
+from treeclip.train.order import TEXT_MODES, mix_seed
 from treeclip.train.tracking import make_sinks
 from treeclip.train.validate import Validator, has_val_split
 
@@ -69,6 +71,8 @@ class Trainer:
         self.cfg, self.info, self.device = cfg, info, info.device
         self.out = Path(cfg.out)
         self.progress = Progress()
+        # several weighted training datasets (their taxa merged), or one
+        self.sources = Sources.open([cfg.data, *cfg.extra_data], cfg.data_weights) if cfg.extra_data else None
         torch.manual_seed(cfg.seed)
         self.clip = create_model(cfg.model, pretrained=cfg.pretrained, seed=cfg.seed,
                                  hub_dir=CachePaths.default(hub=cfg.hub_dir).hub)
@@ -86,24 +90,42 @@ class Trainer:
             heads = RankHeads(self.clip.embed_dim, read_taxa(cfg.data), OBJECTIVE_RANKS[cfg.objective])
             self.classifier = self.trained = ImageClassifier(self.model, heads).to(self.device)
         elif cfg.compact_vocab:  # before the optimizer: it holds the compact rows
-            compact_text_vocabulary(self.model, caption_token_ids(cfg.data, self.clip.tokenizer))
+            compact_text_vocabulary(self.model, torch.unique(torch.cat(
+                [caption_token_ids(d, self.clip.tokenizer) for d in [cfg.data, *cfg.extra_data]])))
         lock_towers(self.model, cfg)  # after the compact vocabulary (it is locked with the text tower), before the optimizer
         check_trainable(self.trained)
         self.optimizer = make_optimizer(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
+        # experience replay: a second visual projection, trained beside the model, not exported
+        self.replay_proj = replay_projection(self.model) if cfg.replay_data else None
+        if self.replay_proj is not None:
+            self.optimizer.add_param_group({"params": [self.replay_proj], "weight_decay": cfg.weight_decay})
         self.precision = resolve_train_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
-        self.index = ShardIndex.build(split_shards(cfg.data, "train"))
-        self.plan = Plan(len(self.index), cfg.batch_size, cfg.seed, world_size=info.world_size, rank=info.rank,
+        self.index = self.sources.index if self.sources else ShardIndex.build(split_shards(cfg.data, "train"))
+        replay_n = replay_batch_size(cfg.batch_size, cfg.replay_ratio, info.world_size) if cfg.replay_data else 0
+        self.replay_plan = self._replay_plan(replay_n) if replay_n else None
+        self.plan = Plan(len(self.index), cfg.batch_size - replay_n, cfg.seed, world_size=info.world_size, rank=info.rank,
                          accum_steps=cfg.accum_steps, text_type=cfg.text_type, text_types=tuple(cfg.text_types),
-                         shard_of=self.index.shard if cfg.dataset_resampled else None)
+                         shard_of=self.index.shard if cfg.dataset_resampled else None,
+                         weights=self.sources.probabilities if self.sources else None)
         self.total_steps = (cfg.steps if cfg.steps is not None
                             else max(1, math.ceil(cfg.epochs * self.plan.batches_per_epoch)))
         # replaced when the run starts: the towers wrapped (DDP, compile) after a resume has
         # loaded the weights, the log cut back to the resumed step, the validator on rank 0
-        self.towers: torch.nn.Module = Towers(self.model) if self.classifier is None else self.classifier
+        self.towers: torch.nn.Module = (Towers(self.model, self.replay_proj) if self.classifier is None
+                                        else self.classifier)
+        self.replay_batches: Iterator[Batch] | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=None, enabled=False)
         self.validator: Validator | None = None
+
+    def _replay_plan(self, n: int) -> Plan:
+        """The order of the replay samples: `n` of them per global batch, a function of (seed, step)."""
+        self.replay_index = ShardIndex.build(replay_shards(self.cfg.replay_data))
+        log.info(f"experience replay: {n} of {self.cfg.batch_size} samples per batch from "
+                 f"{len(self.replay_index)} image-caption pairs")
+        return Plan(len(self.replay_index), n, mix_seed(self.cfg.seed, REPLAY_SEED),
+                    world_size=self.info.world_size, rank=self.info.rank)
 
     # -- resume --------------------------------------------------------------------------
 
@@ -117,10 +139,21 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.progress.step = int(state["step"])
+        if self.replay_proj is not None:
+            self._resume_replay(state, checkpoint)
         meta = read_meta(checkpoint)
         self.progress.best = meta.get("best")
         self.progress.loss = torch.tensor(float(meta.get("loss", float("nan"))))
         self.progress.resumed_from = checkpoint
+
+    def _resume_replay(self, state: dict[str, Any], checkpoint: Path) -> None:
+        """The replay projection and replay position of a checkpoint."""
+        from treeclip.errors import TreeclipError
+
+        if "replay_proj" not in state or int(state.get("replay_step", -1)) != self.progress.step:
+            raise TreeclipError(f"{checkpoint}: no experience replay state (was the run started without --replay-data?)")
+        with torch.no_grad():
+            self.replay_proj.copy_(state["replay_proj"])
 
     # -- the run -------------------------------------------------------------------------
 
@@ -135,10 +168,11 @@ class Trainer:
         for _ in range(self.progress.step, self.total_steps):
             t0 = time.perf_counter()
             micro = [to_device(next(batches), self.device) for _ in range(cfg.accum_steps)]
+            replay = to_device(next(self.replay_batches), self.device) if self.replay_batches is not None else None
             t1 = time.perf_counter()
             if cfg.text_type in TEXT_MODES:  # what the mixing drew, for the trackers
                 window.add_text_types(self.progress.step + 1, self.plan.text_types_for(self.progress.step))
-            lr = self.step(micro)
+            lr = self.step(micro, replay)
             window.add(cfg.batch_size, t1 - t0, time.perf_counter() - t1, float(self.progress.loss))
             done = self.progress.step
             if done % cfg.log_every == 0 or done == self.total_steps:
@@ -174,23 +208,30 @@ class Trainer:
             self.towers = torch.compile(self.towers)
         transform = self.clip.train_transform() if cfg.augment else self.clip.preprocess
         samples = ShardSamples(self.index, transform, seed=cfg.seed, augment=cfg.augment,
-                               draft_size=self.clip.image_size, cache_images=cfg.cache_images)
+                               draft_size=self.clip.image_size, cache_images=cfg.cache_images,
+                               relabel=self.sources.relabel if self.sources else None)
         loader = make_loader(samples, BatchSampler(self.plan, self.progress.step, self.total_steps),
                              self.clip.tokenizer, workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        if self.replay_plan is not None:
+            replay = ReplaySamples(self.replay_index, self.clip.preprocess, draft_size=self.clip.image_size)
+            self.replay_batches = iter(make_loader(
+                replay, BatchSampler(self.replay_plan, self.progress.step, self.total_steps), self.clip.tokenizer,
+                workers=cfg.workers, pin_memory=self.device.type == "cuda"))
         if info.is_main and has_val_split(cfg.data):
             self.validator = Validator(cfg.data, self.clip, cfg, classifier=self.classifier)
         return iter(loader)
 
-    def step(self, micro: list[Batch]) -> float:
-        """One optimizer step on this rank's micro-batches of the next global batch;
-        returns the learning rate it used."""
+    def step(self, micro: list[Batch], replay: Batch | None = None) -> float:
+        """One optimizer step on this rank's micro-batches of the next global batch (and
+        its replay samples, with experience replay); returns the learning rate it used."""
         cfg = self.cfg
         lr = lr_at(self.progress.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=self.total_steps,
                    min_lr=cfg.min_lr)
         set_lr(self.optimizer, lr)
         self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
                                         taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
-                                        device=self.device, classifier=self.classifier is not None)
+                                        device=self.device, classifier=self.classifier is not None,
+                                        replay=replay, replay_weight=cfg.replay_loss_weight)
         clamp_logit_scale(self.model if self.classifier is None else self.classifier.heads)
         self.progress.skipped_samples += sum(b.failures for b in micro)
         self.progress.step += 1
@@ -232,9 +273,16 @@ class Trainer:
             save_checkpoint(self.out, step, self.trained, self.optimizer, self.scaler,
                             meta={"best": self.progress.best, "config": self.cfg.as_dict(),
                                   "loss": float(self.progress.loss)},
-                            keep=self.cfg.keep_checkpoints)
+                            keep=self.cfg.keep_checkpoints, extra=self._replay_state(step))
             self.metrics.flush()  # the trackers hold what the checkpoint does
         barrier()
+
+    def _replay_state(self, step: int) -> dict[str, Any] | None:
+        """What a checkpoint holds of experience replay: the projection and the replay
+        position (the step: the replay order is a function of (seed, step))."""
+        if self.replay_proj is None:
+            return None
+        return {"replay_proj": self.replay_proj.detach().to("cpu").clone(), "replay_step": step}
 
     def finish(self) -> dict[str, Any]:
         """The final validation and checkpoint, `OUT/model/` and `OUT/summary.json`."""
