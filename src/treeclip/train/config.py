@@ -41,6 +41,11 @@ class TrainConfig:
     lock_text_unlocked_layers: int = 0    # ...but its last N layer groups
     lock_text_freeze_layer_norm: bool = True  # LayerNorms of locked layers frozen too (open_clip's default;
                                               # its built-in text tower supports only this)
+    # LoRA through peft (train/lora.py): base weights frozen, adapters (+ logit_scale) train, merged on export
+    lora_rank: int = 0                 # 0: off
+    lora_alpha: float | None = None    # None: 2 * lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("in_proj_weight", "c_fc", "c_proj")  # module or weight names (peft's matching)
     seed: int = 0
     batch_size: int = 256
     accum_steps: int = 1
@@ -79,6 +84,7 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"], d["text_types"], d["report_to"] = list(self.betas), list(self.text_types), list(self.report_to)
+        d["lora_targets"] = list(self.lora_targets)
         return d
 
     def validate(self) -> "TrainConfig":
@@ -93,6 +99,7 @@ class TrainConfig:
         if self.batch_size < 2 or self.accum_steps < 1:
             raise TreeclipError("batch size must be >= 2 and accumulation steps >= 1")
         self._validate_locks()
+        self._validate_lora()
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
             raise TreeclipError(f"--report-to: unknown tracker {unknown[0]!r}; expected {', '.join(TRACKERS)}")
@@ -108,6 +115,25 @@ class TrainConfig:
             raise TreeclipError("--lock-image-unlocked-groups / --lock-image-freeze-bn-stats need --lock-image")
         if not self.lock_text and self.lock_text_unlocked_layers:
             raise TreeclipError("--lock-text-unlocked-layers needs --lock-text")
+
+
+    def _validate_lora(self) -> None:
+        """The LoRA options: a rank >= 0, and the others only with a rank."""
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            raise TreeclipError(f"--lora-rank: expected a rank >= 0 (0 = off), got {self.lora_rank!r}")
+        if not self.lora_rank:
+            if self.lora_alpha is not None or self.lora_dropout or \
+                    tuple(self.lora_targets) != TrainConfig.lora_targets:
+                raise TreeclipError("--lora-alpha / --lora-dropout / --lora-targets need --lora-rank > 0")
+            return
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise TreeclipError(f"--lora-alpha: expected a number > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise TreeclipError(f"--lora-dropout: expected a probability in [0, 1), got {self.lora_dropout!r}")
+        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise TreeclipError("--lora-targets: expected comma-separated module or weight names")
+        if self.objective != "clip":
+            raise TreeclipError(f"--lora-rank: LoRA trains the CLIP objective only, not --objective {self.objective}")
 
 
 def list_presets() -> list[str]:
@@ -152,7 +178,9 @@ def make_config(*, preset: str | None = None, config_file: str | None = None, **
         raise TreeclipError(f"{where}: unknown setting(s) {', '.join(unknown)}")
     if isinstance(values.get("report_to"), str):  # "tensorboard,wandb" (open_clip_train's spelling)
         values["report_to"] = [t for t in values["report_to"].split(",") if t]
-    for key in ("betas", "text_types", "report_to"):
+    if isinstance(values.get("lora_targets"), str):  # "in_proj_weight,c_fc"
+        values["lora_targets"] = [t.strip() for t in values["lora_targets"].split(",") if t.strip()]
+    for key in ("betas", "text_types", "report_to", "lora_targets"):
         if key in values:
             values[key] = tuple(values[key])
     return TrainConfig(**values).validate()

@@ -88,6 +88,11 @@ class Trainer:
         elif cfg.compact_vocab:  # before the optimizer: it holds the compact rows
             compact_text_vocabulary(self.model, caption_token_ids(cfg.data, self.clip.tokenizer))
         lock_towers(self.model, cfg)  # after the compact vocabulary (it is locked with the text tower), before the optimizer
+        self.peft = None  # the peft.PeftModel around self.model with --lora-rank (adapters injected in place)
+        if cfg.lora_rank:
+            from treeclip.train.lora import apply_lora
+
+            self.peft = apply_lora(self.model, cfg)  # after the locks: a locked tower gets no adapters
         check_trainable(self.trained)
         self.optimizer = make_optimizer(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
@@ -261,6 +266,15 @@ class Trainer:
         from treeclip.model import save_model
 
         self.clip.name = self.out.resolve().name
+        if self.peft is not None:  # the LoRA merged into a plain open_clip model, the adapter beside it
+            from dataclasses import replace
+
+            from treeclip.train.lora import merged_copy, save_adapter
+
+            merged = replace(self.clip, model=merged_copy(self.peft), _fingerprint=None)
+            save_model(merged, out, meta={**meta, "objective": self.cfg.objective, "lora": "merged; adapter in lora/"})
+            save_adapter(self.peft, out)
+            return
         save_model(self.clip, out, meta={**meta, "objective": self.cfg.objective})
         if self.classifier is not None:
             from treeclip.model.heads import save_heads
