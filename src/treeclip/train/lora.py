@@ -18,6 +18,9 @@ weights a little each step, and a `nn.Linear` LoRA on `attn.out_proj` is never c
 `nn.MultiheadAttention.forward` (it reads `out_proj.weight`); peft 0.21 cannot wrap
 both parameters of one attention module, so the attention output projection is not
 adapted by default (give `out_proj.weight` instead of `in_proj_weight` to adapt it).
+peft matches weight targets by name suffix, so with `--lock-image` alone the image tower
+gets q/k/v adapters too (the text tower's names are suffixes of its names): they stay
+frozen at their zero init and change nothing.
 
 Export: `model/` is the LoRA merged into the weights (peft's `merge_and_unload` on a
 copy: a plain open_clip `local-dir:` model), `model/lora/` the adapter alone in peft's
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -71,6 +75,9 @@ def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
     modules = [n for n, m in model.named_modules()
                if n and not _tower_locked(n, cfg) and isinstance(m, torch.nn.Linear)
                and any(_matches(n, t) for t in targets if not _is_param_target(t))]
+    # a regex, matched whole: peft matches a list by suffix, and the text tower's names
+    # (transformer.resblocks...) are suffixes of the image tower's (visual.transformer...)
+    module_pattern = "^(?:" + "|".join(re.escape(n) for n in modules) + ")$" if modules else None
     params = [n for n, _ in model.named_parameters()
               if not _tower_locked(n, cfg) and any(_matches(n, t) for t in targets if _is_param_target(t))]
     if not modules and not params:
@@ -80,12 +87,15 @@ def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
         raise TreeclipError("--lora-dropout: peft cannot drop out a weight target "
                             f"({params[0].rsplit('.', 1)[-1]}); use module targets only (e.g. c_fc,c_proj)")
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.lora_dropout,
-                        target_modules=modules or None, target_parameters=params or None, bias="none")
+                        target_modules=module_pattern, target_parameters=params or None, bias="none")
     peft_model = get_peft_model(model, config)
     assert peft_model.base_model.model is model  # injected in place
     for name, p in model.named_parameters():
         if name == "logit_scale" or name in keep:
             p.requires_grad_(True)
+        elif "lora_" in name and _tower_locked(name, cfg):
+            # a weight target matched by suffix in a locked tower: frozen at its init (B = 0, no change)
+            p.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     log.info(f"LoRA rank {cfg.lora_rank} (alpha {lora_alpha(cfg):g}) on {len(modules)} layers and {len(params)} "

@@ -193,13 +193,33 @@ class Trainer:
         lr = lr_at(self.progress.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=self.total_steps,
                    min_lr=cfg.min_lr)
         set_lr(self.optimizer, lr)
-        self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
-                                        taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
-                                        device=self.device, classifier=self.classifier is not None)
+        with self._dropout_rng():
+            self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
+                                            taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
+                                            device=self.device, classifier=self.classifier is not None)
         clamp_logit_scale(self.model if self.classifier is None else self.classifier.heads)
         self.progress.skipped_samples += sum(b.failures for b in micro)
         self.progress.step += 1
         return lr
+
+    def _dropout_rng(self):
+        """LoRA dropout draws from an RNG seeded by (seed, step, rank), forked so the
+        global stream is untouched: a resumed run drops out the same units even though
+        its loader has drawn from the global RNG at another point."""
+        import contextlib
+
+        if not self.cfg.lora_dropout:
+            return contextlib.nullcontext()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        ctx = torch.random.fork_rng(devices=cuda, device_type="cuda" if cuda else "cpu")
+        seed = (self.cfg.seed * 1_000_003 + self.progress.step) * 4099 + self.info.rank
+
+        @contextlib.contextmanager
+        def seeded():
+            with ctx:
+                torch.manual_seed(seed)
+                yield
+        return seeded()
 
     def log_train(self, window: ThroughputWindow, lr: float) -> dict[str, Any]:
         """Write the train line of the steps in `window` (the loss averaged over ranks:
