@@ -99,7 +99,7 @@ def apply_lora(model: torch.nn.Module, cfg: TrainConfig):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     log.info(f"LoRA rank {cfg.lora_rank} (alpha {lora_alpha(cfg):g}) on {len(modules)} layers and {len(params)} "
-             f"weights: training {trainable:,} parameters ({100 * trainable / max(1, total):.2f}% of {total:,})")
+             f"weights: training {trainable:,} of {total:,} parameters ({100 * trainable / max(1, total):.2f}%)")
     return peft_model
 
 
