@@ -79,7 +79,8 @@ def run_mode(name: str, flags: list[str], args: argparse.Namespace, data: Path, 
         sys.exit(f"{name}: failed\n{proc.stderr[-3000:]}")
     rss_kb = (int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) if timed
               else max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-    trained = re.search(r"training ([\d,]+) of ([\d,]+) parameters", proc.stderr)
+    # the last such line: with --lora-rank the locks' line comes first, then LoRA's
+    trained = ([None] + list(re.finditer(r"training ([\d,]+) of ([\d,]+) parameters", proc.stderr)))[-1]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [r["samples_per_s"] for r in rows if r["type"] == "train"][1:]
     summary = json.loads((out / "summary.json").read_text())
