@@ -1,4 +1,4 @@
-"""Fine-tuning modes: speed and memory of full fine-tuning vs locked towers.
+"""Fine-tuning modes: speed and memory of full fine-tuning vs locked towers vs LoRA (peft).
 
 Each mode is one `treeclip train` process on the synthetic tree of life, started from the
 same "published" weights (the model saved into a hub folder in the Hugging Face layout and
@@ -31,6 +31,8 @@ MODES = {
     "lock-image, last 2 groups": ["--lock-image", "--lock-image-unlocked-groups", "2"],
     "lock-image + lock-text (projections)": ["--lock-image", "--lock-image-unlocked-groups", "1", "--lock-text",
                                              "--lock-text-unlocked-layers", "1"],
+    "lora rank 8 (q/k/v + MLP, both towers)": ["--lora-rank", "8"],
+    "lora rank 8 + lock-image": ["--lora-rank", "8", "--lock-image"],
 }
 
 
@@ -77,7 +79,8 @@ def run_mode(name: str, flags: list[str], args: argparse.Namespace, data: Path, 
         sys.exit(f"{name}: failed\n{proc.stderr[-3000:]}")
     rss_kb = (int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) if timed
               else max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-    trained = re.search(r"training ([\d,]+) of ([\d,]+) parameters", proc.stderr)
+    # the last such line: with --lora-rank the locks' line comes first, then LoRA's
+    trained = ([None] + list(re.finditer(r"training ([\d,]+) of ([\d,]+) parameters", proc.stderr)))[-1]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [r["samples_per_s"] for r in rows if r["type"] == "train"][1:]
     summary = json.loads((out / "summary.json").read_text())
@@ -105,6 +108,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=5)
+    ap.add_argument("--modes", help="Only the modes whose name contains one of these comma-separated words.")
     ap.add_argument("--repeats", type=int, default=1, help="Run the modes this many times, interleaved.")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -116,16 +120,18 @@ def main() -> None:
         load = f.read().split()[:3]
     print(f"# {args.model}, {args.steps} steps of batch {args.batch_size}, {args.threads} threads; "
           f"CPU flags: {cpu_flags()}; load average before: {' '.join(load)}")
+    modes = {n: f for n, f in MODES.items()
+             if not args.modes or any(w.strip() in n for w in args.modes.split(","))}
     results = []
     for _ in range(args.repeats):
-        for name, flags in MODES.items():
+        for name, flags in modes.items():
             results.append(run_mode(name, flags, args, data, spec, hub, args.work))
             print(json.dumps(results[-1]), flush=True)
     # the CPU may be shared: per mode, the best run's median window and the best window seen
     print("\n| mode | trainable parameters | samples/s (best run's median window) | best window | wall s (best) "
           "| peak RSS MiB |")
     print("|---|---|---|---|---|---|")
-    for name in MODES:
+    for name in modes:
         runs = [r for r in results if r["mode"] == name]
         best = max(runs, key=lambda r: r["samples_per_s"])
         print(f"| {name} | {best['trainable']} | {best['samples_per_s']:.0f} | {max(max(r['windows']) for r in runs):.0f} "

@@ -45,6 +45,14 @@ TEXT_CHOICES = ("mixed", "mixed-sample", *TEXT_TYPES)  # the mixing modes (train
 @click.option("--lock-text-freeze-layer-norm/--no-lock-text-freeze-layer-norm", default=None,
               help="With --lock-text: LayerNorms of locked layers frozen too (default, and the only choice "
                    "open_clip's built-in text tower supports).")
+@click.option("--lora-rank", type=int, help="LoRA adapters of rank R through peft (pip install 'treeclip[lora]'): "
+              "base weights frozen, adapters and logit_scale train, merged into model/ on export (adapter alone in "
+              "model/lora/). 0 = off (default).")
+@click.option("--lora-alpha", type=float, help="LoRA scaling alpha (delta = alpha/R * B A) [default: 2R].")
+@click.option("--lora-dropout", type=float, help="Dropout on the LoRA input of module targets [default: 0].")
+@click.option("--lora-targets", help="Comma-separated layer names to adapt in the unlocked towers, peft's matching; "
+              "names ending in _weight/.weight are weight targets [default: in_proj_weight,c_fc,c_proj: attention "
+              "q/k/v and both MLP layers].")
 @click.option("--report-to", help="Also log the metrics.jsonl records to: tensorboard (OUT/tensorboard/), "
               "wandb (offline, OUT/wandb/), or both comma-separated. Needs the package installed.")
 @click.option("--steps", type=int, help="Optimizer steps (or use --epochs).")

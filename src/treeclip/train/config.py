@@ -46,6 +46,11 @@ class TrainConfig:
     lock_text_unlocked_layers: int = 0    # ...but its last N layer groups
     lock_text_freeze_layer_norm: bool = True  # LayerNorms of locked layers frozen too (open_clip's default;
                                               # its built-in text tower supports only this)
+    # LoRA through peft (train/lora.py): base weights frozen, adapters (+ logit_scale) train, merged on export
+    lora_rank: int = 0                 # 0: off
+    lora_alpha: float | None = None    # None: 2 * lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("in_proj_weight", "c_fc", "c_proj")  # module or weight names (peft's matching)
     seed: int = 0
     batch_size: int = 256
     accum_steps: int = 1
@@ -85,6 +90,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"], d["text_types"], d["report_to"] = list(self.betas), list(self.text_types), list(self.report_to)
         d["extra_data"], d["data_weights"] = list(self.extra_data), list(self.data_weights)
+        d["lora_targets"] = list(self.lora_targets)
         return d
 
     def validate(self) -> "TrainConfig":
@@ -100,6 +106,7 @@ class TrainConfig:
             raise TreeclipError("batch size must be >= 2 and accumulation steps >= 1")
         self._validate_locks()
         self._validate_sources()
+        self._validate_lora()
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
             raise TreeclipError(f"--report-to: unknown tracker {unknown[0]!r}; expected {', '.join(TRACKERS)}")
@@ -139,6 +146,26 @@ class TrainConfig:
                          (self.accum_steps > 1, "--accum"), (self.compact_vocab, "--compact-vocab")):
             if bad:
                 raise TreeclipError(f"--replay-data does not work with {why}")
+
+    def _validate_lora(self) -> None:
+        """The LoRA options: a rank >= 0, and the others only with a rank."""
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            raise TreeclipError(f"--lora-rank: expected a rank >= 0 (0 = off), got {self.lora_rank!r}")
+        if not self.lora_rank:
+            if self.lora_alpha is not None or self.lora_dropout or \
+                    tuple(self.lora_targets) != TrainConfig.lora_targets:
+                raise TreeclipError("--lora-alpha / --lora-dropout / --lora-targets need --lora-rank > 0")
+            return
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise TreeclipError(f"--lora-alpha: expected a number > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise TreeclipError(f"--lora-dropout: expected a probability in [0, 1), got {self.lora_dropout!r}")
+        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise TreeclipError("--lora-targets: expected comma-separated module or weight names")
+        if self.objective != "clip":
+            raise TreeclipError(f"--lora-rank: LoRA trains the CLIP objective only, not --objective {self.objective}")
+        if self.replay_data:  # replay's second projection reads the tower around peft's wrappers: not tried
+            raise TreeclipError("--lora-rank does not work with --replay-data yet")
 
 
 def list_presets() -> list[str]:
@@ -188,7 +215,9 @@ def make_config(*, preset: str | None = None, config_file: str | None = None, **
             values["data_weights"] = [float(w) for w in values["data_weights"].split(",") if w.strip()]
         except ValueError:
             raise TreeclipError(f"--data-weights: expected numbers like 1,4, got {values['data_weights']!r}") from None
-    for key in ("betas", "text_types", "report_to", "extra_data", "data_weights"):
+    if isinstance(values.get("lora_targets"), str):  # "in_proj_weight,c_fc"
+        values["lora_targets"] = [t.strip() for t in values["lora_targets"].split(",") if t.strip()]
+    for key in ("betas", "text_types", "report_to", "extra_data", "data_weights", "lora_targets"):
         if key in values:
             values[key] = tuple(values[key])
     return TrainConfig(**values).validate()

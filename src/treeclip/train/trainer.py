@@ -93,6 +93,11 @@ class Trainer:
             compact_text_vocabulary(self.model, torch.unique(torch.cat(
                 [caption_token_ids(d, self.clip.tokenizer) for d in [cfg.data, *cfg.extra_data]])))
         lock_towers(self.model, cfg)  # after the compact vocabulary (it is locked with the text tower), before the optimizer
+        self.peft = None  # the peft.PeftModel around self.model with --lora-rank (adapters injected in place)
+        if cfg.lora_rank:
+            from treeclip.train.lora import apply_lora
+
+            self.peft = apply_lora(self.model, cfg)  # after the locks: a locked tower gets no adapters
         check_trainable(self.trained)
         self.optimizer = make_optimizer(self.trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
@@ -228,14 +233,34 @@ class Trainer:
         lr = lr_at(self.progress.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=self.total_steps,
                    min_lr=cfg.min_lr)
         set_lr(self.optimizer, lr)
-        self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
-                                        taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
-                                        device=self.device, classifier=self.classifier is not None,
-                                        replay=replay, replay_weight=cfg.replay_loss_weight)
+        with self._dropout_rng():
+            self.progress.loss = train_step(self.towers, micro, self.optimizer, scaler=self.scaler,
+                                            taxon_aware=cfg.loss == "taxon-aware", precision=self.precision,
+                                            device=self.device, classifier=self.classifier is not None,
+                                            replay=replay, replay_weight=cfg.replay_loss_weight)
         clamp_logit_scale(self.model if self.classifier is None else self.classifier.heads)
         self.progress.skipped_samples += sum(b.failures for b in micro)
         self.progress.step += 1
         return lr
+
+    def _dropout_rng(self):
+        """LoRA dropout draws from an RNG seeded by (seed, step, rank), forked so the
+        global stream is untouched: a resumed run drops out the same units even though
+        its loader has drawn from the global RNG at another point."""
+        import contextlib
+
+        if not self.cfg.lora_dropout:
+            return contextlib.nullcontext()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        ctx = torch.random.fork_rng(devices=cuda, device_type="cuda" if cuda else "cpu")
+        seed = (self.cfg.seed * 1_000_003 + self.progress.step) * 4099 + self.info.rank
+
+        @contextlib.contextmanager
+        def seeded():
+            with ctx:
+                torch.manual_seed(seed)
+                yield
+        return seeded()
 
     def log_train(self, window: ThroughputWindow, lr: float) -> dict[str, Any]:
         """Write the train line of the steps in `window` (the loss averaged over ranks:
@@ -309,6 +334,15 @@ class Trainer:
         from treeclip.model import save_model
 
         self.clip.name = self.out.resolve().name
+        if self.peft is not None:  # the LoRA merged into a plain open_clip model, the adapter beside it
+            from dataclasses import replace
+
+            from treeclip.train.lora import merged_copy, save_adapter
+
+            merged = replace(self.clip, model=merged_copy(self.peft), _fingerprint=None)
+            save_model(merged, out, meta={**meta, "objective": self.cfg.objective, "lora": "merged; adapter in lora/"})
+            save_adapter(self.peft, out)
+            return
         save_model(self.clip, out, meta={**meta, "objective": self.cfg.objective})
         if self.classifier is not None:
             from treeclip.model.heads import save_heads
