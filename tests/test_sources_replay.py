@@ -179,3 +179,43 @@ def test_bad_replay_settings_fail_with_one_line(dataset, replay_data, tmp_path, 
     with pytest.raises(TreeclipError, match=message):
         make_config(data=str(dataset), replay_data=str(replay_data), out=str(tmp_path / "r"), steps=1,
                     **{**FAST, **settings})
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_exact_with_weighted_sources_and_replay(dataset, other, replay_data, tmp_path):
+    """A run drawing from two weighted sources with experience replay, killed without
+    warning after a checkpoint (a separate process) and resumed from its run dir alone,
+    ends with the weights and the replay projection of the same run uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from treeclip.cli import cli
+
+    def command(run: Path) -> list[str]:
+        return ["train", str(dataset), "--extra-data", str(other), "--data-weights", "1,3", "--replay-data",
+                str(replay_data), "--replay-ratio", "0.25", "--out", str(run), "--model", "micro-vit-32",
+                "--batch-size", "16", "--lr", "2e-3", "--warmup", "2", "--workers", "0", "--threads", "1",
+                "--steps", "12", "--save-every", "3", "--val-every", "0", "--no-label-set", "--no-progress"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "treeclip", *command(killed)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-00000003").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = CliRunner().invoke(cli, ["train", "--out", str(killed), "--resume", "latest", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    full = tmp_path / "full"
+    assert CliRunner().invoke(cli, command(full)).exit_code == 0
+    a, b = _weights(full / "model"), _weights(killed / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(_state(full, 12)["replay_proj"], _state(killed, 12)["replay_proj"])
