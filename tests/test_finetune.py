@@ -243,7 +243,24 @@ def test_trackers_fail_with_one_line(dataset, tmp_path):
     with pytest.raises(TreeclipError, match="--report-to: unknown tracker 'mlflow'"):
         make_config(data="d", out="o", steps=1, report_to="tensorboard,mlflow")
     assert make_config(data="d", out="o", steps=1, report_to="tensorboard").report_to == ("tensorboard",)
-    if importlib.util.find_spec("wandb") is None:
+    with pytest.MonkeyPatch.context() as patch:  # as on a machine without wandb
+        patch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else _find(name, *a))
         with pytest.raises(TreeclipError, match="--report-to wandb: the 'wandb' package is not installed"):
             train(make_config(data=str(dataset), out=str(tmp_path / "w"), steps=1, report_to=("wandb",), **FAST))
-        assert not (tmp_path / "w").exists()  # refused before anything was written
+    assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+_find = importlib.util.find_spec
+
+
+def test_wandb_runs_offline_beside_metrics_jsonl(dataset, tmp_path, monkeypatch):
+    """`--report-to wandb`: an offline run (no network) in OUT/wandb/, named by the run
+    dir, its run file written; metrics.jsonl is the same as without a tracker."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    base = dict(data=str(dataset), steps=4, text_type="mixed", **FAST)
+    train(make_config(out=str(tmp_path / "plain"), **base))
+    train(make_config(out=str(tmp_path / "tracked"), report_to=("wandb",), **base))
+    runs = list((tmp_path / "tracked" / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s") and k != "time"} for r in rows]  # noqa: E731
+    assert strip(_metrics(tmp_path / "tracked")) == strip(_metrics(tmp_path / "plain"))
