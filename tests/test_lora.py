@@ -5,12 +5,8 @@ merged into a plain open_clip model with the adapter alone in `model/lora/`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("peft")
 
-from train_helpers import make_dataset  # noqa: E402
+from train_helpers import kill_after_checkpoint, make_dataset, resume_latest  # noqa: E402
 from treeclip.cli import cli  # noqa: E402
 from treeclip.errors import TreeclipError  # noqa: E402
 from treeclip.model import create_model, load_model  # noqa: E402
@@ -148,16 +144,8 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path):
     common = ("--steps", "12", "--save-every", "3", "--text-type", "mixed-sample", "--lora-rank", "4",
               "--lora-alpha", "4")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(dataset, killed, *common), env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-00000003").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    result = CliRunner().invoke(cli, ["train", "--out", str(killed), "--resume", "latest", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    kill_after_checkpoint(_cli(dataset, killed, *common)[3:], killed)
+    resume_latest(killed)
     full = tmp_path / "full"
     CliRunner().invoke(cli, _cli(dataset, full, *common)[3:], catch_exceptions=False)
     for name in ("model/open_clip_model.safetensors", "model/lora/adapter_model.safetensors"):

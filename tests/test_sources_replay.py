@@ -18,7 +18,7 @@ from treeclip.train.loop import train
 from treeclip.train.order import Plan
 from treeclip.train.sources import Sources, merge_taxa
 from treeclip.taxonomy.taxon import Taxon
-from train_helpers import GENERA, TAXA, draw, make_dataset
+from train_helpers import GENERA, TAXA, draw, kill_after_checkpoint, make_dataset, resume_latest
 
 FAST = dict(model="micro-vit-32", batch_size=16, lr=2e-3, warmup=2, workers=0, threads=1, progress=False,
             log_every=2, val_samples=16, label_set=False)
@@ -186,12 +186,6 @@ def test_sigkill_then_resume_is_exact_with_weighted_sources_and_replay(dataset, 
     """A run drawing from two weighted sources with experience replay, killed without
     warning after a checkpoint (a separate process) and resumed from its run dir alone,
     ends with the weights and the replay projection of the same run uninterrupted."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from click.testing import CliRunner
 
     from treeclip.cli import cli
@@ -203,17 +197,8 @@ def test_sigkill_then_resume_is_exact_with_weighted_sources_and_replay(dataset, 
                 "--steps", "12", "--save-every", "3", "--val-every", "0", "--no-label-set", "--no-progress"]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "treeclip", *command(killed)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-00000003").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    resumed = CliRunner().invoke(cli, ["train", "--out", str(killed), "--resume", "latest", "--no-progress"])
-    assert resumed.exit_code == 0, resumed.output
+    kill_after_checkpoint(command(killed), killed)
+    resume_latest(killed)
     full = tmp_path / "full"
     assert CliRunner().invoke(cli, command(full)).exit_code == 0
     a, b = _weights(full / "model"), _weights(killed / "model")

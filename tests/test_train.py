@@ -4,11 +4,7 @@ after SIGKILL, and gradient accumulation equals the whole batch."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ from treeclip.errors import TreeclipError
 from treeclip.train.config import make_config
 from treeclip.train.data import Plan
 from treeclip.train.loop import train
-from train_helpers import TAXA, make_dataset
+from train_helpers import TAXA, kill_after_checkpoint, make_dataset, resume_latest
 
 FAST = dict(model="micro-vit-32", batch_size=32, lr=2e-3, warmup=5, workers=0, threads=1, progress=False,
             log_every=5, val_samples=32)
@@ -151,19 +147,10 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path, options):
     common = ("--steps", "12", "--save-every", "3", "--text-type", "mixed-sample", "--val-every", "0", *options)
     # the run, killed without warning once a checkpoint exists (a separate process)...
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(dataset, killed, *common), env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-00000003").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after_checkpoint(_cli(dataset, killed, *common)[3:], killed)
     assert not (killed / "model").exists()
     # ...resumed from its run dir alone (settings come from its config.json)
-    result = CliRunner().invoke(cli, ["train", "--out", str(killed), "--resume", "latest", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "resuming" in result.output
+    assert "resuming" in resume_latest(killed).output
     # the same run, uninterrupted
     full = tmp_path / "full"
     CliRunner().invoke(cli, _cli(dataset, full, *common)[3:], catch_exceptions=False)

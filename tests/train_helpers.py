@@ -49,3 +49,33 @@ def make_dataset(out: Path, *, per_class: int = 24, val_per_class: int = 4, seed
     write_dataset([samples[i] for i in order], out, taxa=TAXA, build_info={"by": "tests/train_helpers.py"},
                   shard_max_samples=shard_max_samples)
     return out
+
+
+def kill_after_checkpoint(args: list[str], run: Path, step: int = 3) -> None:
+    """Run `python -m treeclip <args>` (a training into `run`) in a separate process and
+    kill it without warning (SIGKILL) once its checkpoint at `step` exists."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "treeclip", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / f"step-{step:08d}").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def resume_latest(run: Path):
+    """`treeclip train --out RUN --resume latest` (settings from the run dir alone); its result."""
+    from click.testing import CliRunner
+
+    from treeclip.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume", "latest", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return result
