@@ -169,6 +169,24 @@ def test_fast_visual_is_open_clips_arithmetic(trained):
     assert ImageEncoder(trained.clip, precision="fp32", backend="torch").visual is visual
 
 
+def test_patch_embedding_as_a_product_is_the_convolution(trained):
+    """The patch embedding runs as one product over the flattened patches where they do
+    not overlap, and as open_clip's convolution where they do (or the size does not divide)."""
+    from treeclip.runtime.vit import fast_visual
+
+    fast = fast_visual(trained.clip.model.visual.eval())
+    conv, pixels = fast.conv1, trained.pixels[:3]
+    with torch.inference_mode():
+        ref = conv(pixels).flatten(2).transpose(1, 2)
+        assert torch.allclose(fast._patches(pixels), ref, atol=1e-5, rtol=1e-5)
+        odd = pixels[..., :-1, :-1]  # not a multiple of the patch: the convolution drops the rest
+        assert torch.equal(fast._patches(odd), conv(odd).flatten(2).transpose(1, 2))
+        overlapping = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.kernel_size[0] // 2,
+                                      bias=False)
+        fast.conv1 = overlapping
+        assert torch.equal(fast._patches(pixels), overlapping(pixels).flatten(2).transpose(1, 2))
+
+
 def test_towers_fast_visual_does_not_cover_run_as_open_clip(trained):
     import copy
 

@@ -43,9 +43,9 @@ from treeclip.runtime.vit import fast_visual
 
 log = get_logger(__name__)
 
-ONNX_FORMAT = 2
+ONNX_FORMAT = 3
 """Format version of the exported graphs; part of their cache key (2: the class-token-only
-`FastVisual` graph)."""
+`FastVisual` graph; 3: its patch embedding as a product)."""
 
 
 class ImageEncoder:
