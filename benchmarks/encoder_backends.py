@@ -1,13 +1,13 @@
 """Image-tower backends side by side, model only (preprocessed pixels in, embeddings out),
 and the hardware ceiling they run against, in one run.
 
-- GEMM throughput of this CPU at one thread: fp32 (torch/MKL), int8 u8s8 (ONNX Runtime
-  `MatMulInteger`), bf16 (torch); and the tower's multiply-adds per image
-  (`tower_flops` below), so ceiling img/s = threads x GEMM rate / FLOPs per image.
+- GEMM throughput of this CPU at one thread: fp32 (torch/MKL, ONNX Runtime, OpenVINO), int8
+  u8s8 (ONNX Runtime `MatMulInteger`), bf16 (torch, OpenVINO); and the tower's multiply-adds
+  per image (`tower_flops` below), so ceiling img/s = threads x GEMM rate / FLOPs per image.
 - img/s of: plain open_clip fp32 eager at batch 10 (torch's threads), and treeclip's
-  `ImageEncoder` at fp32, bf16 and int8 (fixed-size calls, one thread each, `streams` side by
-  side), ONNX Runtime fp32 of the same graph, OpenVINO fp32 and bf16 (when `openvino` is
-  importable), torch.compile (inductor) of the fp32 path with --compile.
+  `ImageEncoder` (fixed-size calls, one thread each, `streams` side by side) at int8 and, on
+  each backend, fp32 and bf16: torch, ONNX Runtime (fp32), OpenVINO (when `openvino` is
+  importable), torch.compile (inductor) with --compile; and what `--backend auto` chose.
 
     .venv/bin/python benchmarks/encoder_backends.py                 # ~5 min on 2 cores
     .venv/bin/python benchmarks/encoder_backends.py --model micro-vit-32 --n 8 --rounds 1
@@ -50,15 +50,16 @@ def tower_flops(visual, class_token_last: bool = True) -> float:
 
 
 def gemm_rates(m: int = 1970, k: int = 768, n: int = 3072) -> dict:
-    """GFLOP/s (2 x multiply-adds) of one thread on a ViT-B-sized product, CPU time."""
+    """GFLOP/s (2 x multiply-adds) of one thread on a ViT-B-sized product: CPU time, except
+    OpenVINO's (wall time: it computes on a thread of its own)."""
     import torch
 
-    def rate(fn) -> float:
+    def rate(fn, clock=time.thread_time) -> float:
         fn()
-        start = time.thread_time()
+        start = clock()
         for _ in range(3):
             fn()
-        return 3 * 2 * m * k * n / (time.thread_time() - start) / 1e9
+        return 3 * 2 * m * k * n / (clock() - start) / 1e9
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -67,7 +68,9 @@ def gemm_rates(m: int = 1970, k: int = 768, n: int = 3072) -> dict:
         out = {"fp32_torch": rate(lambda: a @ b)}
         ab, bb = a[:256].bfloat16(), b.bfloat16()  # small: emulated bf16 is very slow
         out["bf16_torch"] = rate(lambda: ab @ bb) * 256 / m
-        out["fp32_onnxruntime"] = _ort_fp32_rate(m, k, n, rate)  # the exact path's other backend
+        out["fp32_onnxruntime"] = _ort_fp32_rate(m, k, n, rate)  # the exact path's other backends
+        for hint in ("f32", "bf16"):
+            out[f"{hint.replace('f32', 'fp32')}_openvino"] = _openvino_rate(m, k, n, hint, rate)
         out["int8_onnxruntime"] = _ort_int8_rate(m, k, n, rate)
     finally:
         torch.set_num_threads(before)
@@ -87,16 +90,20 @@ def _ort_session(node, inputs, outputs, weights):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _matmul_graph(m: int, k: int, n: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
+    return (helper.make_node("MatMul", ["A", "W"], ["Y"]), [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])], [numpy_helper.from_array(w, "W")])
+
+
 def _ort_fp32_rate(m: int, k: int, n: int, rate) -> float | None:
     try:
-        from onnx import TensorProto, helper, numpy_helper
+        import onnx  # noqa: F401
     except ImportError:
         return None
-    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
-    session = _ort_session(helper.make_node("MatMul", ["A", "W"], ["Y"]),
-                           [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
-                           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
-                           [numpy_helper.from_array(w, "W")])
+    session = _ort_session(*_matmul_graph(m, k, n))
     a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
     return rate(lambda: session.run(None, {"A": a}))
 
@@ -115,33 +122,32 @@ def _ort_int8_rate(m: int, k: int, n: int, rate) -> float | None:
     return rate(lambda: session.run(None, {"A": a}))
 
 
-def openvino_runner(onnx_path: Path, precision: str, threads: int):
-    """An OpenVINO CPU model of the exported fp32 graph, throughput mode (one stream per
-    thread), or None without openvino. `precision`: f32 or bf16 (the inference hint)."""
+def _openvino_rate(m: int, k: int, n: int, hint: str, rate) -> float | None:
     try:
         import openvino as ov
+        from onnx import helper
     except ImportError:
         return None
-    compiled = ov.Core().compile_model(str(onnx_path), "CPU", {
-        "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads, "INFERENCE_NUM_THREADS": threads,
-        "INFERENCE_PRECISION_HINT": precision})
-    queue = ov.AsyncInferQueue(compiled, threads)
-
-    def run(pixels):
-        x = pixels.numpy()
-        for i in range(len(x)):
-            queue.start_async({0: x[i:i + 1]})
-        queue.wait_all()
-    return run
+    node, inputs, outputs, weights = _matmul_graph(m, k, n)
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs, weights),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "matmul.onnx"
+        path.write_bytes(model.SerializeToString())
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "NUM_STREAMS": 1,
+                                                              "INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    return rate(lambda: request.infer({0: a}), clock=time.perf_counter)
 
 
 def contenders(args, clip, workdir: Path) -> dict:
     import torch
 
     from treeclip.cache import CachePaths
-    from treeclip.runtime.encoder import ImageEncoder, OnnxVisual
+    from treeclip.runtime.encoder import ImageEncoder
+    from treeclip.runtime.precision import openvino_available
 
-    threads = torch.get_num_threads()
     cache = CachePaths.default(workdir / "cache")
     plain = clip.model.visual.eval()
 
@@ -151,17 +157,20 @@ def contenders(args, clip, workdir: Path) -> dict:
                 plain(pixels[s:s + 10])
 
     runs = {"open_clip_fp32_eager_batch10": eager}
+    backends = ["torch"] + (["openvino"] if openvino_available() else [])
     for precision in args.precisions:
-        runs[f"treeclip_{precision}"] = ImageEncoder(clip, precision=precision, caches=cache)
-    ort_fp32 = ImageEncoder(clip, precision="fp32", caches=cache)
-    ort_fp32.visual, ort_fp32.precision = OnnxVisual(clip, "fp32", cache), "fp32"
-    runs["onnxruntime_fp32"] = ort_fp32
-    for hint in ("f32", "bf16"):
-        ov_run = openvino_runner(ort_fp32.visual.path, hint, threads)
-        if ov_run is not None:
-            runs[f"openvino_{hint}"] = ov_run
-    if args.compile:
-        runs["treeclip_fp32_torch_compile"] = ImageEncoder(clip, precision="fp32", compile=True)
+        if precision == "int8":
+            runs["treeclip_int8_onnxruntime"] = ImageEncoder(clip, precision="int8", caches=cache)
+            continue
+        for backend in backends + (["onnxruntime"] if precision == "fp32" else []):
+            runs[f"treeclip_{precision}_{backend}"] = ImageEncoder(clip, precision=precision, caches=cache,
+                                                                   backend=backend)
+        if args.compile:
+            runs[f"treeclip_{precision}_torch_compile"] = ImageEncoder(clip, precision=precision, compile=True,
+                                                                       backend="torch")
+        chosen = ImageEncoder(clip, precision=precision, caches=cache, compile=args.compile)
+        print(f"  {precision}: --backend auto chose {chosen.backend}", file=sys.stderr)
+        args.chosen[precision] = chosen.backend
     return runs
 
 
@@ -188,6 +197,7 @@ def main() -> None:
                "gemm_gflops_one_thread": gemm_rates()}
     rates = results["gemm_gflops_one_thread"]
     results["ceiling_img_per_s"] = {k: v * 1e9 * results["threads"] / flops for k, v in rates.items() if v}
+    args.chosen = results["auto_chose"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = contenders(args, clip, Path(tmp))
         for fn in runs.values():

@@ -247,6 +247,23 @@ def bench_throughput(args, workdir: Path) -> dict:
     return out
 
 
+def ceilings(model: str) -> dict:
+    """The hardware's ceilings for the tower, in img/s on all cores: torch's fp32 GEMM
+    rate (what open_clip runs) and the best backend's at each precision."""
+    import torch
+
+    from encoder_backends import gemm_rates, tower_flops
+    from treeclip.model import create_model
+
+    flops = tower_flops(create_model(model, seed=0).model.visual)
+    rates = {k: v for k, v in gemm_rates().items() if v}
+    best = {p: max((k for k in rates if k.startswith(p)), key=rates.get) for p in ("fp32", "bf16", "int8")}
+    per_s = {k: v * 1e9 * torch.get_num_threads() / flops for k, v in rates.items()}
+    return {"gemm_gflops_one_thread": rates, "gflop_per_image": flops / 1e9,
+            "ceiling_img_per_s_torch_fp32": per_s["fp32_torch"],
+            "ceiling_img_per_s_best": {p: {"backend": k, "img_per_s": per_s[k]} for p, k in best.items()}}
+
+
 # -- (b) aggregation ----------------------------------------------------------------------------
 def dict_reference(probs_row, keys):
     sums = collections.defaultdict(float)
@@ -330,6 +347,8 @@ def main() -> None:
         results["aggregation"] = bench_aggregation(args)
         print(json.dumps(results["aggregation"], indent=2), flush=True)
     if not args.skip_throughput:
+        results["ceilings"] = ceilings(args.model)
+        print(json.dumps(results["ceilings"], indent=2), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             results["throughput"] = bench_throughput(args, Path(tmp))
         print(json.dumps(results["throughput"], indent=2), flush=True)

@@ -221,26 +221,72 @@ def test_answers_do_not_depend_on_batch_mates_threads_or_streams(trained, precis
 
 
 def test_exact_path_takes_the_faster_backend_within_the_exact_bar(trained, tmp_path):
-    """fp32 `auto` measures torch against ONNX Runtime once per model and machine, keeps
-    the record, and whichever runs gives torch's embeddings within 1e-5."""
+    """fp32 `auto` measures torch against ONNX Runtime and OpenVINO once per model and
+    machine, keeps the record, and whichever runs gives torch's embeddings within 1e-5."""
     from treeclip.runtime.backends import RECORD, record_key
 
     caches = CachePaths(tmp_path)
     enc = ImageEncoder(trained.clip, precision="fp32", caches=caches)
     record = json.loads((caches.onnx / RECORD).read_text())[record_key(trained.clip, "fp32")]
-    assert enc.backend == record["backend"] and set(record["s_per_image"]) == {"torch", "onnxruntime"}
-    assert record["agreement"]["onnxruntime"]["max_abs"] <= 1e-5
-    forced = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="onnxruntime")
-    torch_only = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="torch")
-    assert forced.backend == "onnxruntime" and torch_only.backend == "torch"
+    assert enc.backend == record["backend"] and set(record["s_per_image"]) == {"torch", "onnxruntime", "openvino"}
+    assert record["agreement"]["onnxruntime"]["max_abs"] <= 1e-5 and record["agreement"]["openvino"]["max_abs"] <= 1e-5
     pixels = trained.pixels[:8]
-    assert (forced(pixels) - torch_only(pixels)).abs().max() <= 1e-5
+    torch_only = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="torch")
+    assert torch_only.backend == "torch"
+    for name in ("onnxruntime", "openvino"):
+        forced = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend=name)
+        assert forced.backend == name
+        assert (forced(pixels) - torch_only(pixels)).abs().max() <= 1e-5
     (caches.onnx / RECORD).write_text(json.dumps({record_key(trained.clip, "fp32"): {"backend": "torch"}}))
     assert ImageEncoder(trained.clip, precision="fp32", caches=caches).backend == "torch"  # the record decides
 
 
-def test_choose_fp32_picks_the_fastest_exact_candidate():
-    from treeclip.runtime.backends import choose_fp32
+def test_bf16_takes_openvino_where_it_measures_faster(trained, tmp_path):
+    """bf16 `auto` times torch's bf16 tower against OpenVINO's bf16 kernels; OpenVINO's
+    embeddings hold bf16's bar against fp32; ONNX Runtime has no bf16 and says so."""
+    from treeclip.runtime.backends import BF16_MIN_COSINE, RECORD, agreement, record_key
+
+    caches = CachePaths(tmp_path)
+    enc = ImageEncoder(trained.clip, precision="bf16", caches=caches)
+    record = json.loads((caches.onnx / RECORD).read_text())[record_key(trained.clip, "bf16")]
+    assert enc.backend == record["backend"] and set(record["s_per_image"]) == {"torch", "openvino"}
+    openvino = ImageEncoder(trained.clip, precision="bf16", caches=caches, backend="openvino")
+    assert openvino.backend == "openvino" and openvino.precision == "bf16"
+    fp32 = ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="torch")
+    pixels = trained.pixels[:8]
+    assert agreement(fp32(pixels), openvino(pixels))[1] >= BF16_MIN_COSINE
+    with pytest.raises(TreeclipError, match="does not run bf16"):
+        ImageEncoder(trained.clip, precision="bf16", caches=caches, backend="onnxruntime")
+
+
+def test_openvino_bits_do_not_depend_on_streams(trained, tmp_path):
+    pixels = trained.pixels[:7]
+    one = ImageEncoder(trained.clip, precision="fp32", backend="openvino", caches=CachePaths(tmp_path), streams=1)
+    three = ImageEncoder(trained.clip, precision="fp32", backend="openvino", caches=CachePaths(tmp_path), streams=3)
+    whole = one(pixels)
+    assert torch.equal(three(pixels), whole) and torch.equal(three(pixels[2:3])[0], whole[2])
+
+
+def test_torch_compile_competes_only_when_asked(trained, tmp_path, monkeypatch):
+    """`compile=True` adds torch.compile to the measured candidates (its own record);
+    without it, no compile is ever made."""
+    from treeclip.runtime import backends
+
+    made = []
+    monkeypatch.setattr(torch, "compile", lambda module: made.append(module) or module)
+    caches = CachePaths(tmp_path)
+    ImageEncoder(trained.clip, precision="fp32", caches=caches)
+    assert not made
+    enc = ImageEncoder(trained.clip, precision="fp32", caches=caches, compile=True)
+    record = backends.BackendRecords(caches.onnx).get(backends.record_key(trained.clip, "fp32", compile=True))
+    assert "torch.compile" in record["s_per_image"] and made
+    assert enc.backend == record["backend"]
+    assert ImageEncoder(trained.clip, precision="fp32", caches=caches, compile=True, backend="torch").backend \
+        == "torch.compile"
+
+
+def test_choose_picks_the_fastest_candidate_within_the_bar_of_its_precision():
+    from treeclip.runtime.backends import choose
 
     pixels = torch.randn(3, 8)
     weight = torch.randn(8, 4)
@@ -252,10 +298,12 @@ def test_choose_fp32_picks_the_fastest_exact_candidate():
 
     fast = lambda x: x @ weight  # noqa: E731
     noisy = lambda x: x @ weight + 1e-3 * torch.randn(x.shape[0], 4)  # noqa: E731
-    assert choose_fp32(slow, {"fast": lambda: fast}, pixels)["backend"] == "fast"
-    rejected = choose_fp32(slow, {"noisy": lambda: noisy}, pixels)
+    record, built = choose("fp32", slow, {"fast": lambda: fast}, pixels)
+    assert record["backend"] == "fast" and built["fast"] is fast
+    rejected, _ = choose("fp32", slow, {"noisy": lambda: noisy}, pixels)
     assert rejected["backend"] == "torch" and rejected["agreement"]["noisy"]["max_abs"] > 1e-5
-    broken = choose_fp32(slow, {"broken": lambda: (_ for _ in ()).throw(RuntimeError("no export"))}, pixels)
+    assert choose("bf16", slow, {"noisy": lambda: noisy}, pixels, own=slow)[0]["backend"] == "noisy"  # bf16's bar
+    broken, _ = choose("fp32", slow, {"broken": lambda: (_ for _ in ()).throw(RuntimeError("no export"))}, pixels)
     assert broken["backend"] == "torch" and broken["agreement"]["broken"].startswith("unavailable")
 
 

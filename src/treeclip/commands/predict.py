@@ -46,9 +46,10 @@ def _add_options(fn: Callable, precision: str) -> Callable:
                      help="crop: the model's own preprocess (shorter side, centre crop); squash: a plain resize "
                           "to the model's square size, as pybioclip does (to compare with its numbers)."),
         click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS),
-                     help="Who runs the exact fp32 image tower on a CPU: auto = the faster of torch and ONNX Runtime "
-                          "whose embeddings stay within 1e-5 of torch's, measured once per model and machine "
-                          "(docs/predict.md#precision)."),
+                     help="Who runs the fp32 and bf16 image tower on a CPU (int8 runs in ONNX Runtime): auto = "
+                          "the fastest of torch, ONNX Runtime and OpenVINO whose embeddings hold the precision's bar "
+                          "(fp32: within 1e-5 of torch's), measured once per model and machine "
+                          "(docs/predict.md#backends)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--hub-dir", type=click.Path(file_okay=False),
                      help="A Hugging Face hub folder (models--ORG--NAME/, datasets--ORG--NAME/) to look in for "
@@ -140,7 +141,8 @@ def _gather(images: tuple[str, ...], list_file: str | None, csv_file: str | None
                                                                        "CSV/JSONL output is resumed.")
 @click.option("--overwrite", is_flag=True, help="Start --output afresh instead of resuming it.")
 @click.option("--retry-errors", is_flag=True, help="When resuming, try the images whose rows are errors again.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the image tower (pays off on big runs).")
+@click.option("--compile", "compile_", is_flag=True, help="Let torch.compile (inductor) compete as a backend of the image tower: compiles for "
+                   "minutes on a small CPU, again in every new process; with --backend torch, always compile.")
 @click.option("--detections", "detections_file", type=click.Path(dir_okay=False),
               help="A MegaDetector batch output (JSON): classify each detection on its crop, one row per "
                    "detection (detection_id, bbox, detection_conf columns); images with none get an empty row. "

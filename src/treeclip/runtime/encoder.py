@@ -1,7 +1,8 @@
 """Image embeddings of a model at the precision the policy chose (`runtime.precision`):
 fp32 (exact), a bf16 copy of the image tower, or the tower exported to ONNX Runtime with
 dynamic int8 quantization (cached in `CachePaths.onnx`, keyed by model fingerprint,
-library versions and `ONNX_FORMAT`).
+library versions and `ONNX_FORMAT`). Which library runs fp32 and bf16 on a CPU (torch,
+ONNX Runtime, OpenVINO, torch.compile) is measured per model and machine (`runtime.backends`).
 
 On a CPU the tower runs as open_clip's own module (fp32 and bf16; `runtime.vit.FastVisual`,
 a rewrite of it, gained only 1.02-1.08x there: benchmarks/text_and_vit_paths.py, and is
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import threading
@@ -62,7 +64,6 @@ class ImageEncoder:
         self.clip = clip
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.dtype = torch.float32
         self.streams = max(1, streams or torch.get_num_threads())
         self.backend = "torch"
         self._pool: ThreadPoolExecutor | None = None
@@ -70,16 +71,7 @@ class ImageEncoder:
         caches = caches_or_default(caches)
         if self.precision == "int8" and self._use_int8(caches, checked=precision != "int8"):
             return
-        if self._use_onnx_fp32(caches, backend, compile):
-            return
-        visual = clip.model.visual
-        if self.precision == "bf16" or self.device != clip.device:
-            visual = copy.deepcopy(visual)
-        visual = visual.to(self.device).eval()
-        if self.precision == "bf16":
-            visual = visual.to(torch.bfloat16)
-        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.visual = torch.compile(visual) if compile else visual
+        self.visual, self.backend = self._tower(caches, backend, compile)
 
     def _use_int8(self, caches: CachePaths, *, checked: bool) -> bool:
         """Run the int8 graph; when the policy chose it (`checked`), only if its embeddings
@@ -109,36 +101,74 @@ class ImageEncoder:
         self.backend = "onnxruntime"
         return True
 
-    def _use_onnx_fp32(self, caches: CachePaths, backend: str, compile: bool) -> bool:
-        """Run fp32 through ONNX Runtime when asked, or (`auto`) when it measured faster
-        than torch at the exact path's bar on this CPU (`runtime.backends`)."""
+    def _tower(self, caches: CachePaths, backend: str, compile: bool) -> tuple[Callable, str]:
+        """(tower, backend name) for fp32 or bf16: on a CPU the one asked for, or (`auto`)
+        the fastest measured at the bar of the precision (`runtime.backends`); torch elsewhere."""
         from treeclip.runtime import backends
-        from treeclip.runtime.precision import onnxruntime_available
 
-        if self.precision != "fp32" or self.device.type != "cpu" or compile or backend == "torch":
-            return False
-        if backend == "auto":
-            if not onnxruntime_available():
-                return False
-            candidates = {"onnxruntime": lambda: OnnxVisual(self.clip, "fp32", caches)}
-            backend = self._measured(caches, "fp32", lambda: backends.choose_fp32(
-                self._fp32_tower(), candidates, backends.calibration_pixels(self.clip)))["backend"]
-        if backend != "onnxruntime":
-            return False
-        self.visual = OnnxVisual(self.clip, "fp32", caches)
-        self.backend = "onnxruntime"
-        return True
+        if self.device.type != "cpu" or backend == "torch":
+            if backend not in ("auto", "torch"):
+                raise TreeclipError(f"--backend {backend} runs on the CPU only; this run is on {self.device}")
+            return self._torch_tower(compile), "torch.compile" if compile else "torch"
+        candidates = self._candidates(caches, compile)
+        if backend != "auto":
+            if backend not in candidates:
+                raise TreeclipError(f"--backend {backend} does not run {self.precision} here "
+                                    f"(available: torch{''.join(', ' + c for c in candidates)})")
+            return candidates[backend](), backend
+        if not candidates:
+            return self._torch_tower(False), "torch"
+        built: dict[str, Callable] = {}
+
+        def measure() -> dict:
+            own = None if self.precision == "fp32" else self._torch_tower(False)
+            record, made = backends.choose(self.precision, self._fp32_tower(), candidates,
+                                           backends.calibration_pixels(self.clip), own=own)
+            built.update(made)
+            return record
+
+        chosen = self._measured(caches, self.precision, measure, compile=compile)["backend"]
+        if chosen == "torch" or chosen not in candidates:
+            return self._torch_tower(False), "torch"
+        return built.get(chosen) or candidates[chosen](), chosen
+
+    def _candidates(self, caches: CachePaths, compile: bool) -> dict[str, Callable[[], Callable]]:
+        """The towers that may run this precision here besides torch's, made on demand."""
+        from treeclip.runtime.precision import onnxruntime_available, openvino_available
+
+        found: dict[str, Callable[[], Callable]] = {}
+        if self.precision == "fp32" and onnxruntime_available():
+            found["onnxruntime"] = lambda: OnnxVisual(self.clip, "fp32", caches)
+        if openvino_available():
+            found["openvino"] = lambda: OpenVinoVisual(self.clip, self.precision, caches, self.streams)
+        if compile:
+            found["torch.compile"] = lambda: self._torch_tower(True)
+        return found
+
+    def _torch_tower(self, compile: bool) -> Callable:
+        """open_clip's module on this device at this precision (a copy unless fp32 on the
+        model's own device), compiled when asked; it takes fp32 pixels like every tower."""
+        visual = self.clip.model.visual
+        if self.precision == "bf16" or self.device != self.clip.device:
+            visual = copy.deepcopy(visual)
+        visual = visual.to(self.device).eval()
+        if self.precision != "bf16":
+            return torch.compile(visual) if compile else visual
+        visual = visual.to(torch.bfloat16)
+        run = torch.compile(visual) if compile else visual
+        return lambda pixels: run(pixels.to(torch.bfloat16))
 
     def _fp32_tower(self) -> Callable:
         """open_clip's fp32 image tower on the CPU (the model's own weights, or a copy)."""
         visual = self.clip.model.visual
         return visual.eval() if self.clip.device.type == "cpu" else copy.deepcopy(visual).cpu().eval()
 
-    def _measured(self, caches: CachePaths, precision: str, measure: Callable[[], dict]) -> dict:
+    def _measured(self, caches: CachePaths, precision: str, measure: Callable[[], dict], *,
+                  compile: bool = False) -> dict:
         """A backend measurement of this model, from the record when made before."""
         from treeclip.runtime.backends import BackendRecords, record_key
 
-        records, key = BackendRecords(caches.onnx), record_key(self.clip, precision)
+        records, key = BackendRecords(caches.onnx), record_key(self.clip, precision, compile=compile)
         found = records.get(key)
         if found is None:
             found = measure()
@@ -159,7 +189,7 @@ class ImageEncoder:
 
     def _run(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            x = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+            x = pixels.to(self.device, dtype=torch.float32, non_blocking=True)
             return self.visual(x).float()
 
     def _map(self, calls: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -188,9 +218,7 @@ class OnnxVisual:
             import onnxruntime as ort
         except ImportError:
             raise TreeclipError(f"--precision {kind} through ONNX needs ONNX Runtime: pip install onnxruntime onnx") from None
-        self.path = graph_path(clip, kind, caches_or_default(caches).onnx, f"ort{ort.__version__}")
-        if not self.path.is_file():
-            export_onnx(clip, self.path, quantize=kind == "int8")
+        self.path = exported_graph(clip, kind, caches_or_default(caches))
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -202,11 +230,75 @@ class OnnxVisual:
         return torch.from_numpy(self.session.run(None, {"pixels": x})[0])
 
 
-def graph_path(clip, kind: str, root: Path, library: str) -> Path:
+class OpenVinoVisual:
+    """The image tower in OpenVINO, compiled from the exported fp32 graph with the
+    inference precision `precision` ("fp32" or "bf16": OpenVINO's own bf16 kernels). One
+    OpenVINO stream of one thread per encoder stream, and as many requests, lent to one call
+    at a time: an image's bits do not depend on the stream that ran it.
+
+    Compiled models live as long as the process (`_openvino_compiled`): OpenVINO 2026.4's CPU
+    plugin, destroying a compiled model, unmaps a signal stack that stays the calling
+    thread's alternate stack (seen with Python's faulthandler on), so the next signal
+    handled there (a child's SIGCHLD) kills the process."""
+
+    def __init__(self, clip, precision: str = "fp32", caches: CachePaths | None = None, streams: int = 1) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise TreeclipError(f"OpenVINO runs the image tower at fp32 or bf16, not {precision}")
+        self.path = exported_graph(clip, "fp32", caches_or_default(caches))
+        self.compiled, self._requests = _openvino_compiled(str(self.path), "f32" if precision == "fp32" else "bf16",
+                                                           streams)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        request = self._requests.get()
+        try:
+            out = request.infer({0: pixels.float().contiguous().numpy()})[0]
+            return torch.from_numpy(out.copy())  # the request reuses its output buffer
+        finally:
+            self._requests.put(request)
+
+
+@functools.lru_cache(maxsize=None)
+def _openvino_compiled(path: str, hint: str, streams: int):
+    """(compiled model, a queue of its `streams` requests) of the graph at `path` on the
+    CPU, made once per process (see `OpenVinoVisual`)."""
+    import queue
+
+    try:
+        import openvino as ov
+    except ImportError:
+        raise TreeclipError("--backend openvino needs OpenVINO: pip install openvino") from None
+    compiled = _openvino_core(ov).compile_model(path, "CPU", {
+        "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT",
+        "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams})
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(streams):
+        requests.put(compiled.create_infer_request())
+    return compiled, requests
+
+
+@functools.lru_cache(maxsize=1)
+def _openvino_core(ov):
+    return ov.Core()
+
+
+def exported_graph(clip, kind: str, caches: CachePaths) -> Path:
+    """The graph of `clip`'s image tower of `kind` ("fp32" or "int8") in `caches.onnx`,
+    exported the first time it is asked for."""
+    path = graph_path(clip, kind, caches.onnx)
+    if not path.is_file():
+        export_onnx(clip, path, quantize=kind == "int8")
+    return path
+
+
+def graph_path(clip, kind: str, root: Path) -> Path:
     """Where an exported graph of `clip`'s image tower lives in the folder `root`: keyed by
-    the model's fingerprint, the graph kind, `ONNX_FORMAT`, the runtime's and torch's versions."""
+    the model's fingerprint, the graph kind, `ONNX_FORMAT`, torch's version and, for int8,
+    the version of ONNX Runtime's quantizer."""
+    from importlib import metadata
+
     torch_version = torch.__version__.split("+")[0]
-    return root / f"{clip.fingerprint()[:32]}-visual-{kind}-v{ONNX_FORMAT}-{library}-torch{torch_version}.onnx"
+    library = f"-ort{metadata.version('onnxruntime')}" if kind == "int8" else ""
+    return root / f"{clip.fingerprint()[:32]}-visual-{kind}-v{ONNX_FORMAT}{library}-torch{torch_version}.onnx"
 
 
 def export_onnx(clip, path: Path, *, quantize: bool) -> None:

@@ -14,9 +14,9 @@ from treeclip.errors import TreeclipError
 from treeclip.model.registry import RESIZE_MODES
 from treeclip.runtime.precision import PRECISIONS, VERB_DEFAULTS
 
-BACKENDS = ("auto", "torch", "onnxruntime")
-"""What `--backend` accepts for the exact fp32 image tower on a CPU: `auto` measures which
-is faster at the exact path's bar (`runtime.backends`)."""
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+"""What `--backend` accepts for the fp32 and bf16 image tower on a CPU (int8 runs in ONNX
+Runtime): `auto` measures which is fastest at the bar of the precision (`runtime.backends`)."""
 
 TemplateSpec = str | tuple[str, ...]
 """A named template set (`openai`, `bioclip`, `single`), a file with one per line, or the
@@ -30,7 +30,7 @@ class InferenceOptions:
     `precision`: one of `PRECISIONS` (see `runtime.precision` for the policy); `workers`:
     decoding processes (None: cores - 2); `resize`: `crop` (the model's own preprocess) or
     `squash` (pybioclip's plain resize); `compile`: `torch.compile` the image tower;
-    `backend`: who runs the fp32 tower on a CPU (`BACKENDS`)."""
+    `backend`: who runs the fp32 and bf16 tower on a CPU (`BACKENDS`)."""
 
     device: str = "cpu"
     precision: str = VERB_DEFAULTS["predict"]

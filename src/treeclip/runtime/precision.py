@@ -134,6 +134,10 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
 def resolve_device(device: str | None):
     """`auto`/None: CUDA when available, else CPU; otherwise as given (checked)."""
     import torch
