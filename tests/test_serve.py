@@ -56,6 +56,8 @@ def test_health_and_openapi(server):
     assert health["taxa"] == N_TAXA and health["embed_dim"] == 64
     assert health["limits"]["max_files"] == MAX_FILES
     assert health["precision"] == {"predict": "bf16", "embed": "fp32"}
+    assert set(health["backend"]) == {"predict", "embed"}  # each measured: torch, onnxruntime or openvino
+    assert set(health["backend"].values()) <= {"torch", "onnxruntime", "openvino"}
     assert health["cpu_features"] == FEATURE_SETS["bf16_no_vnni"]
     status, schema = request(server["base"] + "/openapi.json")
     assert status == 200
@@ -272,10 +274,10 @@ def test_any_decode_failure_is_that_files_error(model_dir, monkeypatch):
     pipeline = app.state.engine.pipeline
     decode = pipeline.preprocess
 
-    def fragile(data: bytes, name: str):
+    def fragile(data: bytes, name: str, exact: bool = False):
         if name.startswith("odd"):
             raise RuntimeError("resize ran out of\nroom")
-        return decode(data, name)
+        return decode(data, name, exact)
 
     monkeypatch.setattr(pipeline, "preprocess", fragile)
     with app_server(app) as base:
@@ -391,6 +393,33 @@ def test_concurrent_requests_share_model_calls(model_dir):
             t.join(60)
     assert all(r is not None and r[0] == 200 for r in results), results
     assert (batcher.stats.items, batcher.stats.batches, batcher.stats.requests) == (n, 1, n)
+
+
+def test_embed_sees_open_clips_own_pixels_of_a_large_jpeg(server, model_dir):
+    """/embed (exact fp32) decodes a JPEG at full resolution, as open_clip's preprocess does;
+    a JPEG draft (the fast path's decode) would have moved its embedding."""
+    import io
+
+    from PIL import Image
+
+    from treeclip.data.images import decode_image
+    from treeclip.model import load_model
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    status, body = post(server["base"], "/embed", files=[("big.jpg", data)])
+    assert status == 200
+    emb = np.asarray(body["images"][0]["embedding"], dtype=np.float32)
+    clip = load_model(str(model_dir / "model"))
+
+    def embedding(img):
+        return clip.encode_images(clip.preprocess(img).unsqueeze(0))[0].numpy()
+
+    exact = embedding(decode_image(data, draft=False))
+    np.testing.assert_allclose(emb, exact, atol=1e-6)
+    assert np.abs(embedding(decode_image(data, draft_size=clip.image_size)) - exact).max() > 1e-4
 
 
 @pytest.mark.parametrize("cpu", sorted(FEATURE_SETS))

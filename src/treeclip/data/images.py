@@ -220,14 +220,15 @@ def decode_image(
     max_bytes: int = MAX_FILE_BYTES,
     max_aspect: float = MAX_ASPECT_RATIO,
     draft: bool = True,
+    draft_margin: int = 1,
 ) -> Image.Image:
     """Decode `src` (encoded bytes or a file path) to an RGB image, oriented by EXIF.
 
     `name` labels error messages (default: the path). `draft_size` is the size a later
     shorter-side resize goes to (the model's input size): it lets a JPEG decode at reduced
-    scale while both sides stay >= `draft_size` (unless `draft=False`: the full-resolution
-    pixels a plain open_clip preprocess sees), and sets the resize cap (224 when not
-    given). Raises `InputError("<name>: <reason>")` for anything that is not a usable
+    scale while both sides stay >= `draft_margin` x `draft_size` (unless `draft=False`: the
+    full-resolution pixels a plain open_clip preprocess sees), and sets the resize cap (224
+    when not given). Raises `InputError("<name>: <reason>")` for anything that is not a usable
     image, and for files or images over the caps (see the module docstring).
     """
     data, label = _read(src, name, max_bytes)
@@ -236,7 +237,7 @@ def decode_image(
     if draft and draft_size and img.format == "JPEG":
         # draft keeps both sides >= the request, so a later shorter-side resize to
         # draft_size never upsamples. The request is square, so EXIF rotation is moot.
-        _loading(label, img.draft, img.mode, (draft_size, draft_size))
+        _loading(label, img.draft, img.mode, (draft_size * draft_margin,) * 2)
     _loading(label, img.load)
     try:
         ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to turn

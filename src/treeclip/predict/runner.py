@@ -107,7 +107,7 @@ def run_predict(model: str, items: Sequence[Item], *, labels: LabelChoice = Labe
         where = f" -> {output.path}" if output.path else ""
         log.info(f"predict: {done_now - failed} classified, {failed} failed, {skipped} skipped "
                  f"(already in the output{_earlier(earlier)}){where} "
-                 f"[{clf.precision} on {clf.encoder.device}{rate}{ranks.describe()}]")
+                 f"[{clf.precision} on {clf.encoder.device} ({clf.encoder.backend}){rate}{ranks.describe()}]")
     return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
 
 

@@ -74,7 +74,8 @@ def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None,
         elif isinstance(item.source, Image.Image):
             img = normalize_image(item.source, name=item.name, draft_size=draft_size)
         else:
-            img = decode_image(item.source, name=item.name, draft_size=draft_size, draft=not exact)
+            img = decode_image(item.source, name=item.name, draft_size=draft_size, draft=not exact,
+                               draft_margin=DRAFT_MARGIN)
         return preprocess(img), ""
     except InputError as e:
         return None, str(e)
@@ -96,6 +97,13 @@ def default_workers() -> int:
     slower than decoding inline (fp32: 0.61x vs 0.79x the open_clip baseline); there
     decoding runs in threads, overlapped with the model."""
     return max(0, min(8, (os.cpu_count() or 2) - 2))
+
+
+DRAFT_MARGIN = 2
+"""The fast paths decode a JPEG at reduced scale (libjpeg's DCT scaling) only while both
+sides stay >= twice the model's size, and resize the rest of the way with the model's own
+resize: on 1600x1200 photos for a 224-px model the pixels' mean difference from the full
+decode halves (0.0096 -> 0.0047, normalised units) for +3.5 ms of decoding per image."""
 
 
 def decode_threads() -> int:

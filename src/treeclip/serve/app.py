@@ -121,7 +121,7 @@ def _add_routes(app: FastAPI, engine: ServeEngine, slots: RequestSlots) -> None:
         # no local paths: the model by its name (the operator saw the path at start-up)
         return {"status": "ok", "model": engine.model_name, "fingerprint": engine.clip.fingerprint()[:16],
                 "embed_dim": engine.clip.embed_dim, "image_size": engine.clip.image_size,
-                "precision": engine.precisions, "cpu_features": cpu_features().describe(),
+                "precision": engine.precisions, "backend": engine.backends, "cpu_features": cpu_features().describe(),
                 "taxa": len(engine.tree.columns), "cached_images": len(engine.embeddings),
                 "head": ({"classes": engine.head.labels, "kind": engine.head.head.kind} if engine.head else None),
                 "label_sets": len(engine.classifiers), "limits": limits.describe(),

@@ -137,6 +137,11 @@ class ServeEngine:
         """The precision each endpoint runs at: `{"predict": ..., "embed": ...}`."""
         return {use: enc.precision for use, enc in self.encoders.items()}
 
+    @property
+    def backends(self) -> dict[str, str]:
+        """Who runs each endpoint's image tower (`runtime.backends`): `{"predict": ..., "embed": ...}`."""
+        return {use: enc.backend for use, enc in self.encoders.items()}
+
     def cached(self, key: str, use: str) -> Embedded | None:
         """A kept embedding of upload `key` fit for `use` (see `ImagePipeline.cached`)."""
         return self.pipeline.cached(key, use)

@@ -87,12 +87,15 @@ class ImagePipeline:
             self._decoder.shutdown(wait=True, cancel_futures=True)
             self._decoder = None
 
-    def preprocess(self, data: bytes, name: str):
+    def preprocess(self, data: bytes, name: str, exact: bool = False):
         """Decode one upload (safely, pixel-capped) into the model's input tensor; raises
-        `InputError("<name>: <reason>")`."""
+        `InputError("<name>: <reason>")`. `exact`: no JPEG draft (open_clip's own pixels),
+        for an fp32 encoder."""
         from treeclip.data.images import decode_image
+        from treeclip.runtime.images import DRAFT_MARGIN
 
-        img = decode_image(data, name=name, max_pixels=self.limits.max_pixels, draft_size=self.clip.image_size)
+        img = decode_image(data, name=name, max_pixels=self.limits.max_pixels, draft_size=self.clip.image_size,
+                           draft=not exact, draft_margin=DRAFT_MARGIN)
         return self.clip.preprocess(img)
 
     def cached(self, key: str, use: str) -> Embedded | None:
@@ -134,7 +137,7 @@ class ImagePipeline:
                 todo.append((i, key, name, data))
             else:
                 out[i] = Embedded(key, name, hit.embedding, hit.precision)
-        ready = await self._decode(todo, out)
+        ready = await self._decode(todo, out, exact=self.encoders[use].precision == "fp32")
         if ready:
             vectors = await self.batcher.submit([(use, pixels) for _, _, _, pixels in ready])
             precision = self.encoders[use].precision
@@ -155,14 +158,14 @@ class ImagePipeline:
             return Failed(name, str(err))
         return name, data
 
-    async def _decode(self, todo: list[tuple[int, str, str, bytes]],
-                      out: list[Embedded | Failed | None]) -> list[tuple[int, str, str, Any]]:
+    async def _decode(self, todo: list[tuple[int, str, str, bytes]], out: list[Embedded | Failed | None],
+                      exact: bool) -> list[tuple[int, str, str, Any]]:
         """Decode `todo` in parallel threads; the ones that fail go into `out` as `Failed`,
         the others come back as (position, id, name, pixels)."""
         if todo and self._decoder is None:
             raise RuntimeError("ImagePipeline.embed before start()")
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(self._decoder, self.preprocess, data, name)
+        decoded = await asyncio.gather(*(loop.run_in_executor(self._decoder, self.preprocess, data, name, exact)
                                          for _, _, name, data in todo), return_exceptions=True)
         ready = []
         for (i, key, name, _), pixels in zip(todo, decoded):
