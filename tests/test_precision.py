@@ -267,6 +267,21 @@ def test_openvino_bits_do_not_depend_on_streams(trained, tmp_path):
     assert torch.equal(three(pixels), whole) and torch.equal(three(pixels[2:3])[0], whole[2])
 
 
+def test_a_missing_library_is_no_candidate_and_forcing_it_says_so(trained, tmp_path, monkeypatch):
+    from treeclip.runtime import backends
+    from treeclip.runtime import precision as policy_module
+
+    monkeypatch.setattr(policy_module, "openvino_available", lambda: False)
+    caches = CachePaths(tmp_path)
+    ImageEncoder(trained.clip, precision="fp32", caches=caches)
+    record = backends.BackendRecords(caches.onnx).get(backends.record_key(trained.clip, "fp32"))
+    assert set(record["s_per_image"]) == {"torch", "onnxruntime"}
+    with pytest.raises(TreeclipError, match="--backend openvino does not run fp32 here"):
+        ImageEncoder(trained.clip, precision="fp32", caches=caches, backend="openvino")
+    monkeypatch.setattr(policy_module, "onnxruntime_available", lambda: False)
+    assert ImageEncoder(trained.clip, precision="bf16", caches=CachePaths(tmp_path / "none")).backend == "torch"
+
+
 def test_torch_compile_competes_only_when_asked(trained, tmp_path, monkeypatch):
     """`compile=True` adds torch.compile to the measured candidates (its own record);
     without it, no compile is ever made."""
