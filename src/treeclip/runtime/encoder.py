@@ -267,7 +267,7 @@ def _openvino_compiled(path: str, hint: str, streams: int):
         import openvino as ov
     except ImportError:
         raise TreeclipError("--backend openvino needs OpenVINO: pip install openvino") from None
-    compiled = _openvino_core(ov).compile_model(path, "CPU", {
+    compiled = _openvino_core().compile_model(path, "CPU", {
         "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT",
         "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams})
     requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -277,7 +277,10 @@ def _openvino_compiled(path: str, hint: str, streams: int):
 
 
 @functools.lru_cache(maxsize=1)
-def _openvino_core(ov):
+def _openvino_core():
+    """One OpenVINO `Core` per process: each new one loads the CPU plugin again."""
+    import openvino as ov
+
     return ov.Core()
 
 
