@@ -12,8 +12,9 @@ Candidates, each timed against torch (open_clip's own module) at the same precis
 The fastest candidate that holds its precision's bar runs; torch runs when none is faster.
 Which GEMMs are fastest depends on the CPU (ONNX Runtime's fp32 ran at twice torch's rate
 on the AVX-512 EPYC of issue 21, 1.04-1.4x on another of that class, where OpenVINO's
-bf16 ran 1.3x torch's), so nothing here is a table of machines. torch.compile competes only when asked (`--compile`): compiling
-ViT-B-16 takes minutes on 2 cores, paid again by every new process.
+bf16 ran 1.3x torch's), so nothing here is a table of machines. torch.compile competes
+only when asked (`--compile`): compiling ViT-B-16 takes minutes on 2 cores, paid again by
+every new process.
 
 Calibration images are synthetic photos (`data.synth`), preprocessed as the model's own
 preprocess does; each backend is timed on one thread, one image per call, as the encoder
