@@ -30,12 +30,14 @@ from treeclip.runtime.options import InferenceOptions
 @dataclass
 class Embeddings:
     """`vectors[i]` embeds `names[i]`; `errors` maps each failed input to its reason;
-    `precision` is the one that ran (`fp32` unless a faster one was asked for)."""
+    `precision` is the one that ran (`fp32` unless a faster one was asked for), `backend`
+    the library that ran the image tower (`runtime.backends`; empty when read from a file)."""
 
     names: list[str]
     vectors: np.ndarray
     errors: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"
+    backend: str = ""
 
 
 def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: InferenceOptions | None = None,
@@ -58,7 +60,7 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: I
         vectors = (encoder(pixels, normalize=normalize).numpy().astype(np.float32) if pixels is not None
                    else np.zeros((0, clip.embed_dim), np.float32))
         yield Embeddings([items[i].name for i in ok], vectors, {items[i].name: e for i, e in errs.items()},
-                         encoder.precision)
+                         encoder.precision, encoder.backend)
         bar.update(len(idx))
     bar.close()
 
@@ -80,7 +82,7 @@ def concat_embeddings(parts: Sequence[Embeddings], dim: int = 0) -> Embeddings:
     dims = [p.vectors.shape[1] for p in parts] or [dim]
     vectors = np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, dims[0]), np.float32)
     return Embeddings(names, vectors.astype(np.float32, copy=False), errors,
-                      parts[0].precision if parts else "fp32")
+                      parts[0].precision if parts else "fp32", parts[0].backend if parts else "")
 
 
 def read_embeddings(path: str | os.PathLike) -> Embeddings:

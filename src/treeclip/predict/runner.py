@@ -302,11 +302,12 @@ def run_embed(model: str, items: Sequence[Item], *, output: OutputOptions, norma
     todo = [it for it in items if it.name not in done]
     earlier = sum(it.name in done_errors for it in items)
     mine = ranks.block(todo)
-    failed = 0
+    failed, backend = 0, ""
     if todo:
         pending = []
         for emb in embed_batches(model, mine, normalize=normalize, options=options, caches=caches,
                                  progress=progress and ranks.is_main):
+            backend = emb.backend
             for line in emb.errors.values():
                 log.warning(line)
             failed += len(emb.errors)
@@ -322,7 +323,7 @@ def run_embed(model: str, items: Sequence[Item], *, output: OutputOptions, norma
         files = store.finish([it.name for it in items])
         log.info(f"embed: {embedded} embedded, {failed} failed, {len(items) - len(todo)} skipped "
                  f"(already in the output{_earlier(earlier)}) -> {', '.join(map(str, files))} "
-                 f"[{identity['precision']}{ranks.describe()}]")
+                 f"[{identity['precision']}{f' ({backend})' if backend else ''}{ranks.describe()}]")
     ranks.end()
     return EXIT_SOME_FAILED if failed or earlier else EXIT_OK
 
