@@ -18,6 +18,7 @@ The rounds alternate the order of the contenders; numbers are per-contender mean
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -99,9 +100,7 @@ def _matmul_graph(m: int, k: int, n: int):
 
 
 def _ort_fp32_rate(m: int, k: int, n: int, rate) -> float | None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("onnx") is None:
         return None
     session = _ort_session(*_matmul_graph(m, k, n))
     a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)

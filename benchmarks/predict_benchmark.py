@@ -188,7 +188,6 @@ def timed_rounds(runs: dict, rounds: int) -> tuple[dict, dict]:
 
 def bench_throughput(args, workdir: Path) -> dict:
     import open_clip
-    import torch
 
     from treeclip.model import create_model
     from treeclip.cache import CachePaths

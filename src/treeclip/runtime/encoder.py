@@ -263,10 +263,6 @@ def _openvino_compiled(path: str, hint: str, streams: int):
     CPU, made once per process (see `OpenVinoVisual`)."""
     import queue
 
-    try:
-        import openvino as ov
-    except ImportError:
-        raise TreeclipError("--backend openvino needs OpenVINO: pip install openvino") from None
     compiled = _openvino_core().compile_model(path, "CPU", {
         "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT",
         "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams})
@@ -279,8 +275,10 @@ def _openvino_compiled(path: str, hint: str, streams: int):
 @functools.lru_cache(maxsize=1)
 def _openvino_core():
     """One OpenVINO `Core` per process: each new one loads the CPU plugin again."""
-    import openvino as ov
-
+    try:
+        import openvino as ov
+    except ImportError:
+        raise TreeclipError("--backend openvino needs OpenVINO: pip install openvino") from None
     return ov.Core()
 
 
