@@ -107,14 +107,6 @@ def score(model: Path, args: argparse.Namespace) -> float:
     return metrics["top1"]
 
 
-def cpu_flags() -> str:
-    try:
-        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    except (OSError, AttributeError):
-        return "?"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/treeclip-finetune-bench"))
@@ -139,10 +131,12 @@ def main() -> None:
     spec = publish(args.model, hub, args.start_model)
     if args.start_model and args.zero_shot_task:
         print(json.dumps({"mode": "start (no fine-tune)", "zero_shot_top1": score(args.start_model, args)}))
+    from treeclip.runtime.precision import cpu_features
+
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     print(f"# {args.model}, {args.steps} steps of batch {args.batch_size}, {args.threads} threads; "
-          f"CPU flags: {cpu_flags()}; load average before: {' '.join(load)}")
+          f"CPU flags: {cpu_features().describe()}; load average before: {' '.join(load)}")
     modes = {n: f for n, f in MODES.items()
              if not args.modes or any(w.strip() in n for w in args.modes.split(","))}
     results = []

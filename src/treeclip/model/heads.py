@@ -121,6 +121,15 @@ class FittedHead:
         """The index of the best class of each embedding."""
         return np.argmax(self.logits(features), axis=1)
 
+    def check_model(self, fingerprint: str, name: str, where: object) -> None:
+        """One line (`TreeclipError`, naming `where`) when this head was fitted on another
+        model than the one with `fingerprint` (called `name`)."""
+        made_for = (self.card.get("model") or {}).get("fingerprint")
+        if made_for != fingerprint:
+            spec = (self.card.get("model") or {}).get("spec", "another model")
+            raise TreeclipError(f"{where}: this head was fitted on {spec} (fingerprint {str(made_for)[:12]}), not on "
+                                f"{name} (fingerprint {fingerprint[:12]}); fit one for this model")
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -339,11 +339,7 @@ class HeadClassifier(BaseClassifier):
 
 def _check_head_model(head: Any, clip: Any, where: Any) -> None:
     """One line when `head` was fitted on another model than `clip`."""
-    made_for = (head.card.get("model") or {}).get("fingerprint")
-    if made_for != clip.fingerprint():
-        spec = (head.card.get("model") or {}).get("spec", "another model")
-        raise TreeclipError(f"{where}: this head was fitted on {spec} (fingerprint {str(made_for)[:12]}), not on "
-                            f"{clip.name} (fingerprint {clip.fingerprint()[:12]}); fit one for this model")
+    head.check_model(clip.fingerprint(), clip.name, where)
     if head.weight.shape[1] != clip.embed_dim:
         raise TreeclipError(f"{where}: the head takes {head.weight.shape[1]}-d embeddings, "
                             f"{clip.name} makes {clip.embed_dim}-d ones")

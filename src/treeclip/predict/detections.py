@@ -138,12 +138,15 @@ def _kept(det: Any, category: str, wanted: set[str], min_conf: float) -> bool:
 def _image_path(root: Path, file: str) -> str:
     """`file` below `root` (absolute paths as they are); a relative path may not climb out
     of `root` (it is then kept as is, so its row says the file cannot be read)."""
+    from treeclip.data.paths import safe_join
+    from treeclip.errors import InputError
+
     if os.path.isabs(file):
         return file
-    path = (root / file).resolve()
-    if not path.is_relative_to(root.resolve()):
+    try:
+        return str(safe_join(root, file))
+    except InputError:
         return f"{file} (outside {root})"
-    return str(path)
 
 
 def detection_rows(rows: Iterable[dict], detections: Detections) -> list[dict]:

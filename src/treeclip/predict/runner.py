@@ -121,15 +121,9 @@ def _head_identity(head: str | None, model: str) -> str | None:
 
     if not head:
         return None
-    fitted = read_fitted_head(head)
-    made_for = (fitted.card.get("model") or {}).get("fingerprint")
-    known = model_identity(model)
-    if known.startswith("fingerprint:") and known != f"fingerprint:{made_for}":
-        from treeclip.errors import TreeclipError
-
-        raise TreeclipError(f"{head}: this head was fitted on {fitted.card['model'].get('spec', 'another model')} "
-                            f"(fingerprint {str(made_for)[:12]}), not on {model} ({known[12:24]}); "
-                            "fit one for this model")
+    fitted, known = read_fitted_head(head), model_identity(model)
+    if known.startswith("fingerprint:"):
+        fitted.check_model(known.removeprefix("fingerprint:"), model, head)
     return f"sha256:{head_fingerprint(head)[:32]}"
 
 

@@ -29,7 +29,8 @@ class InferenceOptions:
 
     `precision`: one of `PRECISIONS` (see `runtime.precision` for the policy); `workers`:
     decoding processes (None: cores - 2); `resize`: `crop` (the model's own preprocess) or
-    `squash` (pybioclip's plain resize); `compile`: `torch.compile` the image tower;
+    `squash` (pybioclip's plain resize); `compile`: let `torch.compile` compete as a backend (with
+    `backend="torch"`: always compile);
     `backend`: who runs the fp32 and bf16 tower on a CPU (`BACKENDS`)."""
 
     device: str = "cpu"
