@@ -26,7 +26,7 @@ from treeclip.predict import aggregate as agg
 from treeclip.predict.inputs import as_items
 from treeclip.predict.labels import DEFAULT_TEXT_TYPE, load_label_source, subset_mask, taxon_texts
 from treeclip.runtime.encoder import ImageEncoder
-from treeclip.runtime.images import Item, iter_batches
+from treeclip.runtime.images import DRAFT_MARGIN, Item, iter_batches
 from treeclip.runtime.labels import label_embeddings
 from treeclip.runtime.labelsets import LabelMatrix, LabelSet, dense_rows
 from treeclip.runtime.options import InferenceOptions
@@ -90,6 +90,7 @@ class BaseClassifier:
         # the exact fp32 path sees open_clip's own pixels: no JPEG draft decode
         for idx, ok, pixels, errors in iter_batches(items, self.preprocess, batch_size=self.options.batch_size,
                                                     workers=self.options.workers, draft_size=self.clip.image_size,
+                                                    draft_margin=DRAFT_MARGIN,
                                                     exact=self.encoder.precision == "fp32"):
             batch = [items[i] for i in idx]
             first = idx[0] if idx else 0

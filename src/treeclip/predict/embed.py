@@ -46,7 +46,7 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: I
     from treeclip.predict.classifiers import _load_clip
     from treeclip.predict.inputs import as_items
     from treeclip.runtime.encoder import ImageEncoder
-    from treeclip.runtime.images import Item, iter_batches
+    from treeclip.runtime.images import DRAFT_MARGIN, Item, iter_batches
 
     options = options or InferenceOptions.for_verb("embed")
     clip = _load_clip(model, caches)
@@ -55,7 +55,7 @@ def embed_batches(model: Any, images: Any, *, normalize: bool = True, options: I
     items = images if isinstance(images, list) and all(isinstance(i, Item) for i in images) else as_items(images)
     bar = progress_bar(len(items), desc="embedding", enabled=progress)
     for idx, ok, pixels, errs in iter_batches(items, clip.preprocess_for(options.resize), batch_size=options.batch_size,
-                                              workers=options.workers, draft_size=clip.image_size,
+                                              workers=options.workers, draft_size=clip.image_size, draft_margin=DRAFT_MARGIN,
                                               exact=encoder.precision == "fp32"):
         vectors = (encoder(pixels, normalize=normalize).numpy().astype(np.float32) if pixels is not None
                    else np.zeros((0, clip.embed_dim), np.float32))

@@ -45,20 +45,25 @@ class Crop:
 
 
 class _Decoded(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[Item], preprocess: Callable, draft_size: int | None, exact: bool) -> None:
+    def __init__(self, items: Sequence[Item], preprocess: Callable, draft_size: int | None, exact: bool,
+                 draft_margin: int) -> None:
         self.items, self.preprocess, self.draft, self.exact = list(items), preprocess, draft_size, exact
+        self.draft_margin = draft_margin
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        return i, *decode_item(self.items[i], self.preprocess, self.draft, exact=self.exact)
+        return i, *decode_item(self.items[i], self.preprocess, self.draft, exact=self.exact,
+                               draft_margin=self.draft_margin)
 
 
 def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None, *,
-                exact: bool = False) -> tuple[Any, str]:
+                exact: bool = False, draft_margin: int = 1) -> tuple[Any, str]:
     """(pixels, "") or (None, "<name>: <reason>") for one input. `exact`: no JPEG draft
-    decode, so the pixels are those of the model's own preprocess on the full image."""
+    decode, so the pixels are those of the model's own preprocess on the full image;
+    else a JPEG drafts down to `draft_margin` x `draft_size` (`DRAFT_MARGIN` on predict's
+    and embed's fast paths)."""
     from PIL import Image
 
     from treeclip.data.images import decode_image, normalize_image
@@ -75,7 +80,7 @@ def decode_item(item: Item, preprocess: Callable, draft_size: int | None = None,
             img = normalize_image(item.source, name=item.name, draft_size=draft_size)
         else:
             img = decode_image(item.source, name=item.name, draft_size=draft_size, draft=not exact,
-                               draft_margin=DRAFT_MARGIN)
+                               draft_margin=draft_margin)
         return preprocess(img), ""
     except InputError as e:
         return None, str(e)
@@ -100,7 +105,7 @@ def default_workers() -> int:
 
 
 DRAFT_MARGIN = 2
-"""The fast paths decode a JPEG at reduced scale (libjpeg's DCT scaling) only while both
+"""predict's, embed's and serve's fast paths decode a JPEG at reduced scale (libjpeg's DCT scaling) only while both
 sides stay >= twice the model's size, and resize the rest of the way with the model's own
 resize: on 1600x1200 photos for a 224-px model the pixels' mean difference from the full
 decode halves (0.0096 -> 0.0047, normalised units) for +3.5 ms of decoding per image."""
@@ -112,19 +117,20 @@ def decode_threads() -> int:
 
 
 def iter_batches(items: Sequence[Item], preprocess: Callable, *, batch_size: int = 32,
-                 workers: int | None = None, draft_size: int | None = None, exact: bool = False
-                 ) -> Iterator[tuple[list[int], list[int], torch.Tensor | None, dict[int, str]]]:
+                 workers: int | None = None, draft_size: int | None = None, exact: bool = False,
+                 draft_margin: int = 1) -> Iterator[tuple[list[int], list[int], torch.Tensor | None, dict[int, str]]]:
     """Batches of decoded inputs in input order: (all indices, decoded indices, pixels,
     {index: error line}). The next batch decodes while the caller works on this one: in
     `decode_threads()` threads, or with `workers` > 0 in DataLoader worker processes (PIL
     images in the input are then decoded in this process: they may not pickle cheaply).
-    `exact`: decode JPEGs at full resolution (no draft), as the exact fp32 path needs."""
+    `exact`: decode JPEGs at full resolution (no draft), as the exact fp32 path needs;
+    `draft_margin`: see `decode_item`."""
     from PIL import Image
 
     workers = default_workers() if workers is None else workers
     if workers and any(isinstance(it.source, Image.Image) for it in items):
         workers = 0
-    dataset = _Decoded(items, preprocess, draft_size, exact)
+    dataset = _Decoded(items, preprocess, draft_size, exact, draft_margin)
     if not workers:
         yield from _threaded(dataset, batch_size)
         return
